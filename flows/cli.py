@@ -1,0 +1,98 @@
+"""`instructrec` command line: the entry point where configuration is resolved."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from instructrec.config import DEFAULT_HOME, load_config
+from instructrec.errors import DataValidationError, SourceError
+
+EXIT_BAD_INPUT = 2
+
+
+def _environment_defaults() -> None:
+    """Offline, quiet defaults; anything the user exported wins."""
+    home = Path(os.environ.get("INSTRUCTREC_HOME", DEFAULT_HOME)).resolve()
+    defaults = {
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from flows.training import training_pipeline
+
+    summary = training_pipeline(profile=args.profile, data=args.data)
+    print(summary.render())
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from instructrec.recommend import BUNDLE_MANIFEST, Recommender
+    from instructrec.snapshot import TABLE_FILES
+    from model_registry import registry
+    from tasks import tracking
+
+    cfg = load_config()
+    tracking.configure(cfg)
+    champion = registry.get_alias(registry.CHAMPION)
+    if champion is None:
+        print("error: no champion model yet; run `instructrec pipeline` (or `make run`) first", file=sys.stderr)
+        return 1
+    local = cfg.paths.serving / f"v{champion.version}"
+    if not (local / registry.SERVING_ARTIFACT / BUNDLE_MANIFEST).exists():
+        registry.download_serving(champion, local)
+    manifest = json.loads((local / registry.SERVING_ARTIFACT / BUNDLE_MANIFEST).read_text())
+    tables = cfg.paths.snapshots / manifest["snapshot_hash"][:16] / "tables"
+    interactions = pl.read_parquet(tables / TABLE_FILES["interactions"])
+    rec = Recommender.load(local / "onnx" / "model.onnx", local / registry.SERVING_ARTIFACT, interactions, champion.version)
+    print(json.dumps(rec.recommend(args.user_id, args.instruction, args.k), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instructrec", description="Instruction-following recommender pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pipeline", help="ingest, validate, train, fine-tune, evaluate, export and gate")
+    p.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
+    p.add_argument("--data", default=None, help="'movielens-100k' (default) or a directory with interactions.* and items.*")
+    p.set_defaults(run=_pipeline)
+    r = sub.add_parser("recommend", help="top-k from the champion's ONNX scorer, as JSON")
+    r.add_argument("--user-id", required=True)
+    r.add_argument("--instruction", default=None, help="free-text request, e.g. 'a funny animated film'")
+    r.add_argument("-k", type=int, default=10)
+    r.set_defaults(run=_recommend)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "k", 1) < 1:
+        print("error: -k must be at least 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _environment_defaults()
+    try:
+        return args.run(args)
+    except (DataValidationError, SourceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""One typed configuration, resolved once at the entry point and passed down.
+
+Profiles differ only in values, never in code paths: `tiny` (random tiny BERT,
+data subset, for tests), `cpu` (the `make run` default, 2 cores) and `gpu`
+(BERT fine-tuned end to end, mixed precision, larger batches).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Profile = Literal["tiny", "cpu", "gpu"]
+
+DEFAULT_HOME = ".instructrec"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    source: str = "movielens-100k"  # or a directory with interactions.* and items.*
+    max_users: int | None = None  # subsample users (seeded) for small profiles
+    max_history: int = 20  # the paper keeps the 20 most recent items
+    cold_user_max_train: int = 20  # "cold" slice: at most this many train interactions
+    long_tail_share: float = 0.8  # items outside the most popular 20% of interactions
+    seed: int = 7
+
+
+class ModelConfig(_Frozen):
+    backbone: str = "minilm"  # "minilm" (PyPI package), "tiny" (random) or a local BERT directory
+    dim: int = 128  # width of both towers' output space
+    n_layers: int = 2  # fusion transformer over [instruction text; history items]
+    n_heads: int = 4
+    dropout: float = 0.2
+    train_bert: bool = False  # fine-tune BERT itself (GPU); else BERT features are cached
+    max_text_tokens: int = 64
+
+
+class TrainConfig(_Frozen):
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 2e-3
+    bert_lr: float = 3e-5
+    weight_decay: float = 0.01
+    sampled_negatives: int = 512  # uniform negatives shared by the batch, besides in-batch ones
+    patience: int = 3  # epochs without validation gain before stopping
+    mixed_precision: bool = False
+    device: str = "cpu"
+    seed: int = 7
+
+
+class FeedbackConfig(_Frozen):
+    like_min_rating: float = 4.0
+    dislike_max_rating: float = 2.0
+    epochs: int = 2
+    lr: float = 5e-4
+    replay_ratio: float = 1.0  # base examples replayed per feedback example
+    dislike_weight: float = 0.5
+
+
+class EvalConfig(_Frozen):
+    types: tuple[str, ...] = ("P1/I0", "P1/I2", "P2/I0", "P2/I2", "P0/I2")
+    ks: tuple[int, ...] = (1, 5, 10, 20)
+    sampled_negatives: int = 9
+    seed: int = 2023
+
+
+class GateConfig(_Frozen):
+    metric: str = "ndcg@10"
+    epsilon: float = 0.005  # tolerated drop of the bootstrap lower bound
+    min_gain: float = 0.0  # mean gain needed to promote
+    require_significance: bool = False  # also require the interval to exclude 0
+    n_bootstrap: int = 2000
+    confidence: float = 0.95
+    slice_tolerance: float = 0.02  # absolute NDCG@10 drop allowed per slice
+    max_parity_diff: float = 1e-3
+    min_top10_overlap: float = 0.98
+    latency_tolerance: float = 0.5  # relative p50 latency increase allowed
+    seed: int = 11
+
+
+class PathsConfig(_Frozen):
+    home: Path
+    tracking_uri: str
+
+    @property
+    def snapshots(self) -> Path:
+        return self.home / "snapshots"
+
+    @property
+    def downloads(self) -> Path:
+        return self.home / "downloads"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.home / "checkpoints"
+
+    @property
+    def exports(self) -> Path:
+        return self.home / "exports"
+
+    @property
+    def feedback(self) -> Path:
+        return self.home / "feedback"
+
+    @property
+    def serving(self) -> Path:
+        return self.home / "serving"
+
+
+class Config(_Frozen):
+    profile: Profile
+    paths: PathsConfig
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    eval: EvalConfig = EvalConfig()
+    gate: GateConfig = GateConfig()
+    experiment: str = "instructrec"
+    progress: bool = True
+
+    def flat(self) -> dict[str, str]:
+        """Dotted key -> value, for logging as MLflow params."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: object) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = str(value)
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+_PROFILES: dict[str, dict] = {
+    "tiny": {
+        "data": {"max_users": 60},
+        "model": {"backbone": "tiny", "dim": 32, "n_layers": 1, "n_heads": 2, "train_bert": True, "max_text_tokens": 48},
+        "train": {"epochs": 2, "batch_size": 64, "sampled_negatives": 64, "lr": 3e-3, "bert_lr": 1e-3},
+        "feedback": {"epochs": 1},
+        "gate": {"n_bootstrap": 200},
+        "progress": False,
+    },
+    "cpu": {},
+    "gpu": {
+        "model": {"train_bert": True, "dim": 256, "n_layers": 2},
+        "train": {"batch_size": 512, "sampled_negatives": 1024, "mixed_precision": True, "device": "cuda", "epochs": 15},
+    },
+}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def load_config(
+    profile: Profile = "cpu",
+    data: str | None = None,
+    overrides: dict | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Build the config for a profile; environment is read here and only here."""
+    if profile not in _PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(_PROFILES)}")
+    env = os.environ if environ is None else environ
+    home = Path(env.get("INSTRUCTREC_HOME", DEFAULT_HOME)).resolve()
+    tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    raw = _merge(_PROFILES[profile], overrides or {})
+    if data:
+        raw = _merge(raw, {"data": {"source": data}})
+    return Config(profile=profile, paths=PathsConfig(home=home, tracking_uri=tracking_uri), **raw)
+
+
+__all__ = ["Config", "Profile", "load_config", "Field"]

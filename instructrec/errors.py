@@ -1,0 +1,46 @@
+"""Errors a user can act on: each names the file, the column and the rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Violation:
+    table: str
+    column: str | None
+    rule: str
+    unexpected: int | None = None
+    total: int | None = None
+    examples: tuple[str, ...] = ()
+    rows: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        where = f"column '{self.column}'" if self.column else "the table"
+        count = f" ({self.unexpected} of {self.total} rows)" if self.unexpected is not None and self.total else ""
+        sample = ""
+        if self.examples:
+            shown = ", ".join(self.examples[:5])
+            rows = f" at rows {', '.join(map(str, self.rows[:5]))}" if self.rows else ""
+            sample = f"; e.g. {shown}{rows}"
+        return f"{where} broke '{self.rule}'{count}{sample}"
+
+
+@dataclass
+class DataValidationError(Exception):
+    """Bad input: raised before anything downstream (training, registry) runs."""
+
+    file: str
+    violations: list[Violation] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        table = self.violations[0].table if self.violations else "?"
+        parts = "; ".join(v.describe() for v in self.violations)
+        return (
+            f"Invalid {table} data in {self.file}: {parts}. "
+            "Nothing was trained or registered; the raw snapshot was kept for inspection."
+        )
+
+
+class SourceError(Exception):
+    """A source could not be read or fetched (missing file, bad checksum)."""

@@ -1,0 +1,196 @@
+"""The fixed evaluation protocol (DESIGN.md section 7), for any scorer.
+
+Cases (instructions, targets, exclusions, sampled negatives) are built once
+per run and shared by every model, so challenger, champion and popularity
+are compared on exactly the same split and the same instructions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from instructrec import metrics
+from instructrec.instructions import make_instruction
+from instructrec.model import InstructRecScorer
+from instructrec.split import SplitData
+
+HEADLINE = "P1/I0"
+
+
+class Scorer(Protocol):
+    name: str
+
+    def score(self, texts: list[str], history: np.ndarray) -> np.ndarray:
+        """[B, n_items] scores in catalogue order; history is [B, H] catalogue indices."""
+
+
+@dataclass
+class EvalCase:
+    type: str
+    users: np.ndarray  # [n] user rows of the split
+    texts: list[str]
+    templates: list[str]
+    history: np.ndarray  # [n, H] left-padded item indices
+    target: np.ndarray  # [n] item index
+    exclude: list[np.ndarray]  # per row: item indices seen before the target
+    negatives: np.ndarray  # [n, n_neg] item indices never seen by the user
+
+
+def build_cases(
+    split: SplitData,
+    types: tuple[str, ...],
+    max_history: int,
+    seed: int,
+    n_negatives: int = 9,
+    target: str = "test",
+) -> dict[str, EvalCase]:
+    """One case per instruction type over all evaluable users (seeded)."""
+    rng = np.random.default_rng(seed)
+    n_items = split.catalogue.n_items
+    users = split.eval_users
+    cases = {}
+    for type_ in types:
+        rows, texts, templates, hists, targets, excl, negs = [], [], [], [], [], [], []
+        for u in users:
+            if target == "test":
+                seen, tgt = split.history_before_test(u), int(split.test[u])
+            else:
+                seen, tgt = split.train[u], int(split.valid[u])
+            ins = make_instruction(type_, int(rng.integers(1 << 30)), split.catalogue, seen, tgt, max_history)
+            if ins is None:
+                continue
+            h = np.zeros(max_history, dtype=np.int64)
+            if ins.history:
+                h[max_history - len(ins.history) :] = ins.history
+            all_seen = np.union1d(split.history_before_test(u), [split.test[u]])
+            negs.append(_sample_unseen(rng, n_items, all_seen, n_negatives))
+            rows.append(u), texts.append(ins.text), templates.append(ins.template), hists.append(h)
+            targets.append(tgt), excl.append(np.setdiff1d(seen, [tgt]))
+        if rows:
+            cases[type_] = EvalCase(
+                type_, np.asarray(rows), texts, templates, np.stack(hists), np.asarray(targets), excl, np.stack(negs)
+            )
+    return cases
+
+
+def _sample_unseen(rng: np.random.Generator, n_items: int, seen: np.ndarray, k: int) -> np.ndarray:
+    out: list[int] = []
+    seen_set = set(seen.tolist())
+    while len(out) < k:
+        for c in rng.integers(1, n_items + 1, size=2 * k):
+            if int(c) not in seen_set and int(c) not in out:
+                out.append(int(c))
+                if len(out) == k:
+                    break
+    return np.asarray(out, dtype=np.int64)
+
+
+@dataclass
+class EvalReport:
+    name: str
+    by_type: dict[str, dict[str, float]]
+    slices: dict[str, dict[str, float]]
+    per_user: dict[str, np.ndarray]  # type -> per-user NDCG@10, aligned with the case's users
+    users: dict[str, np.ndarray]  # type -> user rows
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def overall(self) -> dict[str, float]:
+        """Mean over instruction types of each metric."""
+        names = next(iter(self.by_type.values())).keys()
+        return {m: float(np.mean([v[m] for v in self.by_type.values()])) for m in names}
+
+    def user_metric(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user rows, NDCG@10 averaged over the types each user has) - the gate's paired unit."""
+        total: dict[int, list[float]] = {}
+        for type_, values in self.per_user.items():
+            for u, v in zip(self.users[type_], values, strict=True):
+                total.setdefault(int(u), []).append(float(v))
+        users = np.asarray(sorted(total))
+        return users, np.asarray([np.mean(total[u]) for u in users])
+
+    def to_dict(self) -> dict:
+        return {"model": self.name, "overall": self.overall, "by_type": self.by_type, "slices": self.slices, "counts": self.counts}
+
+
+def evaluate(scorer: Scorer, cases: dict[str, EvalCase], split: SplitData, cold_max_train: int = 20,
+             long_tail_share: float = 0.8, batch_size: int = 256) -> EvalReport:
+    n_items = split.catalogue.n_items
+    head = head_items(split.popularity, 1.0 - long_tail_share)
+    cold = np.asarray([len(s) <= cold_max_train for s in split.train])
+    by_type, per_user, users, pooled = {}, {}, {}, {"cold_users": [], "warm_users": [], "long_tail": [], "head_items": []}
+    for type_, case in cases.items():
+        full_ranks, samp_ranks = [], []
+        for start in range(0, len(case.users), batch_size):
+            sl = slice(start, start + batch_size)
+            scores = np.asarray(scorer.score(case.texts[sl], case.history[sl]), dtype=np.float64)
+            exclude = np.zeros((scores.shape[0], n_items), dtype=bool)
+            for r, seen in enumerate(case.exclude[sl]):
+                exclude[r, seen - 1] = True
+            tcol = case.target[sl] - 1
+            full_ranks.append(metrics.target_ranks(scores, tcol, exclude))
+            samp_ranks.append(metrics.sampled_ranks(scores, tcol, case.negatives[sl] - 1))
+        full = metrics.per_row(np.concatenate(full_ranks), metrics.FULL_METRICS)
+        samp = metrics.per_row(np.concatenate(samp_ranks), metrics.SAMPLED_METRICS, prefix="s_")
+        by_type[type_] = {k: float(v.mean()) for k, v in {**full, **samp}.items()}
+        per_user[type_], users[type_] = full["ndcg@10"], case.users
+        is_cold, is_head = cold[case.users], np.isin(case.target, head)
+        for name, mask in (("cold_users", is_cold), ("warm_users", ~is_cold), ("long_tail", ~is_head), ("head_items", is_head)):
+            pooled[name].append(full["ndcg@10"][mask])
+    slices = {}
+    for name, parts in pooled.items():
+        values = np.concatenate(parts) if parts else np.zeros(0)
+        slices[name] = {"ndcg@10": float(values.mean()) if len(values) else float("nan"), "n": int(len(values))}
+    counts = {t: int(len(c.users)) for t, c in cases.items()}
+    return EvalReport(scorer.name, by_type, slices, per_user, users, counts)
+
+
+def head_items(popularity: np.ndarray, head_share: float) -> np.ndarray:
+    """Most popular items that together hold `head_share` of train interactions."""
+    order = np.argsort(-popularity[1:], kind="stable") + 1
+    cum = np.cumsum(popularity[order]) / max(popularity.sum(), 1.0)
+    return order[: int(np.searchsorted(cum, head_share) + 1)]
+
+
+class PopularityScorer:
+    name = "popularity"
+
+    def __init__(self, popularity: np.ndarray):
+        self.popularity = popularity[1:].astype(np.float64)
+
+    def score(self, texts: list[str], history: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.popularity, (len(texts), len(self.popularity)))
+
+
+class TorchScorer:
+    """Eager PyTorch scorer; maps between the model's and the split's catalogues."""
+
+    def __init__(self, name: str, model: InstructRecScorer, tokenizer, model_item_ids: list[str], catalogue_ids: list[str],
+                 device: str = "cpu", text_cache: dict[str, torch.Tensor] | None = None):
+        self.name, self.model, self.tokenizer, self.device = name, model.eval(), tokenizer, device
+        model_index = {item: i + 1 for i, item in enumerate(model_item_ids)}
+        self.to_model = np.asarray([0] + [model_index.get(i, 0) for i in catalogue_ids], dtype=np.int64)
+        self.known = self.to_model[1:] > 0
+        # pass a shared cache only while BERT is frozen: its text vectors never change then
+        self._text_cache: dict[str, torch.Tensor] = {} if text_cache is None else text_cache
+
+    def _text_vectors(self, texts: list[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            for t, v in zip(missing, self.model.embed_texts(self.tokenizer, missing), strict=True):
+                self._text_cache[t] = v
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    @torch.inference_mode()
+    def score(self, texts: list[str], history: np.ndarray) -> np.ndarray:
+        hist = torch.as_tensor(self.to_model[history], device=self.device)
+        items = self.model.item_vectors()
+        q = self.model.query(self._text_vectors(texts).to(self.device), hist, items)
+        s = self.model.scores(q, items).float().cpu().numpy()
+        out = np.full((len(texts), len(self.known)), -np.inf)
+        out[:, self.known] = s[:, self.to_model[1:][self.known] - 1]
+        return out

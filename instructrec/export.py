@@ -1,0 +1,124 @@
+"""ONNX export of the scorer, parity against PyTorch, and ORT sessions.
+
+The graph takes the instruction's tokens and its history item ids and
+returns a score for every catalogue item; item vectors are baked in as
+constants at export time (computed once per catalogue).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from instructrec.gate import Parity
+from instructrec.io import atomic_path
+from instructrec.model import InstructRecScorer
+
+INPUTS = ("input_ids", "attention_mask", "history")
+OUTPUT = "scores"
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class _Exported(torch.nn.Module):
+    """Freezes item vectors into the graph: serving costs one encoder pass + one matmul."""
+
+    def __init__(self, model: InstructRecScorer):
+        super().__init__()
+        self.model = model
+        with torch.no_grad():
+            self.register_buffer("items", model.item_vectors().detach().clone())
+
+    def forward(self, input_ids, attention_mask, history):
+        q = self.model.query(self.model.encode_text(input_ids, attention_mask), history, self.items)
+        return self.model.scores(q, self.items)
+
+
+def export_onnx(model: InstructRecScorer, tokenizer, target: Path, opset: int = 17) -> Path:
+    model = model.eval().cpu()
+    sample = model.tokenize(tokenizer, ["an example instruction", "a second, longer example instruction text"])
+    history = torch.zeros(2, model.config.max_history, dtype=torch.long)
+    history[0, -2:] = torch.tensor([1, 2])
+    with atomic_path(target) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Exported(model),
+            (sample["input_ids"], sample["attention_mask"], history),
+            str(tmp),
+            input_names=list(INPUTS),
+            output_names=[OUTPUT],
+            dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                          "history": {0: "batch"}, OUTPUT: {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    return target
+
+
+@dataclass(frozen=True)
+class Session:
+    session: object  # onnxruntime.InferenceSession
+    provider: str  # the provider actually running the graph
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, history: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64),
+                 "history": history.astype(np.int64)}
+        return self.session.run([OUTPUT], feeds)[0]
+
+
+def cuda_usable() -> bool:
+    return torch.cuda.is_available()
+
+
+def make_session(path: Path, prefer: tuple[str, ...] = PREFERRED_PROVIDERS, threads: int | None = None) -> Session:
+    """Prefer CUDA where a GPU is really there; report the provider that runs.
+
+    onnxruntime-gpu lists CUDA even on hosts without a GPU and then silently
+    falls back, so the CUDA provider is only asked for when torch sees a GPU,
+    and the answer comes from `get_providers()`, not from what was asked.
+    """
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    wanted = [p for p in prefer if p in available and (p != "CUDAExecutionProvider" or cuda_usable())]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), sess_options=options, providers=wanted or ["CPUExecutionProvider"])
+    return Session(session, session.get_providers()[0])
+
+
+class OnnxScorer:
+    """Scores through an ORT session; same interface as evaluate.TorchScorer."""
+
+    def __init__(self, name: str, session: Session, tokenizer, max_text_tokens: int):
+        self.name, self.session, self.tokenizer, self.max_text_tokens = name, session, tokenizer, max_text_tokens
+
+    def score(self, texts: list[str], history: np.ndarray) -> np.ndarray:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="np")
+        return self.session.run(enc["input_ids"], enc["attention_mask"], history)
+
+
+def parity(torch_scores: np.ndarray, onnx_scores: np.ndarray, k: int = 10) -> Parity:
+    diff = float(np.max(np.abs(torch_scores - onnx_scores)))
+    top_t = np.argsort(-torch_scores, axis=1)[:, :k]
+    top_o = np.argsort(-onnx_scores, axis=1)[:, :k]
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_t, top_o, strict=True)])
+    return Parity(max_abs_diff=diff, top10_overlap=float(overlap))
+
+
+def latency_ms(scorer: OnnxScorer, text: str, history: np.ndarray, repeats: int = 30) -> float:
+    """Median single-request latency (batch 1), after one warm-up call."""
+    scorer.score([text], history[None])
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        scorer.score([text], history[None])
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))

@@ -1,0 +1,149 @@
+"""Feedback events and their turn into fine-tuning examples.
+
+Two streams: (1) ratings from the *training* part of the split become likes
+(rating >= like_min) and dislikes (rating <= dislike_max), never touching the
+validation or test targets; (2) events in the append-only feedback store
+(like / dislike / more_like_this / less_like_this / instruction). A replay
+sample of the base examples guards against forgetting.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from instructrec import schema
+from instructrec.instructions import (
+    ExampleBuilder,
+    Examples,
+    free_text_instruction,
+    make_instruction,
+    sample_type,
+)
+from instructrec.io import write_parquet
+from instructrec.split import SplitData
+
+STORE_GLOB = "events-*.parquet"
+KIND_LABEL = {"like": (1.0, 1.0), "more_like_this": (1.0, 2.0), "dislike": (-1.0, 1.0), "less_like_this": (-1.0, 2.0)}
+FEEDBACK_MIX = {"P1/I0": 0.5, "P1/I2": 0.3, "P2/I2": 0.1, "P0/I2": 0.1}
+
+
+@dataclass(frozen=True)
+class FeedbackStats:
+    from_ratings_like: int
+    from_ratings_dislike: int
+    from_store: int
+    store_skipped: int  # unknown user or item, or an instruction with no item
+    replay: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.__dict__.items()}
+
+
+def read_store(feedback_dir: Path) -> pl.DataFrame:
+    """All stored events (one Parquet file per appended batch; files are never rewritten)."""
+    files = sorted(feedback_dir.glob(STORE_GLOB))
+    if not files:
+        return pl.DataFrame(schema=schema.FEEDBACK_SCHEMA)
+    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+
+
+def append_events(feedback_dir: Path, events: pl.DataFrame) -> Path:
+    """Append a batch as a new immutable file; earlier files are never touched."""
+    events = events.with_columns(
+        pl.col(schema.EVENT_ID).fill_null(pl.lit(None)).map_elements(lambda e: e or uuid.uuid4().hex, return_dtype=pl.String)
+    ) if schema.EVENT_ID in events.columns else events.with_columns(
+        pl.Series(schema.EVENT_ID, [uuid.uuid4().hex for _ in range(events.height)])
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    return write_parquet(events, feedback_dir / f"events-{stamp}-{uuid.uuid4().hex[:8]}.parquet")
+
+
+def feedback_examples(
+    split: SplitData,
+    store: pl.DataFrame,
+    base: Examples,
+    max_history: int,
+    like_min: float,
+    dislike_max: float,
+    replay_ratio: float,
+    seed: int,
+) -> tuple[Examples, FeedbackStats]:
+    rng = np.random.default_rng(seed)
+    builder = ExampleBuilder(max_history)
+    likes = dislikes = 0
+    for u, (seq, ratings) in enumerate(zip(split.train, split.train_ratings, strict=True)):
+        for t in range(1, len(seq)):
+            r = ratings[t]
+            if np.isnan(r) or dislike_max < r < like_min:
+                continue
+            label = 1.0 if r >= like_min else -1.0
+            ins = make_instruction(sample_type(rng, FEEDBACK_MIX), int(rng.integers(1 << 30)), split.catalogue,
+                                   seq[:t], int(seq[t]), max_history)
+            if ins is None:
+                ins = make_instruction("P1/I0", int(rng.integers(1 << 30)), split.catalogue, seq[:t], None, max_history)
+            builder.add(u, int(seq[t]), ins, label=label)
+            likes, dislikes = likes + (label > 0), dislikes + (label < 0)
+
+    used, skipped = _store_rows(split, store, builder, max_history, rng)
+    n_feedback = len(builder.rows)
+    n_replay = min(len(base), int(round(replay_ratio * n_feedback)))
+    examples = builder.build()
+    if n_replay:
+        replay = base.subset(rng.choice(len(base), size=n_replay, replace=False))
+        examples = _concat(examples, replay)
+    return examples, FeedbackStats(likes, dislikes, used, skipped, n_replay)
+
+
+def _store_rows(split: SplitData, store: pl.DataFrame, builder: ExampleBuilder, max_history: int,
+                rng: np.random.Generator) -> tuple[int, int]:
+    user_row = {u: i for i, u in enumerate(split.users)}
+    used = skipped = 0
+    for ev in store.iter_rows(named=True):
+        u = user_row.get(ev[schema.USER])
+        item = split.catalogue.index.get(ev[schema.ITEM]) if ev.get(schema.ITEM) else None
+        if u is None or item is None:
+            skipped += 1
+            continue
+        history = split.train[u]
+        if ev[schema.KIND] == "instruction":
+            if not ev.get(schema.TEXT):
+                skipped += 1
+                continue
+            builder.add(u, item, free_text_instruction(ev[schema.TEXT], history, max_history, split.catalogue))
+        else:
+            label, weight = KIND_LABEL[ev[schema.KIND]]
+            ins = make_instruction("P1/I0", int(rng.integers(1 << 30)), split.catalogue, history, item, max_history)
+            if ins is None:
+                skipped += 1
+                continue
+            builder.add(u, item, ins, label=label, weight=weight)
+        used += 1
+    return used, skipped
+
+
+def _concat(a: Examples, b: Examples) -> Examples:
+    """Append b to a, re-indexing b's texts into a's text list."""
+    index = {t: i for i, t in enumerate(a.texts)}
+    texts = list(a.texts)
+    for t in b.texts:
+        if t not in index:
+            index[t] = len(texts)
+            texts.append(t)
+    remap = np.asarray([index[t] for t in b.texts], dtype=np.int64)
+    return Examples(
+        user=np.concatenate([a.user, b.user]),
+        target=np.concatenate([a.target, b.target]),
+        history=np.concatenate([a.history, b.history]),
+        text_id=np.concatenate([a.text_id, remap[b.text_id]]),
+        types=np.concatenate([a.types, b.types]),
+        templates=np.concatenate([a.templates, b.templates]),
+        label=np.concatenate([a.label, b.label]),
+        weight=np.concatenate([a.weight, b.weight]),
+        texts=texts,
+    )

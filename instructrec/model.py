@@ -1,0 +1,190 @@
+"""The BERT two-tower scorer: one file, its config, and its save/load contract.
+
+Instruction tower: BERT reads the instruction's words (mean-pooled), a small
+transformer fuses that vector with the history's item vectors (UniSRec-style:
+the history is read through item vectors, not re-tokenised titles).
+Item tower: BERT features of each item's text, computed once per catalogue,
+plus an item-id embedding (hybrid text + id). score = <query, item> + bias.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from instructrec.io import atomic_dir
+
+
+@dataclass
+class ScorerConfig:
+    n_items: int  # catalogue size (index 0 is padding)
+    max_history: int = 20  # history slots, left-padded, most recent last
+    dim: int = 128  # width of the shared query/item space
+    n_layers: int = 2  # fusion transformer depth
+    n_heads: int = 4
+    dropout: float = 0.2
+    max_text_tokens: int = 64
+    bert: dict = field(default_factory=dict)  # BertConfig.to_dict() of the backbone
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with explicit attention (exports cleanly to ONNX)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-1, -2)) * (d // self.n_heads) ** -0.5 + key_bias[:, None, None, :]
+        y = (self.drop(att.softmax(-1)) @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.drop(self.proj(y))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class InstructRecScorer(nn.Module):
+    def __init__(self, config: ScorerConfig, bert: BertModel | None = None):
+        super().__init__()
+        self.config = config
+        self.bert = bert if bert is not None else BertModel(BertConfig(**config.bert), add_pooling_layer=False)
+        if not config.bert:
+            config.bert = self.bert.config.to_dict()
+        text_dim, dim, n = self.bert.config.hidden_size, config.dim, config.n_items + 1
+        self.register_buffer("item_text", torch.zeros(n, text_dim))  # frozen BERT features per item
+        self.item_id = nn.Embedding(n, dim, padding_idx=0)
+        self.item_text_proj = nn.Linear(text_dim, dim)
+        self.item_bias = nn.Parameter(torch.zeros(n))
+        self.text_proj = nn.Linear(text_dim, dim)
+        self.position = nn.Embedding(config.max_history + 1, dim)  # slot 0: the instruction's words
+        self.blocks = nn.ModuleList(Block(dim, config.n_heads, config.dropout) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(config.dropout)
+        nn.init.normal_(self.item_id.weight, std=0.02)
+        with torch.no_grad():
+            self.item_id.weight[0].zero_()
+
+    # -- towers ---------------------------------------------------------------
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled BERT states (the pooling all-MiniLM-L6-v2 was trained with)."""
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def item_vectors(self) -> torch.Tensor:
+        """[n_items + 1, dim]; row 0 is padding."""
+        return self.item_text_proj(self.item_text) + self.drop(self.item_id.weight)
+
+    def query(self, text_vec: torch.Tensor, history: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Fuse the instruction's words with its history items -> [B, dim]."""
+        items = self.item_vectors() if items is None else items
+        b, h = history.shape
+        words = self.text_proj(text_vec).unsqueeze(1)
+        seq = torch.cat([words, items[history]], dim=1) + self.position.weight[: h + 1]
+        pad = torch.cat([torch.zeros_like(history[:, :1], dtype=torch.bool), history == 0], dim=1)
+        key_bias = torch.zeros(pad.shape, dtype=seq.dtype, device=seq.device).masked_fill(pad, torch.finfo(seq.dtype).min)
+        x = self.drop(seq)
+        for block in self.blocks:
+            x = block(x, key_bias)
+        return self.norm(x[:, 0])
+
+    def scores(self, query: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, n_items]: every real item (padding column dropped)."""
+        items = self.item_vectors() if items is None else items
+        return query @ items[1:].T + self.item_bias[1:]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        items = self.item_vectors()
+        return self.scores(self.query(self.encode_text(input_ids, attention_mask), history, items), items)
+
+    # -- catalogue ------------------------------------------------------------
+    @torch.inference_mode()
+    def embed_texts(self, tokenizer: BertTokenizerFast, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """BERT features for many texts, batched by length to waste little padding."""
+        was_training = self.training
+        self.eval()
+        device = self.item_text.device
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.zeros(len(texts), self.bert.config.hidden_size, device=device)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                            max_length=self.config.max_text_tokens, return_tensors="pt").to(device)
+            out[rows] = self.encode_text(enc["input_ids"], enc["attention_mask"]).float()
+        self.train(was_training)
+        return out
+
+    def set_catalogue(self, tokenizer: BertTokenizerFast, item_texts: list[str]) -> None:
+        features = self.embed_texts(tokenizer, item_texts)
+        with torch.no_grad():
+            self.item_text[1:] = features
+            self.item_text[0].zero_()
+
+    def tokenize(self, tokenizer: BertTokenizerFast, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_text_tokens, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+WEIGHTS, CONFIG, ITEMS, TOKENIZER = "weights.safetensors", "config.json", "item_ids.json", "tokenizer"
+
+
+def save_scorer(model: InstructRecScorer, tokenizer: BertTokenizerFast, item_ids: list[str], target: Path) -> Path:
+    """Self-contained directory: config + weights + tokenizer + catalogue ids."""
+    with atomic_dir(target) as tmp:
+        (tmp / CONFIG).write_text(json.dumps(asdict(model.config), indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        tokenizer.save_pretrained(str(tmp / TOKENIZER))
+        (tmp / ITEMS).write_text(json.dumps(item_ids))
+    return target
+
+
+def load_scorer(path: Path, device: str = "cpu") -> tuple[InstructRecScorer, BertTokenizerFast, list[str]]:
+    config = ScorerConfig(**json.loads((path / CONFIG).read_text()))
+    model = InstructRecScorer(config)
+    model.load_state_dict(load_file(str(path / WEIGHTS), device=device))
+    model.to(device).eval()
+    tokenizer = BertTokenizerFast.from_pretrained(str(path / TOKENIZER), local_files_only=True)
+    return model, tokenizer, json.loads((path / ITEMS).read_text())
+
+
+def sampled_softmax_loss(
+    model: InstructRecScorer,
+    query: torch.Tensor,
+    target: torch.Tensor,
+    label: torch.Tensor,
+    weight: torch.Tensor,
+    negatives: torch.Tensor,
+    items: torch.Tensor,
+    dislike_weight: float = 1.0,
+) -> torch.Tensor:
+    """Softmax over in-batch targets + shared uniform negatives.
+
+    Likes (label > 0) pull the item toward the instruction (cross-entropy);
+    dislikes push it away with the unlikelihood term -log(1 - p(item)).
+    Accidental hits (a row's own target among other columns) are masked.
+    """
+    cand = torch.cat([target, negatives])
+    logits = query @ items[cand].T + model.item_bias[cand]
+    rows = torch.arange(len(target), device=target.device)
+    clash = cand.unsqueeze(0) == target.unsqueeze(1)
+    clash[rows, rows] = False
+    logits = logits.float().masked_fill(clash, float("-inf"))
+    logp = F.log_softmax(logits, dim=-1)[rows, rows]
+    like = -logp
+    dislike = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * dislike_weight
+    loss = torch.where(label > 0, like, dislike) * weight
+    return loss.sum() / weight.sum().clamp(min=1e-6)

@@ -1,0 +1,42 @@
+"""From validated tables to everything training and evaluation need, once per run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from instructrec.config import Config
+from instructrec.evaluate import EvalCase, build_cases
+from instructrec.instructions import Examples, training_examples
+from instructrec.split import Catalogue, SplitData, sample_users, temporal_leave_one_out
+
+VALID_SEED_OFFSET = 1  # validation instructions use their own seed, never the test's
+
+
+@dataclass
+class Prepared:
+    split: SplitData
+    examples: Examples
+    valid_cases: dict[str, EvalCase]
+    test_cases: dict[str, EvalCase]
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.split.catalogue
+
+    def lineage(self) -> dict[str, int]:
+        s = self.split
+        return {"users": len(s.users), "items": s.catalogue.n_items, "train_interactions": s.n_train(),
+                "eval_users": int(len(s.eval_users)), "train_examples": len(self.examples),
+                "distinct_instruction_texts": len(self.examples.texts)}
+
+
+def prepare(cfg: Config, interactions: pl.DataFrame, items: pl.DataFrame, noun: str) -> Prepared:
+    d, e = cfg.data, cfg.eval
+    catalogue = Catalogue.from_items(items, noun)
+    split = temporal_leave_one_out(sample_users(interactions, d.max_users, d.seed), catalogue)
+    examples = training_examples(split, d.max_history, d.seed)
+    valid = build_cases(split, e.types, d.max_history, e.seed + VALID_SEED_OFFSET, e.sampled_negatives, target="valid")
+    test = build_cases(split, e.types, d.max_history, e.seed, e.sampled_negatives, target="test")
+    return Prepared(split, examples, valid, test)

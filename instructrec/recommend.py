@@ -1,0 +1,85 @@
+"""Answering a request from an exported ONNX scorer (no PyTorch at serve time)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from transformers import BertTokenizerFast
+
+from instructrec import schema
+from instructrec.export import OnnxScorer, Session, make_session
+from instructrec.instructions import free_text_instruction, make_instruction, render
+from instructrec.split import Catalogue
+
+BUNDLE_MANIFEST = "serving.json"
+DEFAULT_REQUEST = "P1/I0"
+
+
+def write_bundle(target: Path, tokenizer: BertTokenizerFast, catalogue: Catalogue, max_history: int,
+                 max_text_tokens: int, snapshot_hash: str) -> Path:
+    """Everything besides the ONNX graph that serving needs."""
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(target / "tokenizer"))
+    manifest = {"item_ids": catalogue.item_ids, "titles": catalogue.titles, "genres": [list(g) for g in catalogue.genres],
+                "noun": catalogue.noun, "max_history": max_history, "max_text_tokens": max_text_tokens,
+                "snapshot_hash": snapshot_hash}
+    (target / BUNDLE_MANIFEST).write_text(json.dumps(manifest))
+    return target
+
+
+@dataclass
+class Recommender:
+    session: Session
+    tokenizer: BertTokenizerFast
+    catalogue: Catalogue
+    histories: dict[str, np.ndarray]  # user -> item indices in time order
+    max_history: int
+    max_text_tokens: int
+    version: str = "?"
+
+    @classmethod
+    def load(cls, onnx_file: Path, bundle: Path, interactions: pl.DataFrame, version: str = "?") -> Recommender:
+        m = json.loads((bundle / BUNDLE_MANIFEST).read_text())
+        catalogue = Catalogue(m["item_ids"], m["titles"], [""] * len(m["item_ids"]), [tuple(g) for g in m["genres"]], m["noun"])
+        tokenizer = BertTokenizerFast.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)
+        return cls(make_session(onnx_file), tokenizer, catalogue, user_histories(interactions, catalogue),
+                   m["max_history"], m["max_text_tokens"], version)
+
+    def recommend(self, user_id: str, instruction: str | None = None, k: int = 10) -> dict:
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        history = self.histories.get(str(user_id), np.zeros(0, dtype=np.int64))
+        if instruction:
+            ins = free_text_instruction(instruction, history, self.max_history, self.catalogue)
+        elif len(history):
+            ins = make_instruction(DEFAULT_REQUEST, 0, self.catalogue, history, None, self.max_history)
+        else:
+            ins = free_text_instruction(f"Recommend a popular {self.catalogue.noun}.", history, self.max_history, self.catalogue)
+        padded = np.zeros((1, self.max_history), dtype=np.int64)
+        if ins.history:
+            padded[0, self.max_history - len(ins.history):] = ins.history
+        scorer = OnnxScorer("champion", self.session, self.tokenizer, self.max_text_tokens)
+        scores = scorer.score([ins.text], padded)[0].astype(np.float64)
+        scores[history - 1] = -np.inf  # never recommend what the user already has
+        top = np.argsort(-scores, kind="stable")[: min(k, int(np.isfinite(scores).sum()))]
+        return {
+            "user_id": str(user_id),
+            "known_user": bool(len(history)),
+            "instruction": render(ins, self.catalogue),
+            "instruction_type": ins.type,
+            "model_version": self.version,
+            "provider": self.session.provider,
+            "items": [{"rank": r + 1, "item_id": self.catalogue.item_ids[c], "title": self.catalogue.titles[c],
+                       "score": round(float(scores[c]), 4)} for r, c in enumerate(top)],
+        }
+
+
+def user_histories(interactions: pl.DataFrame, catalogue: Catalogue) -> dict[str, np.ndarray]:
+    known = interactions.filter(pl.col(schema.ITEM).is_in(pl.Series(catalogue.item_ids).implode()))
+    grouped = (known.with_columns(pl.col(schema.ITEM).replace_strict(catalogue.index, return_dtype=pl.Int64).alias("idx"))
+               .sort(schema.USER, schema.TIMESTAMP, schema.ITEM).group_by(schema.USER, maintain_order=True).agg("idx"))
+    return {u: np.asarray(s, dtype=np.int64) for u, s in zip(grouped[schema.USER], grouped["idx"].to_list(), strict=True)}

@@ -1,0 +1,83 @@
+"""Raw input kept by content hash before anything reads or changes it.
+
+Layout: snapshots/<hash16>/raw/<files>, manifest.json, and tables/*.parquet
+once the input has passed validation. Re-ingesting identical input finds the
+same directory and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from instructrec import schema
+from instructrec.io import atomic_dir, content_hash, write_parquet
+from instructrec.sources import RawInput, Tables
+
+MANIFEST = "manifest.json"
+TABLE_FILES = {"interactions": "interactions.parquet", "items": "items.parquet"}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    hash: str
+    root: Path
+    kind: str
+    origin: str
+    created: bool  # False when identical input had been ingested before
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def short(self) -> str:
+        return self.hash[:12]
+
+    def has_tables(self) -> bool:
+        return all((self.tables_dir / f).exists() for f in TABLE_FILES.values())
+
+
+def snapshot_raw(raw: RawInput, snapshots: Path) -> Snapshot:
+    digest = content_hash(raw.files)
+    root = snapshots / digest[:16]
+    if (root / MANIFEST).exists():
+        return Snapshot(digest, root, raw.kind, raw.origin, created=False)
+    with atomic_dir(root) as tmp:
+        (tmp / "raw").mkdir()
+        for name, data in raw.files.items():
+            (tmp / "raw" / name).write_bytes(data)
+        manifest = {
+            "hash": digest,
+            "kind": raw.kind,
+            "origin": raw.origin,
+            "files": {name: len(data) for name, data in raw.files.items()},
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return Snapshot(digest, root, raw.kind, raw.origin, created=True)
+
+
+def load_snapshot(root: Path) -> Snapshot:
+    manifest = json.loads((root / MANIFEST).read_text())
+    return Snapshot(manifest["hash"], root, manifest["kind"], manifest["origin"], created=False)
+
+
+def write_tables(snapshot: Snapshot, tables: Tables) -> None:
+    """Keep the validated canonical tables (no-op when already there)."""
+    if snapshot.has_tables():
+        return
+    write_parquet(tables.interactions.drop(schema.ROW, strict=False), snapshot.tables_dir / TABLE_FILES["interactions"])
+    write_parquet(tables.items.drop(schema.ROW, strict=False), snapshot.tables_dir / TABLE_FILES["items"])
+
+
+def read_table(snapshot: Snapshot, table: str) -> pl.DataFrame:
+    return pl.read_parquet(snapshot.tables_dir / TABLE_FILES[table])

@@ -1,0 +1,202 @@
+"""Training loops: BERT representation training and feedback fine-tuning.
+
+Both stages run the same loop (`fit`) on `Examples`; they differ in data,
+learning rate and the dislike term. A checkpoint is written atomically after
+every epoch; a restarted run with the same fingerprint resumes after the last
+finished epoch, and a finished run is reused as is.
+
+Where BERT stays frozen (CPU budget), each distinct instruction text is
+encoded once and cached; the fusion transformer, projections and item-id
+embeddings are trained on top. With `train_bert`, BERT is tuned end to end
+on the unique texts of each batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from instructrec.config import Config
+from instructrec.instructions import Examples
+from instructrec.io import atomic_path
+from instructrec.model import InstructRecScorer, sampled_softmax_loss
+
+CHECKPOINT = "last.pt"
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    stage: str
+    epochs: int
+    batch_size: int
+    lr: float
+    bert_lr: float
+    weight_decay: float
+    negatives: int
+    patience: int
+    train_bert: bool
+    device: str
+    mixed_precision: bool
+    seed: int
+    dislike_weight: float = 1.0
+
+
+def representation_settings(cfg: Config) -> FitSettings:
+    t = cfg.train
+    return FitSettings("representation", t.epochs, t.batch_size, t.lr, t.bert_lr, t.weight_decay, t.sampled_negatives,
+                       t.patience, cfg.model.train_bert, t.device, t.mixed_precision, t.seed)
+
+
+def feedback_settings(cfg: Config) -> FitSettings:
+    t, f = cfg.train, cfg.feedback
+    return FitSettings("feedback", f.epochs, t.batch_size, f.lr, t.bert_lr / 3, t.weight_decay, t.sampled_negatives,
+                       f.epochs, cfg.model.train_bert, t.device, t.mixed_precision, t.seed + 1, f.dislike_weight)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+    best_epoch: int = -1
+    best_metric: float = float("-inf")
+    resumed_from: int | None = None  # last finished epoch found on disk
+    examples_per_s: float = 0.0
+
+
+Validate = Callable[[InstructRecScorer], dict[str, float]]
+OnEpoch = Callable[[dict], None]
+
+
+class _TextInputs:
+    """Instruction text -> BERT vector: a frozen cache, or live BERT on the batch's unique texts."""
+
+    def __init__(self, model: InstructRecScorer, tokenizer, texts: list[str], live: bool, device: str):
+        self.model, self.live = model, live
+        if live:
+            enc = tokenizer(texts, padding=True, truncation=True, max_length=model.config.max_text_tokens, return_tensors="pt")
+            self.ids, self.mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        else:
+            self.table = model.embed_texts(tokenizer, texts)
+
+    def __call__(self, text_id: torch.Tensor) -> torch.Tensor:
+        if not self.live:
+            return self.table[text_id]
+        unique, inverse = torch.unique(text_id, return_inverse=True)
+        mask = self.mask[unique]
+        width = int(mask.sum(1).max())
+        return self.model.encode_text(self.ids[unique, :width], mask[:, :width])[inverse]
+
+
+def _optimizer(model: InstructRecScorer, s: FitSettings) -> torch.optim.Optimizer:
+    model.bert.requires_grad_(s.train_bert)
+    head = [p for n, p in model.named_parameters() if not n.startswith("bert.") and p.requires_grad]
+    groups = [{"params": head, "lr": s.lr}]
+    if s.train_bert:
+        groups.append({"params": list(model.bert.parameters()), "lr": s.bert_lr})
+    return torch.optim.AdamW(groups, weight_decay=s.weight_decay)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def fit(
+    model: InstructRecScorer,
+    tokenizer,
+    examples: Examples,
+    s: FitSettings,
+    validate: Validate,
+    checkpoint_dir: Path | None = None,
+    fingerprint: str = "",
+    on_epoch: OnEpoch | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train in place; leaves the model holding its best-validation weights."""
+    device = torch.device(s.device)
+    model.to(device)
+    optim = _optimizer(model, s)
+    result = FitResult()
+    start_epoch, best_state = 0, None
+    ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
+    if ckpt and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            optim.load_state_dict(state["optim"])
+            best_state, start_epoch = state["best_state"], state["epoch"] + 1
+            result.history, result.best_epoch, result.best_metric = state["history"], state["best_epoch"], state["best_metric"]
+            result.resumed_from = state["epoch"]
+            if state.get("finished"):
+                start_epoch = s.epochs
+                model.eval()
+    if best_state is None:
+        metrics = validate(model)
+        result.best_metric, best_state = metrics["ndcg@10"], copy.deepcopy(model.state_dict())
+        result.history.append({"epoch": -1, "loss": float("nan"), **{f"val_{k}": v for k, v in metrics.items()}})
+
+    if start_epoch >= s.epochs:  # a finished run with the same fingerprint: reuse it
+        model.load_state_dict(best_state)
+        return result
+    texts = _TextInputs(model, tokenizer, examples.texts, s.train_bert, s.device)
+    tensors = {
+        "history": torch.as_tensor(examples.history, device=device),
+        "target": torch.as_tensor(examples.target, device=device),
+        "text_id": torch.as_tensor(examples.text_id, device=device),
+        "label": torch.as_tensor(examples.label, device=device),
+        "weight": torch.as_tensor(examples.weight, device=device),
+    }
+    n_items = model.config.n_items
+    amp = s.mixed_precision and device.type == "cuda"
+    seen = 0
+    started = time.perf_counter()
+    for epoch in range(start_epoch, s.epochs):
+        if epoch - result.best_epoch > s.patience and result.best_epoch >= 0:
+            break
+        model.train()
+        gen = torch.Generator(device="cpu").manual_seed(s.seed * 1000 + epoch)
+        order = torch.randperm(len(examples), generator=gen).to(device)
+        losses, t0 = [], time.perf_counter()
+        batches = range(0, len(order), s.batch_size)
+        for b in tqdm(batches, desc=f"{s.stage} epoch {epoch + 1}/{s.epochs}", disable=not progress, leave=False):
+            rows = order[b : b + s.batch_size]
+            negatives = torch.randint(1, n_items + 1, (s.negatives,), generator=gen).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                items = model.item_vectors()
+                q = model.query(texts(tensors["text_id"][rows]), tensors["history"][rows], items)
+                loss = sampled_softmax_loss(model, q, tensors["target"][rows], tensors["label"][rows],
+                                            tensors["weight"][rows], negatives, items, s.dislike_weight)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            losses.append(loss.item())
+        seen += len(order)
+        metrics = validate(model)
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
+               **{f"val_{k}": v for k, v in metrics.items()}}
+        result.history.append(row)
+        if metrics["ndcg@10"] > result.best_metric:
+            result.best_metric, result.best_epoch = metrics["ndcg@10"], epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if on_epoch:
+            on_epoch(row)
+        if ckpt:
+            _save_checkpoint(ckpt, {"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
+                                    "optim": optim.state_dict(), "best_state": best_state, "best_epoch": result.best_epoch,
+                                    "best_metric": result.best_metric, "history": result.history, "finished": False})
+    model.load_state_dict(best_state)
+    model.eval()
+    elapsed = time.perf_counter() - started
+    result.examples_per_s = seen / elapsed if seen else 0.0
+    if ckpt:
+        _save_checkpoint(ckpt, {"fingerprint": fingerprint, "epoch": result.history[-1]["epoch"], "model": model.state_dict(),
+                                "optim": optim.state_dict(), "best_state": best_state, "best_epoch": result.best_epoch,
+                                "best_metric": result.best_metric, "history": result.history, "finished": True})
+    return result

@@ -1,0 +1,118 @@
+"""MLflow model registry: names, aliases, guarded promotion, champion loading.
+
+Aliases only (registry stages are deprecated). `champion` is what serves,
+`previous-champion` is kept for rollback, `challenger` marks the latest
+registered candidate. MLflow's alias writes are last-writer-wins, so a
+promotion holds a file lock and re-reads `champion` just before moving it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+MODEL_NAME = "instructrec-scorer"
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
+CHECKPOINT_ARTIFACT = "checkpoint"  # PyTorch scorer directory (model.save_scorer)
+SERVING_ARTIFACT = "serving"  # tokenizer + catalogue for the ONNX graph
+ONNX_MODEL = "onnx"  # mlflow.onnx logged model name
+
+
+class PromotionConflict(RuntimeError):
+    """The champion moved while this candidate was being evaluated."""
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    version: str
+    run_id: str
+    source: str
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+def get_alias(alias: str, name: str = MODEL_NAME) -> VersionRef | None:
+    try:
+        mv: ModelVersion = client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return VersionRef(str(mv.version), mv.run_id, mv.source)
+
+
+def aliases(name: str = MODEL_NAME) -> dict[str, str]:
+    try:
+        return dict(client().get_registered_model(name).aliases)
+    except MlflowException:
+        return {}
+
+
+def versions(name: str = MODEL_NAME) -> list[str]:
+    try:
+        return sorted((mv.version for mv in client().search_model_versions(f"name='{name}'")), key=int)
+    except MlflowException:
+        return []
+
+
+@contextmanager
+def _lock(lock_file: Path) -> Iterator[None]:
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def promote(version: str, expected_champion: str | None, lock_file: Path, name: str = MODEL_NAME) -> None:
+    """Move `champion` to `version`, keeping the old one as `previous-champion`.
+
+    Refuses when the champion is no longer the version the candidate was
+    evaluated against (another promotion won the race).
+    """
+    with _lock(lock_file):
+        current = get_alias(CHAMPION, name)
+        current_version = current.version if current else None
+        if current_version != expected_champion:
+            raise PromotionConflict(
+                f"champion is v{current_version}, but v{version} was evaluated against v{expected_champion}; not promoting"
+            )
+        c = client()
+        if current_version is not None:
+            c.set_registered_model_alias(name, PREVIOUS, current_version)
+        c.set_registered_model_alias(name, CHAMPION, version)
+
+
+def mark_challenger(version: str, name: str = MODEL_NAME) -> None:
+    client().set_registered_model_alias(name, CHALLENGER, version)
+
+
+def describe(version: str, text: str, tags: dict[str, str], name: str = MODEL_NAME) -> None:
+    c = client()
+    c.update_model_version(name, version, description=text)
+    for key, value in tags.items():
+        c.set_model_version_tag(name, version, key, value)
+
+
+def download_checkpoint(ref: VersionRef, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(dst)))
+
+
+def download_serving(ref: VersionRef, dst: Path) -> tuple[Path, Path]:
+    """(directory holding model.onnx, serving bundle directory) for a version."""
+    dst.mkdir(parents=True, exist_ok=True)
+    onnx_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{ref.version}",
+                                                        dst_path=str(dst / "onnx")))
+    bundle = Path(mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=SERVING_ARTIFACT, dst_path=str(dst)))
+    return onnx_dir, bundle

@@ -1,0 +1,91 @@
+"""Data tasks: ingest (snapshot by content hash), validate (GX), prepare."""
+
+from __future__ import annotations
+
+import shutil
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from expectations.runner import ValidationOutcome, validate_table
+from instructrec import schema
+from instructrec.config import Config
+from instructrec.errors import DataValidationError
+from instructrec.feedback import read_store
+from instructrec.prepare import Prepared, prepare
+from instructrec.snapshot import Snapshot, snapshot_raw, write_tables
+from instructrec.sources import Tables, fetch_raw, read_tables
+from tasks import tracking
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def ingest(cfg: Config) -> Snapshot:
+    """Fetch the source's raw files and keep them by content hash (retried: network, disk)."""
+    raw = fetch_raw(cfg.data.source, cfg.paths.downloads)
+    snap = snapshot_raw(raw, cfg.paths.snapshots)
+    state = "new snapshot" if snap.created else "already ingested (no-op)"
+    get_run_logger().info("input %s -> snapshot %s: %s", raw.origin, snap.short, state)
+    return snap
+
+
+def _log_outcome(run_id: str, outcome: ValidationOutcome) -> None:
+    tracking.log_json(run_id, outcome.result, f"validation/{outcome.table}.json")
+    if outcome.docs_dir.exists():
+        tracking.log_dir(run_id, outcome.docs_dir, f"validation/data_docs/{outcome.table}")
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate(cfg: Config, snap: Snapshot, run_id: str) -> Tables:
+    """Read the snapshot and run the expectation suites; raise before training on failure."""
+    logger = get_run_logger()
+    tables = read_tables(snap.kind, snap.raw_dir)  # raises DataValidationError on unparseable values
+    workdir = tracking.scratch_dir("gx")
+    try:
+        items = validate_table("items", tables.items, tables.files["items"], workdir / "items")
+        _log_outcome(run_id, items)
+        items.raise_for_failure()
+        catalogue = tables.items[schema.ITEM].drop_nulls().to_list()
+        inter = validate_table("interactions", tables.interactions, tables.files["interactions"], workdir / "interactions",
+                               {"catalogue": catalogue})
+        _log_outcome(run_id, inter)
+        inter.raise_for_failure()
+        store = read_store(cfg.paths.feedback)
+        if store.height:
+            fb = validate_table("feedback", store, str(cfg.paths.feedback), workdir / "feedback")
+            _log_outcome(run_id, fb)
+            fb.raise_for_failure()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    write_tables(snap, tables)
+    stats = {"rows_interactions": tables.interactions.height, "rows_items": tables.items.height,
+             "rows_feedback_store": store.height}
+    tracking.log_metrics(run_id, {f"data/{k}": v for k, v in stats.items()})
+    logger.info("validation passed: %s", stats)
+    return tables
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare_data(cfg: Config, tables: Tables, snap: Snapshot, run_id: str) -> Prepared:
+    """Split, instructions and evaluation cases; lineage goes to MLflow."""
+    prepared = prepare(cfg, tables.interactions.drop(schema.ROW), tables.items.drop(schema.ROW), tables.item_noun)
+    lineage = {"snapshot_hash": snap.hash, "source": snap.origin, **prepared.lineage(),
+               "types": {t: len(c.users) for t, c in prepared.test_cases.items()}}
+    tracking.log_json(run_id, lineage, "data/lineage.json")
+    tracking.log_metrics(run_id, {f"data/{k}": v for k, v in prepared.lineage().items()})
+    _log_dataset_input(run_id, tables.interactions, snap)
+    return prepared
+
+
+def _log_dataset_input(run_id: str, interactions: pl.DataFrame, snap: Snapshot) -> None:
+    """Show the snapshot as the run's input dataset (name + content hash) in the MLflow UI."""
+    import mlflow
+
+    sample = interactions.head(1000).drop(schema.ROW, strict=False).to_pandas()
+    dataset = mlflow.data.from_pandas(sample, source=str(snap.raw_dir), name=f"interactions-{snap.short}",
+                                      digest=snap.hash[:32])
+    with tracking.active(run_id):
+        mlflow.log_input(dataset, context="training")
+
+
+__all__ = ["ingest", "validate", "prepare_data", "DataValidationError"]

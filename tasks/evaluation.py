@@ -1,0 +1,140 @@
+"""Evaluation and export tasks: every model scored on the same split in this run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from instructrec.config import Config  # noqa: E402
+from instructrec.evaluate import EvalReport, PopularityScorer, TorchScorer, evaluate  # noqa: E402
+from instructrec.export import OnnxScorer, Session, export_onnx, latency_ms, make_session, parity  # noqa: E402
+from instructrec.gate import Parity  # noqa: E402
+from instructrec.model import load_scorer  # noqa: E402
+from instructrec.prepare import Prepared  # noqa: E402
+from model_registry import registry  # noqa: E402
+from tasks import tracking  # noqa: E402
+from tasks.training import Trained  # noqa: E402
+
+CHALLENGER, CHAMPION, POPULARITY = "challenger", "champion", "popularity"
+
+
+@dataclass
+class Evaluations:
+    reports: dict[str, EvalReport]  # challenger, champion (if any), popularity
+    champion: registry.VersionRef | None
+
+
+@dataclass
+class Exported:
+    path: Path
+    provider: str
+    parity: Parity
+    latency_ms: float
+    champion_latency_ms: float | None
+
+
+def _report_rows(reports: dict[str, EvalReport]) -> list[dict]:
+    rows = []
+    for name, rep in reports.items():
+        for type_, values in rep.by_type.items():
+            rows.append({"model": name, "type": type_, "users": rep.counts[type_], **values})
+        rows.append({"model": name, "type": "overall", "users": max(rep.counts.values()), **rep.overall})
+    return rows
+
+
+def _plot(reports: dict[str, EvalReport], run_id: str) -> None:
+    names = list(reports)
+    types = list(next(iter(reports.values())).by_type)
+    slices = list(next(iter(reports.values())).slices)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        x = np.arange(len(types)) + i * width
+        ax1.bar(x, [reports[name].by_type[t]["ndcg@10"] for t in types], width, label=name)
+        x2 = np.arange(len(slices)) + i * width
+        ax2.bar(x2, [reports[name].slices[s]["ndcg@10"] for s in slices], width, label=name)
+    ax1.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types)
+    ax1.set(title="Test NDCG@10 (full ranking) by instruction type")
+    ax2.set_xticks(np.arange(len(slices)) + 0.4 - width / 2, slices)
+    ax2.set(title="Test NDCG@10 by slice")
+    ax1.legend()
+    fig.tight_layout()
+    tracking.log_figure(run_id, fig, "evaluation/ndcg_by_type_and_slice.png")
+    plt.close(fig)
+
+
+def _log_report(run_id: str, name: str, rep: EvalReport) -> None:
+    values = {f"test/{name}/{k}": v for k, v in rep.overall.items()}
+    for type_, metrics in rep.by_type.items():
+        values.update({f"test/{name}/{type_.replace('/', '_')}/{k}": v for k, v in metrics.items()})
+    values.update({f"test/{name}/slice_{s}/ndcg@10": v["ndcg@10"] for s, v in rep.slices.items()})
+    tracking.log_metrics(run_id, values)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, run_id: str) -> Evaluations:
+    """Challenger, the current champion (re-loaded, re-scored) and popularity on the test split."""
+    logger = get_run_logger()
+    ids = prepared.catalogue.item_ids
+    args = (prepared.test_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share)
+    reports = {CHALLENGER: evaluate(TorchScorer(CHALLENGER, challenger.model, challenger.tokenizer, ids, ids,
+                                                cfg.train.device), *args)}
+    champion = registry.get_alias(registry.CHAMPION)
+    if champion is not None:
+        local = registry.download_checkpoint(champion, tracking.scratch_dir("champion"))
+        model, tokenizer, model_ids = load_scorer(local, cfg.train.device)
+        reports[CHAMPION] = evaluate(TorchScorer(f"{CHAMPION}-v{champion.version}", model, tokenizer, model_ids, ids,
+                                                 cfg.train.device), *args)
+    reports[POPULARITY] = evaluate(PopularityScorer(prepared.split.popularity), *args)
+    for name, rep in reports.items():
+        _log_report(run_id, name, rep)
+        logger.info("%-11s NDCG@10 overall %.4f | %s", name, rep.overall["ndcg@10"],
+                    ", ".join(f"{t} {v['ndcg@10']:.4f}" for t, v in rep.by_type.items()))
+    tracking.log_table(run_id, _report_rows(reports), "evaluation/metrics_table.json")
+    tracking.log_json(run_id, {n: r.to_dict() for n, r in reports.items()}, "evaluation/report.json")
+    _plot(reports, run_id)
+    return Evaluations(reports, champion)
+
+
+def _parity_inputs(prepared: Prepared, n: int) -> tuple[list[str], np.ndarray]:
+    texts, hist = [], []
+    for case in prepared.test_cases.values():
+        texts += case.texts[:n]
+        hist.append(case.history[:n])
+    return texts, np.concatenate(hist)
+
+
+@task(name="export-onnx", cache_policy=NO_CACHE)
+def export_challenger(cfg: Config, prepared: Prepared, challenger: Trained, champion: registry.VersionRef | None,
+                      run_id: str) -> Exported:
+    """Export, check parity against PyTorch, time it beside the champion's ONNX graph."""
+    logger = get_run_logger()
+    path = export_onnx(challenger.model, challenger.tokenizer, cfg.paths.exports / run_id / "model.onnx")
+    session: Session = make_session(path)
+    onnx = OnnxScorer(CHALLENGER, session, challenger.tokenizer, cfg.model.max_text_tokens)
+    ids = prepared.catalogue.item_ids
+    eager = TorchScorer(CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device)
+    texts, hist = _parity_inputs(prepared, 64)
+    check = parity(np.concatenate([eager.score(texts[i:i + 64], hist[i:i + 64]) for i in range(0, len(texts), 64)]),
+                   np.concatenate([onnx.score(texts[i:i + 64], hist[i:i + 64]) for i in range(0, len(texts), 64)]))
+    ms = latency_ms(onnx, texts[0], hist[0])
+    champion_ms = None
+    if champion is not None:
+        onnx_dir, _ = registry.download_serving(champion, tracking.scratch_dir("champion-onnx"))
+        old = OnnxScorer(CHAMPION, make_session(onnx_dir / "model.onnx"), challenger.tokenizer, cfg.model.max_text_tokens)
+        champion_ms = latency_ms(old, texts[0], hist[0])
+    tracking.log_metrics(run_id, {"onnx/max_abs_diff": check.max_abs_diff, "onnx/top10_overlap": check.top10_overlap,
+                                  "onnx/latency_p50_ms": ms, "onnx/size_mb": path.stat().st_size / 2**20})
+    tracking.log_json(run_id, {"provider": session.provider, "parity": check.__dict__, "latency_p50_ms": ms,
+                               "champion_latency_p50_ms": champion_ms, "n_instructions": len(texts)}, "onnx/parity.json")
+    logger.info("ONNX on %s: max |diff| %.2e, top-10 overlap %.3f, p50 %.2f ms", session.provider, check.max_abs_diff,
+                check.top10_overlap, ms)
+    return Exported(path, session.provider, check, ms, champion_ms)

@@ -1,0 +1,99 @@
+"""Register the challenger, run the gate, and move aliases only on `promote`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from instructrec.config import Config  # noqa: E402
+from instructrec.evaluate import EvalReport  # noqa: E402
+from instructrec.gate import ArmEvaluation, Decision, decide, paired_bootstrap  # noqa: E402
+from instructrec.model import save_scorer  # noqa: E402
+from instructrec.prepare import Prepared  # noqa: E402
+from instructrec.recommend import write_bundle  # noqa: E402
+from model_registry import registry  # noqa: E402
+from tasks import tracking  # noqa: E402
+from tasks.evaluation import CHALLENGER, CHAMPION, POPULARITY, Evaluations, Exported  # noqa: E402
+from tasks.training import Trained  # noqa: E402
+
+
+@dataclass
+class GateResult:
+    decision: Decision
+    version: str
+    aliases: dict[str, str]
+
+
+def _arm(report: EvalReport, version: str | None = None, latency: float | None = None) -> ArmEvaluation:
+    users, values = report.user_metric()
+    slices = {t: v["ndcg@10"] for t, v in report.by_type.items()}
+    slices.update({s: v["ndcg@10"] for s, v in report.slices.items()})
+    return ArmEvaluation(report.name, users, values, slices, version, latency)
+
+
+def _plot_deltas(run_id: str, challenger: ArmEvaluation, champion: ArmEvaluation, cfg: Config) -> None:
+    common, ia, ib = np.intersect1d(challenger.users, champion.users, return_indices=True)
+    delta = challenger.values[ia] - champion.values[ib]
+    mean, lo, hi = paired_bootstrap(delta, cfg.gate.n_bootstrap, cfg.gate.confidence, cfg.gate.seed)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(delta, bins=40, color="tab:gray")
+    ax.axvline(mean, color="tab:blue", label=f"mean {mean:+.4f}")
+    ax.axvspan(lo, hi, color="tab:blue", alpha=0.2, label=f"{cfg.gate.confidence:.0%} CI [{lo:+.4f}, {hi:+.4f}]")
+    ax.set(title="Per-user delta NDCG@10 (challenger - champion)", xlabel="delta", ylabel="users")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tracking.log_figure(run_id, fig, "gate/per_user_delta.png")
+    plt.close(fig)
+
+
+def _log_candidate(cfg: Config, prepared: Prepared, challenger: Trained, exported: Exported, snapshot_hash: str,
+                   run_id: str) -> str:
+    """Checkpoint + serving bundle as run artifacts, the ONNX graph as the registered model."""
+    work = tracking.scratch_dir("candidate")
+    save_scorer(challenger.model, challenger.tokenizer, prepared.catalogue.item_ids, work / registry.CHECKPOINT_ARTIFACT)
+    tracking.log_dir(run_id, work / registry.CHECKPOINT_ARTIFACT, registry.CHECKPOINT_ARTIFACT)
+    write_bundle(work / registry.SERVING_ARTIFACT, challenger.tokenizer, prepared.catalogue, cfg.data.max_history,
+                 cfg.model.max_text_tokens, snapshot_hash)
+    tracking.log_dir(run_id, work / registry.SERVING_ARTIFACT, registry.SERVING_ARTIFACT)
+    with tracking.active(run_id):
+        info = mlflow.onnx.log_model(onnx.load(str(exported.path)), name=registry.ONNX_MODEL,
+                                     registered_model_name=registry.MODEL_NAME, save_as_external_data=False,
+                                     onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+                                     pip_requirements=["onnxruntime-gpu==1.31.1", "onnx"])
+    return str(info.registered_model_version)
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate_and_register(cfg: Config, prepared: Prepared, challenger: Trained, evaluations: Evaluations, exported: Exported,
+                      snapshot_hash: str, run_id: str) -> GateResult:
+    logger = get_run_logger()
+    reports, champion_ref = evaluations.reports, evaluations.champion
+    chal = _arm(reports[CHALLENGER], latency=exported.latency_ms)
+    champ = None
+    if champion_ref is not None:
+        champ = _arm(reports[CHAMPION], champion_ref.version, exported.champion_latency_ms)
+        _plot_deltas(run_id, chal, champ, cfg)
+    decision = decide(chal, _arm(reports[POPULARITY]), cfg.gate, champ, exported.parity)
+
+    version = _log_candidate(cfg, prepared, challenger, exported, snapshot_hash, run_id)
+    registry.mark_challenger(version)
+    if decision.promote:
+        registry.promote(version, champion_ref.version if champion_ref else None, cfg.paths.home / "registry.lock")
+    registry.describe(version, decision.summary(), {"gate_outcome": decision.outcome, "snapshot_hash": snapshot_hash,
+                                                    "run_id": run_id, "profile": cfg.profile,
+                                                    "evaluated_against": champion_ref.version if champion_ref else "none"})
+    tracking.log_json(run_id, {**decision.to_dict(), "version": version}, "gate/decision.json")
+    tracking.log_metrics(run_id, {"gate/promoted": float(decision.promote)})
+    mlflow.MlflowClient().set_tag(run_id, "gate_outcome", decision.outcome)
+    current = registry.aliases()
+    logger.info("gate: %s -> v%s; aliases now %s", decision.outcome, version, current)
+    return GateResult(decision, version, current)

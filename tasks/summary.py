@@ -1,0 +1,51 @@
+"""What a pipeline run tells its user at the end (also returned by the flow)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from instructrec.config import Config
+from instructrec.snapshot import Snapshot
+from tasks.evaluation import Evaluations, Exported
+from tasks.promotion import GateResult
+
+TABLE_METRICS = ("ndcg@10", "hr@10", "mrr@10", "s_hr@1", "s_ndcg@5")
+
+
+@dataclass
+class PipelineSummary:
+    run_id: str
+    snapshot: str
+    version: str
+    outcome: str
+    aliases: dict[str, str]
+    metrics: dict[str, dict[str, dict[str, float]]]  # model -> type -> metric
+    onnx_path: str
+    provider: str
+    tracking_uri: str
+    reasons: list[str]
+
+    def render(self) -> str:
+        models = list(self.metrics)
+        types = list(next(iter(self.metrics.values())))
+        head = f"{'type':<9}" + "".join(f"{m[:14]:>16}" for m in models)
+        lines = ["", "InstructRec pipeline finished", f"  snapshot {self.snapshot}   MLflow run {self.run_id}", "",
+                 "Test NDCG@10, full ranking (all items, history excluded):", "  " + head]
+        for t in types:
+            lines.append("  " + f"{t:<9}" + "".join(f"{self.metrics[m][t]['ndcg@10']:>16.4f}" for m in models))
+        lines += ["", f"Gate: {self.outcome.upper()} -> instructrec-scorer v{self.version}"]
+        lines += [f"  - {r}" for r in self.reasons]
+        lines += [f"Aliases: {self.aliases}", f"ONNX: {self.onnx_path} (provider {self.provider})", "",
+                  "Review it in MLflow:", f"  mlflow ui --backend-store-uri {self.tracking_uri}   (or: make mlflow-ui)",
+                  "Recommend from the champion:", "  instructrec recommend --user-id 1 -k 10", ""]
+        return "\n".join(lines)
+
+
+def summarise(cfg: Config, run_id: str, snap: Snapshot, evaluations: Evaluations, exported: Exported,
+              gate: GateResult) -> PipelineSummary:
+    metrics = {}
+    for name, rep in evaluations.reports.items():
+        metrics[name] = {t: {k: v[k] for k in TABLE_METRICS} for t, v in rep.by_type.items()}
+        metrics[name]["overall"] = {k: rep.overall[k] for k in TABLE_METRICS}
+    return PipelineSummary(run_id, snap.short, gate.version, gate.decision.outcome, gate.aliases, metrics,
+                           str(exported.path), exported.provider, cfg.paths.tracking_uri, gate.decision.reasons)

@@ -1,0 +1,112 @@
+"""MLflow run helpers. One MLflow run per flow run; every write names its run_id.
+
+MLflow's fluent "active run" is thread-local, and Prefect may run tasks in
+other threads, so tasks log through MlflowClient with an explicit run_id and
+only enter the fluent API (`active`) for calls that need it (log_model).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from instructrec.config import Config
+
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def configure(cfg: Config) -> str:
+    """Point MLflow at the configured store; create the experiment with local artifacts."""
+    cfg.paths.home.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(cfg.paths.tracking_uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = (cfg.paths.home / ARTIFACTS_DIR).resolve().as_uri()
+    return client.create_experiment(cfg.experiment, artifact_location=location)
+
+
+@contextmanager
+def pipeline_run(cfg: Config, run_name: str, tags: dict[str, str]) -> Iterator[str]:
+    """Open the flow's MLflow run; close it FINISHED, or FAILED on any exception."""
+    experiment_id = configure(cfg)
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in cfg.flat().items()])
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+@contextmanager
+def active(run_id: str) -> Iterator[None]:
+    """Enter the fluent API for `run_id` (for mlflow.<flavor>.log_model)."""
+    current = mlflow.active_run()
+    if current is not None and current.info.run_id == run_id:
+        yield
+        return
+    with mlflow.start_run(run_id=run_id):
+        yield
+    MlflowClient().update_run(run_id, status="RUNNING")  # the flow closes the run, not this helper
+
+
+@contextmanager
+def timed(run_id: str, stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    MlflowClient().log_metric(run_id, f"time_s/{stage}", time.perf_counter() - t0)
+
+
+def log_metrics(run_id: str, values: dict[str, float], step: int = 0) -> None:
+    ts = int(time.time() * 1000)
+    metrics = [mlflow.entities.Metric(_key(k), float(v), ts, step) for k, v in values.items() if v == v]
+    for start in range(0, len(metrics), 500):
+        MlflowClient().log_batch(run_id, metrics=metrics[start : start + 500])
+
+
+def log_json(run_id: str, obj: object, artifact_file: str) -> None:
+    MlflowClient().log_text(run_id, json.dumps(obj, indent=2, default=_plain), artifact_file)
+
+
+def log_dir(run_id: str, local: Path, artifact_path: str) -> None:
+    MlflowClient().log_artifacts(run_id, str(local), artifact_path)
+
+
+def log_figure(run_id: str, figure, artifact_file: str) -> None:
+    MlflowClient().log_figure(run_id, figure, artifact_file)
+
+
+def log_table(run_id: str, rows: list[dict], artifact_file: str) -> None:
+    """A JSON table MLflow's UI renders (artifact view + run comparison)."""
+    import pandas as pd
+
+    MlflowClient().log_table(run_id, pd.DataFrame(rows), artifact_file)
+
+
+def scratch_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"instructrec-{prefix}-"))
+
+
+def _key(name: str) -> str:
+    """MLflow metric keys allow [A-Za-z0-9_-./ ]; '@' is spelled 'at'."""
+    return name.replace("@", "_at_")
+
+
+def _plain(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)

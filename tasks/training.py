@@ -1,0 +1,126 @@
+"""Training tasks: BERT representation training, then feedback fine-tuning."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from instructrec.backbone import load_backbone  # noqa: E402
+from instructrec.config import Config  # noqa: E402
+from instructrec.evaluate import TorchScorer, evaluate  # noqa: E402
+from instructrec.feedback import feedback_examples, read_store  # noqa: E402
+from instructrec.model import InstructRecScorer, ScorerConfig  # noqa: E402
+from instructrec.prepare import Prepared  # noqa: E402
+from instructrec.train import FitResult, feedback_settings, fit, representation_settings  # noqa: E402
+from tasks import tracking  # noqa: E402
+
+
+@dataclass
+class Trained:
+    model: InstructRecScorer
+    tokenizer: object
+    fit: FitResult
+    fingerprint: str
+
+
+def fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def validator(prepared: Prepared, tokenizer, cfg: Config):
+    """Validation NDCG@10 (mean over instruction types) on the validation targets."""
+    ids = prepared.catalogue.item_ids
+    cache: dict | None = None if cfg.model.train_bert else {}
+
+    def run(model: InstructRecScorer) -> dict[str, float]:
+        scorer = TorchScorer("valid", model, tokenizer, ids, ids, cfg.train.device, cache)
+        report = evaluate(scorer, prepared.valid_cases,
+                          prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share)
+        out = {"ndcg@10": report.overall["ndcg@10"]}
+        out.update({f"{t.replace('/', '_')}_ndcg@10": v["ndcg@10"] for t, v in report.by_type.items()})
+        return out
+
+    return run
+
+
+def _epoch_logger(run_id: str, stage: str):
+    def log(row: dict) -> None:
+        tracking.log_metrics(run_id, {f"{stage}/{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"] + 1)
+
+    return log
+
+
+def _log_curves(run_id: str, stage: str, result: FitResult) -> None:
+    tracking.log_table(run_id, result.history, f"{stage}/history.json")
+    rows = [r for r in result.history if r["epoch"] >= 0]
+    if not rows:
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = [r["epoch"] + 1 for r in rows]
+    ax1.plot(epochs, [r["loss"] for r in rows], marker="o")
+    ax1.set(title=f"{stage}: training loss", xlabel="epoch")
+    for key in (k for k in rows[0] if k.startswith("val_") and k.endswith("ndcg@10")):
+        ax2.plot(epochs, [r[key] for r in rows], marker="o", label=key.removeprefix("val_"))
+    ax2.set(title=f"{stage}: validation NDCG@10", xlabel="epoch")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    tracking.log_figure(run_id, fig, f"{stage}/curves.png")
+    plt.close(fig)
+
+
+def _summarise(run_id: str, stage: str, result: FitResult) -> None:
+    tracking.log_metrics(run_id, {f"{stage}/best_val_ndcg@10": result.best_metric, f"{stage}/best_epoch": result.best_epoch + 1,
+                                  f"{stage}/examples_per_s": result.examples_per_s})
+    _log_curves(run_id, stage, result)
+
+
+@task(name="train-representation", cache_policy=NO_CACHE)
+def train_representation(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: str) -> Trained:
+    """BERT two-tower training; resumes from its checkpoint after a crash."""
+    logger = get_run_logger()
+    torch.manual_seed(cfg.train.seed)
+    bert, tokenizer = load_backbone(cfg.model.backbone, seed=cfg.train.seed)
+    m = cfg.model
+    model = InstructRecScorer(ScorerConfig(n_items=prepared.catalogue.n_items, max_history=cfg.data.max_history, dim=m.dim,
+                                           n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout,
+                                           max_text_tokens=m.max_text_tokens), bert)
+    model.to(cfg.train.device)
+    model.set_catalogue(tokenizer, prepared.catalogue.texts)
+    settings = representation_settings(cfg)
+    fp = fingerprint("representation", snapshot_hash, cfg.data, cfg.model, cfg.train)
+    result = fit(model, tokenizer, prepared.examples, settings, validator(prepared, tokenizer, cfg),
+                 cfg.paths.checkpoints / fp, fp, _epoch_logger(run_id, "representation"), cfg.progress)
+    if result.resumed_from is not None:
+        logger.info("resumed representation training after epoch %d (checkpoint %s)", result.resumed_from + 1, fp)
+    logger.info("representation: best validation NDCG@10 %.4f at epoch %d", result.best_metric, result.best_epoch + 1)
+    _summarise(run_id, "representation", result)
+    return Trained(model, tokenizer, result, fp)
+
+
+@task(name="finetune-feedback", cache_policy=NO_CACHE)
+def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id: str) -> Trained:
+    """Likes pull, dislikes push (ratings of the train part + the feedback store), with replay."""
+    logger = get_run_logger()
+    f = cfg.feedback
+    store = read_store(cfg.paths.feedback)
+    examples, stats = feedback_examples(prepared.split, store, prepared.examples, cfg.data.max_history, f.like_min_rating,
+                                        f.dislike_max_rating, f.replay_ratio, cfg.train.seed)
+    tracking.log_metrics(run_id, {f"feedback/{k}": v for k, v in stats.as_dict().items()})
+    settings = feedback_settings(cfg)
+    fp = fingerprint("feedback", base.fingerprint, cfg.feedback, store.height, store[:, 0].to_list() if store.height else [])
+    result = fit(base.model, base.tokenizer, examples, settings, validator(prepared, base.tokenizer, cfg),
+                 cfg.paths.checkpoints / fp, fp, _epoch_logger(run_id, "feedback"), cfg.progress)
+    before = result.history[0]["val_ndcg@10"]
+    tracking.log_metrics(run_id, {"feedback/val_ndcg@10_before": before, "feedback/val_ndcg@10_after": result.best_metric})
+    logger.info("feedback fine-tuning on %s: validation NDCG@10 %.4f -> %.4f", stats.as_dict(), before, result.best_metric)
+    _summarise(run_id, "feedback", result)
+    return Trained(base.model, base.tokenizer, result, fp)
