@@ -115,9 +115,7 @@ def _violations(table: str, total: int, results) -> list[Violation]:
         examples = tuple(repr(_plain(v)) for v in res.get("partial_unexpected_list", []) or [])
         if not examples and "observed_value" in res:
             examples = (f"observed {_plain(res['observed_value'])!r}",)
-        rows = tuple(
-            int(entry[schema.ROW]) for entry in res.get("partial_unexpected_index_list", []) or [] if schema.ROW in entry
-        )
+        rows = tuple(_row_number(entry) for entry in res.get("partial_unexpected_index_list", []) or [])
         out.append(
             Violation(
                 table=table,
@@ -130,6 +128,11 @@ def _violations(table: str, total: int, results) -> list[Violation]:
             )
         )
     return out
+
+
+def _row_number(entry) -> int:
+    """1-based source row: our _row column when present, else the frame's 0-based index."""
+    return int(entry[schema.ROW]) if isinstance(entry, dict) else int(entry) + 1
 
 
 def _plain(value):

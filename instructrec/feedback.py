@@ -55,11 +55,8 @@ def read_store(feedback_dir: Path) -> pl.DataFrame:
 
 def append_events(feedback_dir: Path, events: pl.DataFrame) -> Path:
     """Append a batch as a new immutable file; earlier files are never touched."""
-    events = events.with_columns(
-        pl.col(schema.EVENT_ID).fill_null(pl.lit(None)).map_elements(lambda e: e or uuid.uuid4().hex, return_dtype=pl.String)
-    ) if schema.EVENT_ID in events.columns else events.with_columns(
-        pl.Series(schema.EVENT_ID, [uuid.uuid4().hex for _ in range(events.height)])
-    )
+    if schema.EVENT_ID not in events.columns:
+        events = events.with_columns(pl.Series(schema.EVENT_ID, [uuid.uuid4().hex for _ in range(events.height)]))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     return write_parquet(events, feedback_dir / f"events-{stamp}-{uuid.uuid4().hex[:8]}.parquet")
 

@@ -170,15 +170,21 @@ def sampled_softmax_loss(
     negatives: torch.Tensor,
     items: torch.Tensor,
     dislike_weight: float = 1.0,
+    log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over in-batch targets + shared uniform negatives.
 
     Likes (label > 0) pull the item toward the instruction (cross-entropy);
     dislikes push it away with the unlikelihood term -log(1 - p(item)).
     Accidental hits (a row's own target among other columns) are masked.
+    `log_q` [n_items + 1] is the log expected count of each item among the
+    candidates; subtracting it (the sampled-softmax correction) keeps in-batch
+    negatives, drawn by popularity, from erasing the popularity prior.
     """
     cand = torch.cat([target, negatives])
     logits = query @ items[cand].T + model.item_bias[cand]
+    if log_q is not None:
+        logits = logits - log_q[cand]
     rows = torch.arange(len(target), device=target.device)
     clash = cand.unsqueeze(0) == target.unsqueeze(1)
     clash[rows, rows] = False

@@ -46,6 +46,7 @@ class FitSettings:
     mixed_precision: bool
     seed: int
     dislike_weight: float = 1.0
+    logq_correction: bool = True
 
 
 def representation_settings(cfg: Config) -> FitSettings:
@@ -91,6 +92,14 @@ class _TextInputs:
         mask = self.mask[unique]
         width = int(mask.sum(1).max())
         return self.model.encode_text(self.ids[unique, :width], mask[:, :width])[inverse]
+
+
+def candidate_log_q(targets: np.ndarray, n_items: int, batch_size: int, negatives: int) -> torch.Tensor:
+    """log of each item's expected count among a batch's candidates (in-batch targets + uniform negatives)."""
+    freq = np.bincount(targets, minlength=n_items + 1).astype(np.float64) / max(len(targets), 1)
+    expected = batch_size * freq + negatives / n_items
+    expected[0] = 1.0
+    return torch.as_tensor(np.log(expected), dtype=torch.float32)
 
 
 def _optimizer(model: InstructRecScorer, s: FitSettings) -> torch.optim.Optimizer:
@@ -153,6 +162,7 @@ def fit(
         "weight": torch.as_tensor(examples.weight, device=device),
     }
     n_items = model.config.n_items
+    log_q = candidate_log_q(examples.target, n_items, s.batch_size, s.negatives).to(device) if s.logq_correction else None
     amp = s.mixed_precision and device.type == "cuda"
     seen = 0
     started = time.perf_counter()
@@ -171,7 +181,7 @@ def fit(
                 items = model.item_vectors()
                 q = model.query(texts(tensors["text_id"][rows]), tensors["history"][rows], items)
                 loss = sampled_softmax_loss(model, q, tensors["target"][rows], tensors["label"][rows],
-                                            tensors["weight"][rows], negatives, items, s.dislike_weight)
+                                            tensors["weight"][rows], negatives, items, s.dislike_weight, log_q)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -185,12 +195,12 @@ def fit(
         if metrics["ndcg@10"] > result.best_metric:
             result.best_metric, result.best_epoch = metrics["ndcg@10"], epoch
             best_state = copy.deepcopy(model.state_dict())
-        if on_epoch:
-            on_epoch(row)
-        if ckpt:
+        if ckpt:  # before the callback: a failing logger never loses a finished epoch
             _save_checkpoint(ckpt, {"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
                                     "optim": optim.state_dict(), "best_state": best_state, "best_epoch": result.best_epoch,
                                     "best_metric": result.best_metric, "history": result.history, "finished": False})
+        if on_epoch:
+            on_epoch(row)
     model.load_state_dict(best_state)
     model.eval()
     elapsed = time.perf_counter() - started

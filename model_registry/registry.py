@@ -51,7 +51,7 @@ def get_alias(alias: str, name: str = MODEL_NAME) -> VersionRef | None:
 
 def aliases(name: str = MODEL_NAME) -> dict[str, str]:
     try:
-        return dict(client().get_registered_model(name).aliases)
+        return {alias: str(v) for alias, v in client().get_registered_model(name).aliases.items()}
     except MlflowException:
         return {}
 

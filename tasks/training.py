@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
 import torch  # noqa: E402
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
@@ -52,11 +53,21 @@ def validator(prepared: Prepared, tokenizer, cfg: Config):
     return run
 
 
-def _epoch_logger(run_id: str, stage: str):
-    def log(row: dict) -> None:
-        tracking.log_metrics(run_id, {f"{stage}/{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"] + 1)
+class EpochLogger:
+    """Logs epochs live; `replay` adds those restored from a checkpoint (resumed or reused runs)."""
 
-    return log
+    def __init__(self, run_id: str, stage: str):
+        self.run_id, self.stage, self.logged = run_id, stage, set()
+
+    def __call__(self, row: dict) -> None:
+        tracking.log_metrics(self.run_id, {f"{self.stage}/{k}": v for k, v in row.items() if k != "epoch"},
+                             step=row["epoch"] + 1)
+        self.logged.add(row["epoch"])
+
+    def replay(self, result: FitResult) -> None:
+        for row in result.history:
+            if row["epoch"] not in self.logged:
+                self(row)
 
 
 def _log_curves(run_id: str, stage: str, result: FitResult) -> None:
@@ -77,7 +88,10 @@ def _log_curves(run_id: str, stage: str, result: FitResult) -> None:
     plt.close(fig)
 
 
-def _summarise(run_id: str, stage: str, result: FitResult) -> None:
+def _summarise(run_id: str, stage: str, result: FitResult, epochs: EpochLogger) -> None:
+    epochs.replay(result)
+    if result.resumed_from is not None:
+        mlflow.MlflowClient().set_tag(run_id, f"{stage}.resumed_after_epoch", str(result.resumed_from + 1))
     tracking.log_metrics(run_id, {f"{stage}/best_val_ndcg@10": result.best_metric, f"{stage}/best_epoch": result.best_epoch + 1,
                                   f"{stage}/examples_per_s": result.examples_per_s})
     _log_curves(run_id, stage, result)
@@ -97,12 +111,13 @@ def train_representation(cfg: Config, prepared: Prepared, snapshot_hash: str, ru
     model.set_catalogue(tokenizer, prepared.catalogue.texts)
     settings = representation_settings(cfg)
     fp = fingerprint("representation", snapshot_hash, cfg.data, cfg.model, cfg.train)
+    epochs = EpochLogger(run_id, "representation")
     result = fit(model, tokenizer, prepared.examples, settings, validator(prepared, tokenizer, cfg),
-                 cfg.paths.checkpoints / fp, fp, _epoch_logger(run_id, "representation"), cfg.progress)
+                 cfg.paths.checkpoints / fp, fp, epochs, cfg.progress)
     if result.resumed_from is not None:
         logger.info("resumed representation training after epoch %d (checkpoint %s)", result.resumed_from + 1, fp)
     logger.info("representation: best validation NDCG@10 %.4f at epoch %d", result.best_metric, result.best_epoch + 1)
-    _summarise(run_id, "representation", result)
+    _summarise(run_id, "representation", result, epochs)
     return Trained(model, tokenizer, result, fp)
 
 
@@ -117,10 +132,11 @@ def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id:
     tracking.log_metrics(run_id, {f"feedback/{k}": v for k, v in stats.as_dict().items()})
     settings = feedback_settings(cfg)
     fp = fingerprint("feedback", base.fingerprint, cfg.feedback, store.height, store[:, 0].to_list() if store.height else [])
+    epochs = EpochLogger(run_id, "feedback")
     result = fit(base.model, base.tokenizer, examples, settings, validator(prepared, base.tokenizer, cfg),
-                 cfg.paths.checkpoints / fp, fp, _epoch_logger(run_id, "feedback"), cfg.progress)
+                 cfg.paths.checkpoints / fp, fp, epochs, cfg.progress)
     before = result.history[0]["val_ndcg@10"]
     tracking.log_metrics(run_id, {"feedback/val_ndcg@10_before": before, "feedback/val_ndcg@10_after": result.best_metric})
     logger.info("feedback fine-tuning on %s: validation NDCG@10 %.4f -> %.4f", stats.as_dict(), before, result.best_metric)
-    _summarise(run_id, "feedback", result)
+    _summarise(run_id, "feedback", result, epochs)
     return Trained(base.model, base.tokenizer, result, fp)

@@ -1,0 +1,107 @@
+"""Each expectation of each suite fails on a bad fixture, with a message naming it."""
+
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+
+from expectations.runner import load_suite, validate_table
+from instructrec import schema
+from instructrec.sources.coerce import to_canonical, with_row_numbers
+from tests.conftest import make_tables
+
+
+def canonical():
+    inter, items = make_tables()
+    inter = to_canonical(with_row_numbers(inter), schema.INTERACTIONS_SCHEMA, "interactions", "interactions.csv")
+    items = to_canonical(with_row_numbers(items), {**schema.ITEMS_SCHEMA, **schema.ITEM_ATTRIBUTES}, "items", "items.csv")
+    return inter, items
+
+
+def run(table, df, tmp_path, params=None):
+    return validate_table(table, df, f"{table}.csv", tmp_path / table, params)
+
+
+def test_good_tables_pass_and_build_data_docs(tmp_path):
+    inter, items = canonical()
+    out = run("items", items, tmp_path)
+    assert out.success and out.violations == []
+    assert (out.docs_dir / "index.html").exists()
+    out = run("interactions", inter, tmp_path, {"catalogue": items["item_id"].to_list()})
+    assert out.success, out.violations
+
+
+def set_row(df, column, row, value, dtype=None):
+    expr = pl.when(pl.col(schema.ROW) == row).then(pl.lit(value, dtype=dtype or df.schema[column])).otherwise(pl.col(column))
+    return df.with_columns(expr.alias(column))
+
+
+FUTURE = datetime(2999, 1, 1, tzinfo=UTC)
+CASES = {
+    "missing column": (lambda d: d.drop("user_id"), "user_id", "column is missing"),
+    "null user_id": (lambda d: set_row(d, "user_id", 4, None), "user_id", "must not be null"),
+    "rating 9": (lambda d: set_row(d, "rating", 3, 9.0), "rating", "ratings must lie in [0, 5]"),
+    "unknown item": (lambda d: set_row(d, "item_id", 2, "no-such-item"), "item_id", "every item must be in the items table"),
+    "null timestamp": (lambda d: set_row(d, "timestamp", 5, None), "timestamp", "present and parseable"),
+    "future timestamp": (lambda d: set_row(d, "timestamp", 5, FUTURE), "timestamp", "not be in the future"),
+    "duplicate event": (lambda d: pl.concat([d, d.head(1)]), "user_id, item_id, timestamp", "must be unique"),
+    "empty table": (lambda d: d.head(0), None, "must not be empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_interactions_suite_rejects(case, tmp_path):
+    inter, items = canonical()
+    breaker, column, rule = CASES[case]
+    out = run("interactions", breaker(inter), tmp_path, {"catalogue": items["item_id"].to_list()})
+    assert not out.success
+    hit = [v for v in out.violations if rule in v.rule]
+    assert hit, out.violations
+    assert hit[0].column == column
+    with pytest.raises(Exception) as err:
+        out.raise_for_failure()
+    assert "interactions.csv" in str(err.value) and rule in str(err.value)
+
+
+def test_offending_values_and_rows_are_reported(tmp_path):
+    inter, items = canonical()
+    out = run("interactions", set_row(inter, "rating", 7, 9.0), tmp_path, {"catalogue": items["item_id"].to_list()})
+    (v,) = out.violations
+    assert v.examples == ("9.0",) and v.rows == (7,) and v.unexpected == 1
+
+
+@pytest.mark.parametrize("breaker,rule", [
+    (lambda d: d.drop("title"), "column is missing"),
+    (lambda d: pl.concat([d, d.head(1)]), "item_id must be unique"),
+    (lambda d: set_row(d, "text", 2, None), "text must not be null"),
+])
+def test_items_suite_rejects(breaker, rule, tmp_path):
+    _, items = canonical()
+    out = run("items", breaker(items), tmp_path)
+    assert not out.success and any(rule in v.rule for v in out.violations)
+
+
+def feedback_frame(kind="like", event_ids=("e1", "e2")):
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    return pl.DataFrame({"event_id": list(event_ids), "user_id": ["u1", "u2"], "item_id": ["i1", None],
+                         "kind": [kind, "instruction"], "text": [None, "something funny"], "model_version": ["1", "1"],
+                         "arm": ["champion", "challenger"], "request_id": ["r1", "r2"], "timestamp": [now, now]})
+
+
+def test_feedback_suite_accepts_valid_events(tmp_path):
+    assert run("feedback", feedback_frame(), tmp_path).success
+
+
+@pytest.mark.parametrize("frame,rule", [
+    (feedback_frame(kind="love"), "kind must be"),
+    (feedback_frame(event_ids=("e1", "e1")), "event_id must be unique"),
+])
+def test_feedback_suite_rejects(frame, rule, tmp_path):
+    out = run("feedback", frame, tmp_path)
+    assert not out.success and any(rule in v.rule for v in out.violations)
+
+
+def test_feedback_kinds_are_named_once():
+    suite = load_suite("feedback")
+    (kinds,) = [e["kwargs"]["value_set"] for e in suite["expectations"] if e["kwargs"].get("column") == "kind" and "value_set" in e["kwargs"]]
+    assert tuple(kinds) == schema.FEEDBACK_KINDS

@@ -1,0 +1,141 @@
+"""Whole-flow runs (tiny profile) under a real, temporary Prefect API."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import mlflow
+import polars as pl
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.cli import main
+from flows.training import training_pipeline
+from instructrec.errors import DataValidationError
+from instructrec.feedback import append_events
+from model_registry import registry
+from tests.conftest import write_dataset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_api():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two pipeline runs on the same data, with feedback arriving in between."""
+    root = tmp_path_factory.mktemp("flow")
+    home, data = root / "home", write_dataset(root / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INSTRUCTREC_HOME", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        first = training_pipeline(profile="tiny", data=str(data))
+        append_events(home / "feedback", pl.DataFrame({
+            "user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i8", None], "kind": ["like", "dislike", "instruction"],
+            "text": [None, None, "a scary one"], "model_version": ["1"] * 3, "arm": ["champion"] * 3,
+            "request_id": ["r1", "r2", "r3"], "timestamp": [datetime(2024, 1, 1, tzinfo=UTC)] * 3}))
+        second = training_pipeline(profile="tiny", data=str(data))
+        yield {"home": home, "data": data, "first": first, "second": second, "mp": mp}
+
+
+def test_first_run_registers_v1_as_champion(runs):
+    first = runs["first"]
+    assert first.version == "1" and first.outcome == "promote"
+    assert set(first.metrics) == {"challenger", "popularity"}
+
+
+def test_second_run_judges_v2_against_v1_and_aliases_follow_the_decision(runs):
+    second = runs["second"]
+    assert second.version == "2" and set(second.metrics) == {"challenger", "champion", "popularity"}
+    aliases = registry.aliases()
+    assert aliases["challenger"] == "2"
+    if second.outcome == "promote":
+        assert aliases["champion"] == "2" and aliases["previous-champion"] == "1"
+    else:
+        assert aliases["champion"] == "1" and "previous-champion" not in aliases
+    description = registry.client().get_model_version(registry.MODEL_NAME, "2").description
+    assert description.startswith("Gate: ") and "delta ndcg@10" in description
+
+
+def test_mlflow_run_holds_what_a_reviewer_needs(runs):
+    client = registry.client()
+    run = client.get_run(runs["second"].run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["profile"] == "tiny"
+    keys = set(run.data.metrics)
+    for key in ("test/challenger/ndcg_at_10", "test/champion/ndcg_at_10", "test/popularity/ndcg_at_10",
+                "representation/val_ndcg_at_10", "feedback/from_store", "onnx/max_abs_diff", "time_s/train_representation"):
+        assert key in keys, key
+    assert run.data.metrics["feedback/from_store"] == 2  # the like and the dislike; the item-less instruction is skipped
+    paths = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"validation", "evaluation", "gate", "checkpoint", "serving", "representation", "data"} <= paths
+    decision = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/gate/decision.json"))
+    assert decision["outcome"] == runs["second"].outcome and decision["version"] == "2"
+    docs = {a.path for a in client.list_artifacts(run.info.run_id, "validation/data_docs/interactions")}
+    assert "validation/data_docs/interactions/index.html" in docs
+
+
+def test_recommend_answers_from_the_champion_onnx_as_json(runs, capsys):
+    assert main(["recommend", "--user-id", "u1", "-k", "5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model_version"] == registry.aliases()["champion"]
+    assert len(out["items"]) == 5 and out["provider"].endswith("ExecutionProvider")
+    inter = pl.read_csv(runs["data"] / "interactions.csv")
+    seen = set(inter.filter(pl.col("user_id") == "u1")["item_id"])
+    assert not seen & {i["item_id"] for i in out["items"]}
+    assert main(["recommend", "--user-id", "stranger", "--instruction", "something scary", "-k", "3"]) == 0
+    cold = json.loads(capsys.readouterr().out)
+    assert cold["known_user"] is False and len(cold["items"]) == 3
+
+
+@pytest.mark.parametrize("breakage,expected", [
+    ("null_user", "user_id must not be null"),
+    ("rating_9", "ratings must lie in [0, 5]"),
+    ("unknown_item", "every item must be in the items table"),
+    ("bad_timestamp", "must parse as a timestamp"),
+    ("missing_column", "'rating'"),
+])
+def test_broken_input_stops_before_training_and_touches_nothing(runs, tmp_path, capsys, breakage, expected):
+    bad = write_dataset(tmp_path / "bad")
+    df = pl.read_csv(bad / "interactions.csv", infer_schema=False)
+    row = pl.int_range(pl.len()) == 4
+    if breakage == "null_user":
+        df = df.with_columns(pl.when(row).then(None).otherwise(pl.col("user_id")).alias("user_id"))
+    elif breakage == "rating_9":
+        df = df.with_columns(pl.when(row).then(pl.lit("9")).otherwise(pl.col("rating")).alias("rating"))
+    elif breakage == "unknown_item":
+        df = df.with_columns(pl.when(row).then(pl.lit("ghost")).otherwise(pl.col("item_id")).alias("item_id"))
+    elif breakage == "bad_timestamp":
+        df = df.with_columns(pl.when(row).then(pl.lit("13/45/2020")).otherwise(pl.col("timestamp")).alias("timestamp"))
+    else:
+        expected = "column 'user_id'"
+        df = df.drop("user_id")
+    df.write_csv(bad / "interactions.csv")
+    before_versions, before_aliases = registry.versions(), registry.aliases()
+    snapshots = runs["home"] / "snapshots"
+    before_snaps = {p.name: (p / "tables").exists() for p in snapshots.iterdir()}
+
+    assert main(["pipeline", "--profile", "tiny", "--data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Invalid interactions data in interactions.csv") and expected in err
+    assert err.count("\n") == 1  # one paragraph, not a stack trace
+
+    assert registry.versions() == before_versions and registry.aliases() == before_aliases
+    after = {p.name: (p / "tables").exists() for p in snapshots.iterdir()}
+    new = set(after) - set(before_snaps)
+    assert len(new) == 1 and not after[new.pop()]  # raw kept, no canonical tables written
+    assert all(after[name] == had for name, had in before_snaps.items())
+
+
+def test_broken_input_raises_a_typed_error_from_the_flow(runs, tmp_path):
+    bad = write_dataset(tmp_path / "bad")
+    df = pl.read_csv(bad / "interactions.csv").with_columns(pl.lit(9.0).alias("rating"))
+    df.write_csv(bad / "interactions.csv")
+    with pytest.raises(DataValidationError) as err:
+        training_pipeline(profile="tiny", data=str(bad))
+    assert err.value.violations[0].column == "rating"

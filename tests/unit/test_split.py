@@ -1,0 +1,48 @@
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from instructrec.evaluate import head_items
+from instructrec.split import Catalogue, sample_users, temporal_leave_one_out
+
+CAT = Catalogue(["a", "b", "c", "d", "e"], list("ABCDE"), list("ABCDE"), [()] * 5)
+T0 = datetime(2021, 1, 1, tzinfo=UTC)
+
+
+def frame(rows):
+    return pl.DataFrame(
+        [(u, i, T0 + timedelta(hours=h), 4.0) for u, i, h in rows],
+        schema={"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Datetime("us", "UTC"), "rating": pl.Float32},
+        orient="row",
+    )
+
+
+def test_last_is_test_second_last_is_valid_by_time_not_file_order():
+    split = temporal_leave_one_out(frame([("u", "e", 5), ("u", "a", 1), ("u", "c", 3), ("u", "b", 2)]), CAT)
+    assert split.train[0].tolist() == [1, 2]  # a, b
+    assert split.valid[0] == 3 and split.test[0] == 5  # c, e
+
+
+def test_equal_timestamps_break_ties_by_item_id():
+    split = temporal_leave_one_out(frame([("u", "d", 1), ("u", "b", 1), ("u", "a", 0), ("u", "c", 1)]), CAT)
+    assert split.train[0].tolist() == [1, 2] and split.valid[0] == 3 and split.test[0] == 4
+
+
+def test_short_users_only_train_and_are_not_evaluated():
+    split = temporal_leave_one_out(frame([("u", "a", 1), ("u", "b", 2), ("v", "a", 1), ("v", "b", 2), ("v", "c", 3)]), CAT)
+    assert split.users == ["u", "v"]
+    assert split.eval_users.tolist() == [1]
+    assert split.popularity.tolist() == [0, 2, 1, 0, 0, 0]  # train only
+
+
+def test_user_sampling_is_seeded_and_bounded():
+    df = frame([(f"u{k}", "a", k) for k in range(50)])
+    a, b = sample_users(df, 10, seed=1), sample_users(df, 10, seed=1)
+    assert a["user_id"].n_unique() == 10 and a.equals(b)
+
+
+def test_head_items_cover_the_requested_share():
+    pop = np.array([0, 50, 30, 10, 5, 5], dtype=float)
+    assert head_items(pop, 0.5).tolist() == [1]
+    assert set(head_items(pop, 0.8).tolist()) == {1, 2}
