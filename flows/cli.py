@@ -36,9 +36,26 @@ def _environment_defaults() -> None:
 def _pipeline(args: argparse.Namespace) -> int:
     from flows.training import training_pipeline
 
-    summary = training_pipeline(profile=args.profile, data=args.data)
+    summary = training_pipeline(profile=args.profile, data=args.data, overrides=parse_overrides(args.set))
     print(summary.render())
     return 0
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['train.epochs=3', 'gate.min_gain=0.01'] -> {'train': {'epochs': 3}, 'gate': {'min_gain': 0.01}}."""
+    import yaml
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --set expects key=value, got {pair!r}")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
 
 
 def _recommend(args: argparse.Namespace) -> int:
@@ -72,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="ingest, validate, train, fine-tune, evaluate, export and gate")
     p.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
     p.add_argument("--data", default=None, help="'movielens-100k' (default) or a directory with interactions.* and items.*")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=5 --set train.seed=3 (repeatable)")
     p.set_defaults(run=_pipeline)
     r = sub.add_parser("recommend", help="top-k from the champion's ONNX scorer, as JSON")
     r.add_argument("--user-id", required=True)

@@ -29,33 +29,34 @@ def ingest(cfg: Config) -> Snapshot:
     return snap
 
 
-def _log_outcome(run_id: str, outcome: ValidationOutcome) -> None:
-    tracking.log_json(run_id, outcome.result, f"validation/{outcome.table}.json")
-    if outcome.docs_dir.exists():
-        tracking.log_dir(run_id, outcome.docs_dir, f"validation/data_docs/{outcome.table}")
-
-
 @task(name="validate", cache_policy=NO_CACHE)
 def validate(cfg: Config, snap: Snapshot, run_id: str) -> Tables:
-    """Read the snapshot and run the expectation suites; raise before training on failure."""
+    """Read the snapshot and run the expectation suites; raise before training on failure.
+
+    All suites share one GX project, so a single data-docs site (logged even
+    when a suite fails) shows every table's validation.
+    """
     logger = get_run_logger()
     tables = read_tables(snap.kind, snap.raw_dir)  # raises DataValidationError on unparseable values
     workdir = tracking.scratch_dir("gx")
+    outcomes: list[ValidationOutcome] = []
+
+    def check(table: str, df: pl.DataFrame, file: str, params: dict | None = None) -> None:
+        outcome = validate_table(table, df, file, workdir, params)
+        outcomes.append(outcome)
+        tracking.log_json(run_id, outcome.result, f"validation/{table}.json")
+        outcome.raise_for_failure()
+
+    store = read_store(cfg.paths.feedback)
     try:
-        items = validate_table("items", tables.items, tables.files["items"], workdir / "items")
-        _log_outcome(run_id, items)
-        items.raise_for_failure()
-        catalogue = tables.items[schema.ITEM].drop_nulls().to_list()
-        inter = validate_table("interactions", tables.interactions, tables.files["interactions"], workdir / "interactions",
-                               {"catalogue": catalogue})
-        _log_outcome(run_id, inter)
-        inter.raise_for_failure()
-        store = read_store(cfg.paths.feedback)
+        check("items", tables.items, tables.files["items"])
+        check("interactions", tables.interactions, tables.files["interactions"],
+              {"catalogue": tables.items[schema.ITEM].drop_nulls().to_list()})
         if store.height:
-            fb = validate_table("feedback", store, str(cfg.paths.feedback), workdir / "feedback")
-            _log_outcome(run_id, fb)
-            fb.raise_for_failure()
+            check("feedback", store, str(cfg.paths.feedback))
     finally:
+        if outcomes and outcomes[-1].docs_dir.exists():
+            tracking.log_dir(run_id, outcomes[-1].docs_dir, "validation/data_docs")
         shutil.rmtree(workdir, ignore_errors=True)
     write_tables(snap, tables)
     stats = {"rows_interactions": tables.interactions.height, "rows_items": tables.items.height,

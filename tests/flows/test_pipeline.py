@@ -76,8 +76,10 @@ def test_mlflow_run_holds_what_a_reviewer_needs(runs):
     assert {"validation", "evaluation", "gate", "checkpoint", "serving", "representation", "data"} <= paths
     decision = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/gate/decision.json"))
     assert decision["outcome"] == runs["second"].outcome and decision["version"] == "2"
-    docs = {a.path for a in client.list_artifacts(run.info.run_id, "validation/data_docs/interactions")}
-    assert "validation/data_docs/interactions/index.html" in docs
+    docs = {a.path for a in client.list_artifacts(run.info.run_id, "validation/data_docs")}
+    assert "validation/data_docs/index.html" in docs
+    pages = {a.path for a in client.list_artifacts(run.info.run_id, "validation/data_docs/validations")}
+    assert {"validation/data_docs/validations/items", "validation/data_docs/validations/interactions"} <= pages
 
 
 def test_recommend_answers_from_the_champion_onnx_as_json(runs, capsys):
