@@ -33,16 +33,16 @@ class DataConfig(_Frozen):
 
 class ModelConfig(_Frozen):
     backbone: str = "minilm"  # "minilm" (PyPI package), "tiny" (random) or a local BERT directory
-    dim: int = 128  # width of both towers' output space
+    dim: int = 64  # width of both towers' output space
     n_layers: int = 2  # fusion transformer over [instruction text; history items]
-    n_heads: int = 4
+    n_heads: int = 2
     dropout: float = 0.2
     train_bert: bool = False  # fine-tune BERT itself (GPU); else BERT features are cached
     max_text_tokens: int = 64
 
 
 class TrainConfig(_Frozen):
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 256
     lr: float = 2e-3
     bert_lr: float = 3e-5
@@ -151,7 +151,7 @@ _PROFILES: dict[str, dict] = {
     },
     "cpu": {},
     "gpu": {
-        "model": {"train_bert": True, "dim": 256, "n_layers": 2},
+        "model": {"train_bert": True, "dim": 128, "n_heads": 4},
         "train": {"batch_size": 512, "sampled_negatives": 1024, "mixed_precision": True, "device": "cuda", "epochs": 15},
     },
 }
