@@ -174,7 +174,8 @@ def fit(
         order = torch.randperm(len(examples), generator=gen).to(device)
         losses, t0 = [], time.perf_counter()
         batches = range(0, len(order), s.batch_size)
-        for b in tqdm(batches, desc=f"{s.stage} epoch {epoch + 1}/{s.epochs}", disable=not progress, leave=False):
+        for b in tqdm(batches, desc=f"{s.stage} epoch {epoch + 1}/{s.epochs}", disable=not progress, leave=False,
+                      mininterval=2.0):
             rows = order[b : b + s.batch_size]
             negatives = torch.randint(1, n_items + 1, (s.negatives,), generator=gen).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

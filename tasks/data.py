@@ -80,11 +80,15 @@ def prepare_data(cfg: Config, tables: Tables, snap: Snapshot, run_id: str) -> Pr
 
 def _log_dataset_input(run_id: str, interactions: pl.DataFrame, snap: Snapshot) -> None:
     """Show the snapshot as the run's input dataset (name + content hash) in the MLflow UI."""
+    import warnings
+
     import mlflow
 
     sample = interactions.head(1000).drop(schema.ROW, strict=False).to_pandas()
-    dataset = mlflow.data.from_pandas(sample, source=str(snap.raw_dir), name=f"interactions-{snap.short}",
-                                      digest=snap.hash[:32])
+    with warnings.catch_warnings():  # MLflow finds two equivalent local-source classes and says so
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(sample, source=str(snap.raw_dir), name=f"interactions-{snap.short}",
+                                          digest=snap.hash[:32])
     with tracking.active(run_id):
         mlflow.log_input(dataset, context="training")
 

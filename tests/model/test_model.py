@@ -121,3 +121,19 @@ def test_checkpoint_of_other_data_or_config_is_not_resumed(tiny_cfg, prepared, t
     other, tok = build_model(tiny_cfg, prepared)
     result = fit(other, tok, prepared.examples, settings(epochs=1), validator(prepared, tok), tmp_path, "fp-b", progress=False)
     assert result.resumed_from is None
+
+
+def test_session_reports_the_provider_that_really_runs(trained, tmp_path, monkeypatch):
+    """onnxruntime-gpu lists CUDA without a GPU and falls back silently: we report get_providers()."""
+    import onnxruntime as ort
+
+    from instructrec import export
+
+    model, tok, _ = trained
+    path = export_onnx(model, tok, tmp_path / "m.onnx")
+    assert make_session(path).provider == ("CUDAExecutionProvider" if export.cuda_usable() else "CPUExecutionProvider")
+    monkeypatch.setattr(export, "cuda_usable", lambda: True)  # ask for CUDA even here
+    session = make_session(path)
+    assert session.provider in ort.get_available_providers()
+    assert session.provider == session.session.get_providers()[0]
+    assert make_session(path, prefer=("CPUExecutionProvider",)).provider == "CPUExecutionProvider"
