@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -33,8 +34,22 @@ def _environment_defaults() -> None:
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
+class _NoTracebackForInputErrors(logging.Filter):
+    """Bad input is the user's to fix and its message says how: log it without a stack trace."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (DataValidationError, SourceError)):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _pipeline(args: argparse.Namespace) -> int:
-    from flows.training import training_pipeline
+    from flows.training import training_pipeline  # importing prefect configures its loggers
+
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTracebackForInputErrors) for f in logger.filters):
+            logger.addFilter(_NoTracebackForInputErrors())
 
     summary = training_pipeline(profile=args.profile, data=args.data, overrides=parse_overrides(args.set))
     print(summary.render())

@@ -26,7 +26,7 @@ class Violation:
         return f"{where} broke '{self.rule}'{count}{sample}"
 
 
-@dataclass
+@dataclass(repr=False)
 class DataValidationError(Exception):
     """Bad input: raised before anything downstream (training, registry) runs."""
 
@@ -40,6 +40,9 @@ class DataValidationError(Exception):
             f"Invalid {table} data in {self.file}: {parts}. "
             "Nothing was trained or registered; the raw snapshot was kept for inspection."
         )
+
+    def __repr__(self) -> str:
+        return f"DataValidationError({self.file!r}: {len(self.violations)} violation(s))"
 
 
 class SourceError(Exception):

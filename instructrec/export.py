@@ -7,6 +7,7 @@ constants at export time (computed once per catalogue).
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class _Exported(torch.nn.Module):
 
 
 def export_onnx(model: InstructRecScorer, tokenizer, target: Path, opset: int = 17) -> Path:
-    model = model.eval().cpu()
+    model = copy.deepcopy(model).eval().cpu()  # the caller's model stays on its device
     sample = model.tokenize(tokenizer, ["an example instruction", "a second, longer example instruction text"])
     history = torch.zeros(2, model.config.max_history, dtype=torch.long)
     history[0, -2:] = torch.tensor([1, 2])

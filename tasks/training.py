@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from instructrec import schema  # noqa: E402
 from instructrec.backbone import load_backbone  # noqa: E402
 from instructrec.config import Config  # noqa: E402
 from instructrec.evaluate import TorchScorer, evaluate  # noqa: E402
@@ -101,6 +102,9 @@ def _summarise(run_id: str, stage: str, result: FitResult, epochs: EpochLogger) 
 def train_representation(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: str) -> Trained:
     """BERT two-tower training; resumes from its checkpoint after a crash."""
     logger = get_run_logger()
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"profile {cfg.profile!r} trains on CUDA, but torch sees no GPU "
+                           "(CPU-only torch build, or no device); use --profile cpu, or install the CUDA build of torch")
     torch.manual_seed(cfg.train.seed)
     bert, tokenizer = load_backbone(cfg.model.backbone, seed=cfg.train.seed)
     m = cfg.model
@@ -131,7 +135,7 @@ def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id:
                                         f.dislike_max_rating, f.replay_ratio, cfg.train.seed)
     tracking.log_metrics(run_id, {f"feedback/{k}": v for k, v in stats.as_dict().items()})
     settings = feedback_settings(cfg)
-    fp = fingerprint("feedback", base.fingerprint, cfg.feedback, store.height, store[:, 0].to_list() if store.height else [])
+    fp = fingerprint("feedback", base.fingerprint, cfg.feedback, sorted(store[schema.EVENT_ID].to_list()))
     epochs = EpochLogger(run_id, "feedback")
     result = fit(base.model, base.tokenizer, examples, settings, validator(prepared, base.tokenizer, cfg),
                  cfg.paths.checkpoints / fp, fp, epochs, cfg.progress)

@@ -102,7 +102,7 @@ def test_recommend_answers_from_the_champion_onnx_as_json(runs, capsys):
     ("bad_timestamp", "must parse as a timestamp"),
     ("missing_column", "'rating'"),
 ])
-def test_broken_input_stops_before_training_and_touches_nothing(runs, tmp_path, capsys, breakage, expected):
+def test_broken_input_stops_before_training_and_touches_nothing(runs, tmp_path, capsys, caplog, breakage, expected):
     bad = write_dataset(tmp_path / "bad")
     df = pl.read_csv(bad / "interactions.csv", infer_schema=False)
     row = pl.int_range(pl.len()) == 4
@@ -126,6 +126,8 @@ def test_broken_input_stops_before_training_and_touches_nothing(runs, tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("error: Invalid interactions data in interactions.csv") and expected in err
     assert err.count("\n") == 1  # one paragraph, not a stack trace
+    failures = [r for r in caplog.records if r.levelname == "ERROR" and r.name.startswith("prefect.")]
+    assert failures and not any(r.exc_info for r in failures)  # Prefect logs it too, without a traceback
 
     assert registry.versions() == before_versions and registry.aliases() == before_aliases
     after = {p.name: (p / "tables").exists() for p in snapshots.iterdir()}
