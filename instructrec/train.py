@@ -67,6 +67,7 @@ class FitResult:
     best_epoch: int = -1
     best_metric: float = float("-inf")
     resumed_from: int | None = None  # last finished epoch found on disk
+    reused: bool = False  # the checkpoint was of a finished run: nothing was trained
     examples_per_s: float = 0.0
 
 
@@ -143,7 +144,7 @@ def fit(
             result.history, result.best_epoch, result.best_metric = state["history"], state["best_epoch"], state["best_metric"]
             result.resumed_from = state["epoch"]
             if state.get("finished"):
-                start_epoch = s.epochs
+                start_epoch, result.reused = s.epochs, True
                 model.eval()
     if best_state is None:
         metrics = validate(model)

@@ -118,7 +118,9 @@ def train_representation(cfg: Config, prepared: Prepared, snapshot_hash: str, ru
     epochs = EpochLogger(run_id, "representation")
     result = fit(model, tokenizer, prepared.examples, settings, validator(prepared, tokenizer, cfg),
                  cfg.paths.checkpoints / fp, fp, epochs, cfg.progress)
-    if result.resumed_from is not None:
+    if result.reused:
+        logger.info("reused the finished training of checkpoint %s (same data and config): nothing to train", fp)
+    elif result.resumed_from is not None:
         logger.info("resumed representation training after epoch %d (checkpoint %s)", result.resumed_from + 1, fp)
     logger.info("representation: best validation NDCG@10 %.4f at epoch %d", result.best_metric, result.best_epoch + 1)
     _summarise(run_id, "representation", result, epochs)

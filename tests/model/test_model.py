@@ -112,7 +112,7 @@ def test_interrupted_training_resumes_from_the_last_checkpoint(tiny_cfg, prepare
     assert result.resumed_from == 1
     assert [r["epoch"] for r in result.history] == [-1, 0, 1, 2, 3]
     again = fit(fresh, tok, prepared.examples, settings(epochs=4), validator(prepared, tok), tmp_path, "fp", progress=False)
-    assert again.resumed_from == 3 and len(again.history) == 5  # finished: reused, nothing retrained
+    assert again.reused and again.resumed_from == 3 and len(again.history) == 5  # finished: nothing retrained
 
 
 def test_checkpoint_of_other_data_or_config_is_not_resumed(tiny_cfg, prepared, tmp_path):
