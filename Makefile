@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test setup lint mlflow-ui clean
+.PHONY: run test setup setup-gpu bench bench-gpu mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,21 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# GPU hosts: the CUDA build of torch and the CUDA 13 / cuDNN 9 runtime that onnxruntime-gpu loads
+setup-gpu:
+	$(MAKE) setup TORCH_INDEX_URL=$${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu130}
+	$(BIN)/python -m pip install -q "onnxruntime-gpu[cuda,cudnn]==1.31.1"
+
+# Benchmarks print tables and write bench/results/*.json (after `make run`: they use its champion)
+bench: $(STAMP)
+	$(BIN)/python bench/scorer.py
+	$(BIN)/python bench/training.py
+	$(BIN)/python bench/pipeline.py
+
+# One command on a GPU host: set up CUDA, then the scorer benchmark (fp16 on CUDA, IOBinding)
+bench-gpu: setup-gpu
+	$(BIN)/python bench/scorer.py
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$${INSTRUCTREC_HOME:-.instructrec}/mlflow.db --host 127.0.0.1 --port 5000

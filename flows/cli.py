@@ -74,27 +74,27 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    import polars as pl
+    from tasks.serving import NoChampion, load_champion
 
-    from instructrec.recommend import BUNDLE_MANIFEST, Recommender
-    from instructrec.snapshot import TABLE_FILES
-    from model_registry import registry
-    from tasks import tracking
-
-    cfg = load_config()
-    tracking.configure(cfg)
-    champion = registry.get_alias(registry.CHAMPION)
-    if champion is None:
-        print("error: no champion model yet; run `instructrec pipeline` (or `make run`) first", file=sys.stderr)
+    try:
+        rec = load_champion(load_config())
+    except NoChampion as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    local = cfg.paths.serving / f"v{champion.version}"
-    if not (local / registry.SERVING_ARTIFACT / BUNDLE_MANIFEST).exists():
-        registry.download_serving(champion, local)
-    manifest = json.loads((local / registry.SERVING_ARTIFACT / BUNDLE_MANIFEST).read_text())
-    tables = cfg.paths.snapshots / manifest["snapshot_hash"][:16] / "tables"
-    interactions = pl.read_parquet(tables / TABLE_FILES["interactions"])
-    rec = Recommender.load(local / "onnx" / "model.onnx", local / registry.SERVING_ARTIFACT, interactions, champion.version)
     print(json.dumps(rec.recommend(args.user_id, args.instruction, args.k), indent=2))
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from flows.batch_inference import batch_inference
+    from tasks.serving import NoChampion
+
+    try:
+        path = batch_inference(k=args.k)
+    except NoChampion as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
     return 0
 
 
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--instruction", default=None, help="free-text request, e.g. 'a funny animated film'")
     r.add_argument("-k", type=int, default=10)
     r.set_defaults(run=_recommend)
+    b = sub.add_parser("batch", help="top-k for every user from the champion, written as Parquet")
+    b.add_argument("-k", type=int, default=10)
+    b.set_defaults(run=_batch)
     return parser
 
 

@@ -84,6 +84,12 @@ class GateConfig(_Frozen):
     seed: int = 11
 
 
+class ExportConfig(_Frozen):
+    variants: bool = True  # build fused / int8 / fp16 graphs beside the plain fp32 export
+    max_relative_loss: float = 0.01  # a variant losing more validation NDCG@10 than this never serves
+    parity_rows_per_type: int = 64  # evaluation instructions per type for the PyTorch parity check
+
+
 class PathsConfig(_Frozen):
     home: Path
     tracking_uri: str
@@ -122,6 +128,7 @@ class Config(_Frozen):
     feedback: FeedbackConfig = FeedbackConfig()
     eval: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
+    export: ExportConfig = ExportConfig()
     experiment: str = "instructrec"
     progress: bool = True
 

@@ -23,6 +23,7 @@ from instructrec.model import InstructRecScorer
 INPUTS = ("input_ids", "attention_mask", "history")
 OUTPUT = "scores"
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+WITH_TENSORRT = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 class _Exported(torch.nn.Module):
@@ -65,33 +66,66 @@ class Session:
     session: object  # onnxruntime.InferenceSession
     provider: str  # the provider actually running the graph
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider in GPU_PROVIDERS
+
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, history: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64),
                  "history": history.astype(np.int64)}
-        return self.session.run([OUTPUT], feeds)[0]
+        if not self.on_gpu:
+            return self.session.run([OUTPUT], feeds)[0]
+        # IOBinding: inputs copied to the device once, the output allocated there, one copy back
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        binding.bind_output(OUTPUT, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def cuda_usable() -> bool:
     return torch.cuda.is_available()
 
 
-def make_session(path: Path, prefer: tuple[str, ...] = PREFERRED_PROVIDERS, threads: int | None = None) -> Session:
-    """Prefer CUDA where a GPU is really there; report the provider that runs.
+def provider_options(provider: str, cache_dir: Path | None) -> dict:
+    if provider == "TensorrtExecutionProvider":
+        options = {"trt_fp16_enable": True}
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir))
+        return options
+    if provider == "CUDAExecutionProvider":
+        return {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"}
+    return {}
+
+
+def make_session(path: Path, prefer: tuple[str, ...] = PREFERRED_PROVIDERS, threads: int | None = None,
+                 engine_cache: Path | None = None) -> Session:
+    """Prefer the GPU where one is really there; report the provider that runs.
 
     onnxruntime-gpu lists CUDA even on hosts without a GPU and then silently
-    falls back, so the CUDA provider is only asked for when torch sees a GPU,
+    falls back, so GPU providers are only asked for when torch sees a GPU,
     and the answer comes from `get_providers()`, not from what was asked.
     """
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
-    wanted = [p for p in prefer if p in available and (p != "CUDAExecutionProvider" or cuda_usable())]
+    wanted = [p for p in prefer if p in available and (p not in GPU_PROVIDERS or cuda_usable())]
+    if any(p in GPU_PROVIDERS for p in wanted) and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), sess_options=options, providers=wanted or ["CPUExecutionProvider"])
+    providers = [(p, provider_options(p, engine_cache)) for p in wanted] or ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     return Session(session, session.get_providers()[0])
 
 

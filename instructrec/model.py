@@ -60,7 +60,9 @@ class InstructRecScorer(nn.Module):
     def __init__(self, config: ScorerConfig, bert: BertModel | None = None):
         super().__init__()
         self.config = config
-        self.bert = bert if bert is not None else BertModel(BertConfig(**config.bert), add_pooling_layer=False)
+        # eager attention always: the form ONNX Runtime fuses into its Attention op (SDPA exports unfused)
+        self.bert = bert if bert is not None else BertModel(BertConfig(**config.bert, attn_implementation="eager"),
+                                                            add_pooling_layer=False)
         if not config.bert:
             config.bert = self.bert.config.to_dict()
         text_dim, dim, n = self.bert.config.hidden_size, config.dim, config.n_items + 1

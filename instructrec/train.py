@@ -23,12 +23,27 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from instructrec.backbone import load_backbone
 from instructrec.config import Config
 from instructrec.instructions import Examples
 from instructrec.io import atomic_path
-from instructrec.model import InstructRecScorer, sampled_softmax_loss
+from instructrec.model import InstructRecScorer, ScorerConfig, sampled_softmax_loss
+from instructrec.split import Catalogue
 
 CHECKPOINT = "last.pt"
+
+
+def new_scorer(cfg: Config, catalogue: Catalogue) -> tuple[InstructRecScorer, object]:
+    """A fresh scorer on the configured backbone, its item tower fed the catalogue's texts."""
+    torch.manual_seed(cfg.train.seed)
+    bert, tokenizer = load_backbone(cfg.model.backbone, seed=cfg.train.seed)
+    m = cfg.model
+    model = InstructRecScorer(ScorerConfig(n_items=catalogue.n_items, max_history=cfg.data.max_history, dim=m.dim,
+                                           n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout,
+                                           max_text_tokens=m.max_text_tokens), bert)
+    model.to(cfg.train.device)
+    model.set_catalogue(tokenizer, catalogue.texts)
+    return model, tokenizer
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +15,9 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from instructrec.config import Config  # noqa: E402
 from instructrec.evaluate import EvalReport, PopularityScorer, TorchScorer, evaluate  # noqa: E402
-from instructrec.export import OnnxScorer, Session, export_onnx, latency_ms, make_session, parity  # noqa: E402
+from instructrec import optimize  # noqa: E402
+from instructrec.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity  # noqa: E402
+from instructrec.optimize import VariantReport  # noqa: E402
 from instructrec.gate import Parity  # noqa: E402
 from instructrec.model import load_scorer  # noqa: E402
 from instructrec.prepare import Prepared  # noqa: E402
@@ -34,11 +36,13 @@ class Evaluations:
 
 @dataclass
 class Exported:
-    path: Path
+    path: Path  # plain fp32 graph (the registered model)
     provider: str
     parity: Parity
     latency_ms: float
     champion_latency_ms: float | None
+    variants: dict[str, VariantReport] = field(default_factory=dict)
+    serving: dict[str, str] = field(default_factory=dict)  # host kind -> variant name
 
 
 def _report_rows(reports: dict[str, EvalReport]) -> list[dict]:
@@ -112,29 +116,68 @@ def _parity_inputs(prepared: Prepared, n: int) -> tuple[list[str], np.ndarray]:
     return texts, np.concatenate(hist)
 
 
+def _batched(scorer, texts: list[str], hist: np.ndarray, size: int = 64) -> np.ndarray:
+    return np.concatenate([scorer.score(texts[i:i + size], hist[i:i + size]) for i in range(0, len(texts), size)])
+
+
+def _check_variants(cfg: Config, prepared: Prepared, challenger: Trained, paths: dict[str, Path],
+                    reference_scores: np.ndarray, texts: list[str], hist: np.ndarray) -> dict[str, VariantReport]:
+    """Parity against PyTorch and validation NDCG@10 for every variant this host can run."""
+    ids = prepared.catalogue.item_ids
+    args = (prepared.valid_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share)
+    reference = evaluate(TorchScorer("eager", challenger.model, challenger.tokenizer, ids, ids, cfg.train.device),
+                         *args).overall["ndcg@10"]
+    reports = {}
+    for name, path in paths.items():
+        runnable = name not in optimize.NEEDS_GPU or cuda_usable()
+        session = make_session(path) if runnable else None
+        scorer = OnnxScorer(name, session, challenger.tokenizer, cfg.model.max_text_tokens) if session else None
+        reports[name] = optimize.check_variant(
+            name, path, session.provider if session else None,
+            parity=lambda s=scorer: parity(reference_scores, _batched(s, texts, hist)),
+            valid_ndcg=lambda s=scorer: evaluate(s, *args).overall["ndcg@10"],
+            reference_ndcg=reference, max_relative_loss=cfg.export.max_relative_loss)
+    return reports
+
+
 @task(name="export-onnx", cache_policy=NO_CACHE)
 def export_challenger(cfg: Config, prepared: Prepared, challenger: Trained, champion: registry.VersionRef | None,
                       run_id: str) -> Exported:
-    """Export, check parity against PyTorch, time it beside the champion's ONNX graph."""
+    """Export, build the optimised variants, check each against PyTorch, time beside the champion."""
     logger = get_run_logger()
-    path = export_onnx(challenger.model, challenger.tokenizer, cfg.paths.exports / run_id / "model.onnx")
+    out_dir = cfg.paths.exports / run_id
+    path = export_onnx(challenger.model, challenger.tokenizer, out_dir / "model.onnx")
     session: Session = make_session(path)
     onnx = OnnxScorer(CHALLENGER, session, challenger.tokenizer, cfg.model.max_text_tokens)
     ids = prepared.catalogue.item_ids
     eager = TorchScorer(CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device)
-    texts, hist = _parity_inputs(prepared, 64)
-    check = parity(np.concatenate([eager.score(texts[i:i + 64], hist[i:i + 64]) for i in range(0, len(texts), 64)]),
-                   np.concatenate([onnx.score(texts[i:i + 64], hist[i:i + 64]) for i in range(0, len(texts), 64)]))
+    texts, hist = _parity_inputs(prepared, cfg.export.parity_rows_per_type)
+    reference_scores = _batched(eager, texts, hist)
+    check = parity(reference_scores, _batched(onnx, texts, hist))
     ms = latency_ms(onnx, texts[0], hist[0])
     champion_ms = None
     if champion is not None:
         onnx_dir, _ = registry.download_serving(champion, tracking.scratch_dir("champion-onnx"))
         old = OnnxScorer(CHAMPION, make_session(onnx_dir / "model.onnx"), challenger.tokenizer, cfg.model.max_text_tokens)
         champion_ms = latency_ms(old, texts[0], hist[0])
+    variants, serving = {}, {"cpu": optimize.FP32, "cuda": optimize.FP32}
+    if cfg.export.variants:
+        bert = challenger.model.bert.config
+        paths, fused_ops = optimize.build_variants(path, out_dir / "variants", bert.num_attention_heads, bert.hidden_size)
+        variants = _check_variants(cfg, prepared, challenger, paths, reference_scores, texts, hist)
+        serving = {host: optimize.choose_for_serving(variants, host) for host in optimize.SERVING_PREFERENCE}
+        tracking.log_json(run_id, {"fused_operators": fused_ops, "serving": serving,
+                                   "variants": {k: v.to_dict() for k, v in variants.items()}}, "onnx/variants.json")
+        tracking.log_table(run_id, [v.to_dict() for v in variants.values()], "onnx/variants_table.json")
+        for name, v in variants.items():
+            if v.valid_ndcg10 is not None:
+                tracking.log_metrics(run_id, {f"onnx/{name}/valid_ndcg@10": v.valid_ndcg10,
+                                              f"onnx/{name}/max_abs_diff": v.max_abs_diff, f"onnx/{name}/size_mb": v.size_mb})
+            logger.info("variant %-5s %s", name, v.reason)
     tracking.log_metrics(run_id, {"onnx/max_abs_diff": check.max_abs_diff, "onnx/top10_overlap": check.top10_overlap,
                                   "onnx/latency_p50_ms": ms, "onnx/size_mb": path.stat().st_size / 2**20})
     tracking.log_json(run_id, {"provider": session.provider, "parity": check.__dict__, "latency_p50_ms": ms,
                                "champion_latency_p50_ms": champion_ms, "n_instructions": len(texts)}, "onnx/parity.json")
-    logger.info("ONNX on %s: max |diff| %.2e, top-10 overlap %.3f, p50 %.2f ms", session.provider, check.max_abs_diff,
-                check.top10_overlap, ms)
-    return Exported(path, session.provider, check, ms, champion_ms)
+    logger.info("ONNX on %s: max |diff| %.2e, top-10 overlap %.3f, p50 %.2f ms; serving variants %s", session.provider,
+                check.max_abs_diff, check.top10_overlap, ms, serving)
+    return Exported(path, session.provider, check, ms, champion_ms, variants, serving)

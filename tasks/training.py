@@ -16,13 +16,12 @@ from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from instructrec import schema  # noqa: E402
-from instructrec.backbone import load_backbone  # noqa: E402
 from instructrec.config import Config  # noqa: E402
 from instructrec.evaluate import TorchScorer, evaluate  # noqa: E402
 from instructrec.feedback import feedback_examples, read_store  # noqa: E402
-from instructrec.model import InstructRecScorer, ScorerConfig  # noqa: E402
+from instructrec.model import InstructRecScorer  # noqa: E402
 from instructrec.prepare import Prepared  # noqa: E402
-from instructrec.train import FitResult, feedback_settings, fit, representation_settings  # noqa: E402
+from instructrec.train import FitResult, feedback_settings, fit, new_scorer, representation_settings  # noqa: E402
 from tasks import tracking  # noqa: E402
 
 
@@ -105,14 +104,7 @@ def train_representation(cfg: Config, prepared: Prepared, snapshot_hash: str, ru
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"profile {cfg.profile!r} trains on CUDA, but torch sees no GPU "
                            "(CPU-only torch build, or no device); use --profile cpu, or install the CUDA build of torch")
-    torch.manual_seed(cfg.train.seed)
-    bert, tokenizer = load_backbone(cfg.model.backbone, seed=cfg.train.seed)
-    m = cfg.model
-    model = InstructRecScorer(ScorerConfig(n_items=prepared.catalogue.n_items, max_history=cfg.data.max_history, dim=m.dim,
-                                           n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout,
-                                           max_text_tokens=m.max_text_tokens), bert)
-    model.to(cfg.train.device)
-    model.set_catalogue(tokenizer, prepared.catalogue.texts)
+    model, tokenizer = new_scorer(cfg, prepared.catalogue)
     settings = representation_settings(cfg)
     fp = fingerprint("representation", snapshot_hash, cfg.data, cfg.model, cfg.train)
     epochs = EpochLogger(run_id, "representation")

@@ -9,13 +9,25 @@ from prefect.client.schemas.schedules import CronSchedule
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def load_flow(entrypoint: str):
+    path, func = entrypoint.split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), func)
+
+
 def test_training_deployment_points_at_the_flow_with_a_cron_schedule():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     (training,) = [d for d in spec["deployments"] if d["name"] == "weekly-training"]
-    module, func = training["entrypoint"].removesuffix(".py").replace("/", ".").split(":")
-    flow = getattr(importlib.import_module(module.replace(".py", "")), func)
+    flow = load_flow(training["entrypoint"])
     assert flow.name == "instructrec-training"
     assert set(training["parameters"]) <= set(flow.parameters.properties)
     (schedule,) = training["schedules"]
     assert CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"]).cron == "0 3 * * 1"
     assert training["work_pool"]["name"] and training["concurrency_limit"] == 1
+
+
+def test_batch_inference_deployment_runs_daily():
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (batch,) = [d for d in spec["deployments"] if d["name"] == "daily-batch-inference"]
+    flow = load_flow(batch["entrypoint"])
+    assert flow.name == "instructrec-batch-inference" and set(batch["parameters"]) <= set(flow.parameters.properties)
+    assert CronSchedule(cron=batch["schedules"][0]["cron"], timezone="UTC").cron == "30 4 * * *"

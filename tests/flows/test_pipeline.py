@@ -143,3 +143,20 @@ def test_broken_input_raises_a_typed_error_from_the_flow(runs, tmp_path):
     with pytest.raises(DataValidationError) as err:
         training_pipeline(profile="tiny", data=str(bad))
     assert err.value.violations[0].column == "rating"
+
+
+def test_batch_inference_writes_top_k_for_every_user(runs, capsys):
+    assert main(["batch", "-k", "4"]) == 0
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    table = pl.read_parquet(path)
+    assert table.schema == {"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "score": pl.Float32,
+                            "model_version": pl.String, "variant": pl.String,
+                            "generated_at": pl.Datetime("us", "UTC")}
+    inter = pl.read_csv(runs["data"] / "interactions.csv")
+    assert table["user_id"].n_unique() == inter["user_id"].n_unique()
+    assert table.group_by("user_id").len()["len"].unique().to_list() == [4]
+    assert table["model_version"].unique().to_list() == [registry.aliases()["champion"]]
+    seen = inter.select("user_id", "item_id").with_columns(pl.lit(True).alias("seen"))
+    assert table.join(seen, on=["user_id", "item_id"], how="inner").height == 0  # never what they already have
+    ordered = table.sort("user_id", "rank")
+    assert (ordered.group_by("user_id", maintain_order=True).agg(pl.col("score").diff().drop_nulls().max())["score"] <= 0).all()

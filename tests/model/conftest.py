@@ -1,11 +1,10 @@
 import pytest
 
-from instructrec.backbone import load_backbone
 from instructrec.config import load_config
-from instructrec.model import InstructRecScorer, ScorerConfig
 from instructrec.prepare import prepare
 from instructrec.sources import fetch_raw, read_tables
 from instructrec.snapshot import snapshot_raw
+from instructrec.train import new_scorer
 from tests.conftest import write_dataset
 
 
@@ -24,10 +23,4 @@ def prepared(tiny_cfg, tmp_path_factory):
 
 
 def build_model(cfg, prepared, seed=0):
-    bert, tok = load_backbone("tiny", seed=seed)
-    m = cfg.model
-    model = InstructRecScorer(ScorerConfig(n_items=prepared.catalogue.n_items, max_history=cfg.data.max_history, dim=m.dim,
-                                           n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout,
-                                           max_text_tokens=m.max_text_tokens), bert)
-    model.set_catalogue(tok, prepared.catalogue.texts)
-    return model, tok
+    return new_scorer(cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})}), prepared.catalogue)

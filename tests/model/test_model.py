@@ -137,3 +137,16 @@ def test_session_reports_the_provider_that_really_runs(trained, tmp_path, monkey
     assert session.provider in ort.get_available_providers()
     assert session.provider == session.session.get_providers()[0]
     assert make_session(path, prefer=("CPUExecutionProvider",)).provider == "CPUExecutionProvider"
+
+
+def test_loaded_scorer_exports_fusable_attention(trained, prepared, tmp_path):
+    """A reloaded checkpoint must export the attention form ORT fuses (SDPA would silently not fuse)."""
+    from instructrec.optimize import fuse
+
+    model, tok, _ = trained
+    loaded, tok2, _ = load_scorer(save_scorer(model, tok, prepared.catalogue.item_ids, tmp_path / "s"))
+    assert loaded.bert.config._attn_implementation == "eager"
+    bert = loaded.bert.config
+    _, stats = fuse(export_onnx(loaded, tok2, tmp_path / "m.onnx"), tmp_path / "f.onnx", bert.num_attention_heads,
+                    bert.hidden_size)
+    assert stats.get("Attention") == bert.num_hidden_layers

@@ -1,0 +1,176 @@
+"""Scorer throughput and latency: eager PyTorch vs the ONNX variants, side by side.
+
+    .venv/bin/python bench/scorer.py                # champion of $INSTRUCTREC_HOME (run `make run` first)
+    .venv/bin/python bench/scorer.py --seconds 5    # longer windows, steadier numbers
+
+Prints a table and writes bench/results/scorer-<host>.json. Every ratio is
+measured in this run against eager PyTorch on the same instructions. FLOP/s is
+model FLOPs per instruction (counted from the architecture at the measured
+token count) x throughput, as a fraction of this host's measured dense
+matmul peak (fp32 on CPU; fp16 tensor cores on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from instructrec import optimize  # noqa: E402
+from instructrec.config import load_config  # noqa: E402
+from instructrec.export import OnnxScorer, cuda_usable, export_onnx, make_session, parity  # noqa: E402
+from instructrec.model import InstructRecScorer, load_scorer  # noqa: E402
+
+BATCHES = (1, 32, 256)
+
+
+def champion_scorer(cfg) -> tuple[InstructRecScorer, object, Path]:
+    from model_registry import registry
+    from tasks import tracking
+
+    tracking.configure(cfg)
+    ref = registry.get_alias(registry.CHAMPION)
+    if ref is None:
+        sys.exit("no champion in this INSTRUCTREC_HOME: run `make run` first")
+    local = registry.download_checkpoint(ref, Path(tempfile.mkdtemp(prefix="bench-")))
+    model, tok, _ = load_scorer(local)
+    return model, tok, local
+
+
+def instructions(model: InstructRecScorer, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Realistic requests: every template type, histories of real item ids."""
+    from instructrec.instructions import HISTORY, TEMPLATES
+
+    rng = np.random.default_rng(seed)
+    fills = {"history": HISTORY, "noun": "movie", "nouns": "movies", "taste": "Comedy and Drama",
+             "genres": "Action, Adventure and Sci-Fi"}
+    pool = [t.format(**fills) for ts in TEMPLATES.values() for t in ts]
+    texts = [pool[i % len(pool)] for i in range(n)]
+    hist = rng.integers(1, model.config.n_items + 1, size=(n, model.config.max_history))
+    hist[: n // 3, :5] = 0  # some shorter histories
+    return texts, hist
+
+
+def flops_per_instruction(model: InstructRecScorer, tokens: float) -> float:
+    """Multiply-adds x 2 of the encoder at `tokens`, the fusion head, and the catalogue product."""
+    b = model.bert.config
+    h, inter, layers = b.hidden_size, b.intermediate_size, b.num_hidden_layers
+    bert = layers * (tokens * 2 * (4 * h * h + 2 * h * inter) + 2 * 2 * tokens * tokens * h)
+    c = model.config
+    seq = c.max_history + 1
+    fusion = c.n_layers * (seq * 2 * (4 * c.dim * c.dim + 8 * c.dim * c.dim) + 2 * 2 * seq * seq * c.dim)
+    return bert + fusion + 2 * h * c.dim + 2 * c.dim * c.n_items
+
+
+def matmul_peak(device: str, seconds: float) -> float:
+    n = 4096 if device == "cuda" else 2048
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def time_calls(fn, seconds: float, min_calls: int = 5) -> np.ndarray:
+    fn()  # warm-up (allocations, kernel selection)
+    times, t0 = [], time.perf_counter()
+    while time.perf_counter() - t0 < seconds or len(times) < min_calls:
+        s = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - s)
+    return np.asarray(times)
+
+
+def eager_runner(model: InstructRecScorer, tok, device: str):
+    model = model.to(device).eval()
+
+    def run(texts, hist):
+        enc = model.tokenize(tok, texts)
+        with torch.inference_mode():
+            out = model(enc["input_ids"].to(device), enc["attention_mask"].to(device), torch.as_tensor(hist, device=device))
+        return out.float().cpu().numpy()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing window per (variant, batch)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = load_config("cpu")
+    host = "cuda" if cuda_usable() else "cpu"
+    model, tok, _ = champion_scorer(cfg)
+    work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
+    fp32 = export_onnx(model, tok, work / "model.onnx")
+    paths, fused_ops = optimize.build_variants(fp32, work / "v", model.bert.config.num_attention_heads,
+                                               model.bert.config.hidden_size)
+    runners = {"eager": eager_runner(model, tok, host)}
+    providers = {"eager": f"torch-{host}"}
+    for name, path in paths.items():
+        if name in optimize.NEEDS_GPU and host != "cuda":
+            continue
+        if name == optimize.INT8 and host == "cuda":
+            continue  # dynamic int8 kernels are CPU kernels
+        session = make_session(path)
+        scorer = OnnxScorer(name, session, tok, model.config.max_text_tokens)
+        runners[name], providers[name] = scorer.score, session.provider
+
+    texts, hist = instructions(model, max(BATCHES))
+    tokens = float(model.tokenize(tok, texts)["attention_mask"].sum(1).float().mean())
+    flops = flops_per_instruction(model, tokens)
+    peak = matmul_peak(host, 2.0)
+    reference = runners["eager"](texts[:64], hist[:64])
+
+    rows = []
+    for name, run in runners.items():
+        p = parity(reference, run(texts[:64], hist[:64]))
+        for b in BATCHES:
+            t = time_calls(lambda run=run, b=b: run(texts[:b], hist[:b]), args.seconds)
+            rows.append({"variant": name, "provider": providers[name], "batch": b, "per_s": b / t.mean(),
+                         "p50_ms": 1000 * np.median(t), "p99_ms": 1000 * np.quantile(t, 0.99), "calls": len(t),
+                         "max_abs_diff": p.max_abs_diff, "top10_overlap": p.top10_overlap})
+    eager = {r["batch"]: r["per_s"] for r in rows if r["variant"] == "eager"}
+    for r in rows:
+        r["x_eager"] = r["per_s"] / eager[r["batch"]]
+        r["gflop_s"] = r["per_s"] * flops / 1e9
+        r["frac_peak"] = r["per_s"] * flops / peak
+
+    print(f"\nhost: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {host}; "
+          f"mean tokens {tokens:.1f}; {flops / 1e6:.0f} MFLOP per instruction; matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(f"fused operators: {fused_ops}")
+    head = f"{'variant':<8}{'provider':<26}{'batch':>6}{'instr/s':>10}{'x eager':>9}{'p50 ms':>9}{'p99 ms':>9}" \
+           f"{'GFLOP/s':>9}{'% peak':>8}{'max|diff|':>11}{'top10':>7}"
+    print(head)
+    for r in rows:
+        print(f"{r['variant']:<8}{r['provider']:<26}{r['batch']:>6}{r['per_s']:>10.0f}{r['x_eager']:>9.2f}{r['p50_ms']:>9.2f}"
+              f"{r['p99_ms']:>9.2f}{r['gflop_s']:>9.1f}{100 * r['frac_peak']:>7.0f}%{r['max_abs_diff']:>11.1e}"
+              f"{r['top10_overlap']:>7.3f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    target = args.out / f"scorer-{host}.json"
+    target.write_text(json.dumps({"host": host, "cores": os.cpu_count(), "mean_tokens": tokens,
+                                  "flops_per_instruction": flops, "matmul_peak_flops": peak, "fused_operators": fused_ops,
+                                  "rows": rows}, indent=2))
+    print(f"\nwrote {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Training throughput (examples/s) per profile, on MovieLens-100k examples.
+
+    .venv/bin/python bench/training.py                 # tiny and cpu (and gpu where CUDA is usable)
+    .venv/bin/python bench/training.py --steps 60
+
+Each profile trains `--steps` batches of its own batch size with its own model
+(tiny BERT tuned end to end; MiniLM frozen with cached text features; MiniLM
+tuned end to end with bf16 autocast on a GPU). Writes bench/results/training.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from instructrec.config import load_config  # noqa: E402
+from instructrec.prepare import prepare  # noqa: E402
+from instructrec.snapshot import snapshot_raw  # noqa: E402
+from instructrec.sources import fetch_raw, read_tables  # noqa: E402
+from instructrec.train import fit, new_scorer, representation_settings  # noqa: E402
+
+
+def measure(profile: str, steps: int, home: Path) -> dict:
+    cfg = load_config(profile, overrides={"train": {"epochs": 1}, "data": {"max_users": None}, "progress": False},
+                      environ={"INSTRUCTREC_HOME": str(home)})
+    snap = snapshot_raw(fetch_raw(cfg.data.source, cfg.paths.downloads), cfg.paths.snapshots)
+    tables = read_tables(snap.kind, snap.raw_dir)
+    prepared = prepare(cfg, tables.interactions.drop("_row"), tables.items.drop("_row"), tables.item_noun)
+    model, tok = new_scorer(cfg, prepared.catalogue)
+    rows = np.random.default_rng(0).choice(len(prepared.examples), size=steps * cfg.train.batch_size, replace=False)
+    result = fit(model, tok, prepared.examples.subset(rows), representation_settings(cfg),
+                 validate=lambda m: {"ndcg@10": 0.0}, progress=False)
+    return {"profile": profile, "device": cfg.train.device, "batch_size": cfg.train.batch_size,
+            "train_bert": cfg.model.train_bert, "steps": steps, "examples_per_s": result.examples_per_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--home", type=Path, default=Path(tempfile.mkdtemp(prefix="bench-train-")))
+    args = parser.parse_args()
+    profiles = ["tiny", "cpu"] + (["gpu"] if torch.cuda.is_available() else [])
+    rows = [measure(p, args.steps, args.home) for p in profiles]
+    print(f"\n{'profile':<8}{'device':<8}{'batch':>6}{'BERT tuned':>12}{'examples/s':>12}")
+    for r in rows:
+        print(f"{r['profile']:<8}{r['device']:<8}{r['batch_size']:>6}{str(r['train_bert']):>12}{r['examples_per_s']:>12.0f}")
+    if "gpu" not in profiles:
+        print("(gpu profile not measured: torch sees no CUDA device on this host)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "training.json").write_text(json.dumps(rows, indent=2))
+    print(f"wrote {args.out / 'training.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Serving-side tasks: the champion's ONNX scorer, and batch top-k for every user."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from instructrec.config import Config
+from instructrec.io import write_parquet
+from instructrec.recommend import BUNDLE_MANIFEST, Recommender, top_k_all
+from instructrec.snapshot import TABLE_FILES
+from model_registry import registry
+from tasks import tracking
+
+BATCH_EXPERIMENT = "instructrec-batch"
+
+
+class NoChampion(RuntimeError):
+    pass
+
+
+def load_champion(cfg: Config) -> Recommender:
+    """The current champion's serving graph (variant chosen for this host), cached per version."""
+    tracking.configure(cfg)
+    champion = registry.get_alias(registry.CHAMPION)
+    if champion is None:
+        raise NoChampion("no champion model yet; run `instructrec pipeline` (or `make run`) first")
+    local = cfg.paths.serving / f"v{champion.version}"
+    if not (local / registry.SERVING_ARTIFACT / BUNDLE_MANIFEST).exists():
+        registry.download_serving(champion, local)
+    bundle = local / registry.SERVING_ARTIFACT
+    manifest = json.loads((bundle / BUNDLE_MANIFEST).read_text())
+    tables = cfg.paths.snapshots / manifest["snapshot_hash"][:16] / "tables"
+    interactions = pl.read_parquet(tables / TABLE_FILES["interactions"])
+    return Recommender.load(local / "onnx" / "model.onnx", bundle, interactions, champion.version)
+
+
+@task(name="batch-top-k", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def batch_top_k(cfg: Config, k: int) -> Path:
+    """Top-k for every user from the champion, as Parquet, recorded as an MLflow run."""
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    rec = load_champion(cfg)
+    loaded = time.perf_counter()
+    table = top_k_all(rec, k)
+    scored = time.perf_counter()
+    stamp = datetime.now(UTC)
+    table = table.with_columns(pl.lit(rec.version).alias("model_version"), pl.lit(rec.variant).alias("variant"),
+                               pl.lit(stamp).alias("generated_at"))
+    target = write_parquet(table, cfg.paths.home / "batch" / f"top{k}-v{rec.version}-{stamp:%Y%m%dT%H%M%S}.parquet")
+    users = table["user_id"].n_unique()
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(BATCH_EXPERIMENT) or client.get_experiment(client.create_experiment(
+        BATCH_EXPERIMENT, artifact_location=(cfg.paths.home / tracking.ARTIFACTS_DIR / "batch").resolve().as_uri()))
+    run = client.create_run(exp.experiment_id, run_name=f"top{k}-v{rec.version}",
+                            tags={"model_version": rec.version, "variant": rec.variant, "provider": rec.session.provider})
+    tracking.log_metrics(run.info.run_id, {"users": users, "rows": table.height, "load_s": loaded - t0,
+                                           "score_s": scored - loaded, "users_per_s": users / (scored - loaded)})
+    client.log_param(run.info.run_id, "output", str(target))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    logger.info("top-%d for %d users from v%s (%s on %s) in %.2f s -> %s", k, users, rec.version, rec.variant,
+                rec.session.provider, scored - loaded, target)
+    return target

@@ -1,0 +1,87 @@
+"""Every optimised variant against PyTorch on the tiny model, and the serving choice rule."""
+
+import numpy as np
+import pytest
+
+from instructrec import optimize
+from instructrec.evaluate import TorchScorer
+from instructrec.export import OnnxScorer, cuda_usable, export_onnx, make_session, parity
+from instructrec.gate import Parity
+from instructrec.optimize import VariantReport, check_variant, choose_for_serving
+from tests.model.conftest import build_model
+
+
+@pytest.fixture(scope="module")
+def variants(tiny_cfg, prepared, tmp_path_factory):
+    model, tok = build_model(tiny_cfg, prepared)
+    model.eval()
+    out = tmp_path_factory.mktemp("variants")
+    bert = model.bert.config
+    paths, stats = optimize.build_variants(export_onnx(model, tok, out / "model.onnx"), out / "v",
+                                           bert.num_attention_heads, bert.hidden_size)
+    return model, tok, paths, stats
+
+
+def inputs(prepared):
+    texts = [t for c in prepared.test_cases.values() for t in c.texts[:12]]
+    return texts, np.concatenate([c.history[:12] for c in prepared.test_cases.values()])
+
+
+def test_bert_fusions_are_applied(variants):
+    model, _, _, stats = variants
+    layers = model.bert.config.num_hidden_layers
+    assert stats["Attention"] == layers and stats["SkipLayerNormalization"] >= 2 * layers - 1
+
+
+@pytest.mark.parametrize("name,tolerance", [("fp32", 1e-4), ("fused", 1e-4), ("int8", 0.25)])
+def test_cpu_variants_match_pytorch(variants, prepared, name, tolerance):
+    model, tok, paths, _ = variants
+    ids = prepared.catalogue.item_ids
+    texts, hist = inputs(prepared)
+    eager = TorchScorer("t", model, tok, ids, ids).score(texts, hist)
+    onnx = OnnxScorer(name, make_session(paths[name]), tok, model.config.max_text_tokens).score(texts, hist)
+    p = parity(eager, onnx)
+    assert p.max_abs_diff < tolerance
+    assert p.top10_overlap >= (0.9 if name == "int8" else 1.0)
+
+
+def test_int8_is_smaller_and_fp16_halves_the_graph(variants):
+    _, _, paths, _ = variants
+    size = {k: p.stat().st_size for k, p in paths.items()}
+    assert size["int8"] < size["fused"] and size["fp16"] < 0.7 * size["fused"]
+
+
+@pytest.mark.skipif(not cuda_usable(), reason="fp16 runs on a GPU (CUDA) only")
+def test_fp16_matches_pytorch_on_gpu(variants, prepared):
+    model, tok, paths, _ = variants
+    ids = prepared.catalogue.item_ids
+    texts, hist = inputs(prepared)
+    session = make_session(paths["fp16"])
+    assert session.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    p = parity(TorchScorer("t", model, tok, ids, ids).score(texts, hist),
+               OnnxScorer("fp16", session, tok, model.config.max_text_tokens).score(texts, hist))
+    assert p.max_abs_diff < 0.05 and p.top10_overlap >= 0.95
+
+
+def report(name, loss, provider="CPUExecutionProvider"):
+    return VariantReport(name, "x", 1.0, provider, relative_loss=loss, eligible=provider is not None and loss <= 0.01)
+
+
+def test_variant_losing_more_than_one_percent_is_never_served():
+    reports = {"fp32": report("fp32", 0.0), "fused": report("fused", 0.0), "int8": report("int8", 0.02),
+               "fp16": report("fp16", 0.0, provider=None)}
+    assert choose_for_serving(reports, "cpu") == "fused"
+    assert choose_for_serving(reports, "cuda") == "fused"  # fp16 unverified here
+    reports["int8"] = report("int8", 0.005)
+    assert choose_for_serving(reports, "cpu") == "int8"
+
+
+def test_check_variant_measures_and_applies_the_limit(tmp_path):
+    f = tmp_path / "v.onnx"
+    f.write_bytes(b"0" * 1024)
+    good = check_variant("int8", f, "CPUExecutionProvider", lambda: Parity(0.1, 0.95), lambda: 0.2972, 0.300, 0.01)
+    bad = check_variant("int8", f, "CPUExecutionProvider", lambda: Parity(0.1, 0.95), lambda: 0.290, 0.300, 0.01)
+    unrunnable = check_variant("fp16", f, None, lambda: 1 / 0, lambda: 1 / 0, 0.300, 0.01)
+    assert good.eligible and good.relative_loss == pytest.approx(0.0093, abs=1e-4)
+    assert not bad.eligible and "beyond" in bad.reason
+    assert not unrunnable.eligible and "GPU" in unrunnable.reason
