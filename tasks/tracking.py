@@ -7,6 +7,7 @@ only enter the fluent API (`active`) for calls that need it (log_model).
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
@@ -20,6 +21,22 @@ from mlflow.tracking import MlflowClient
 from instructrec.config import Config
 
 ARTIFACTS_DIR = "mlartifacts"
+LOGGING_TIME = "time_s/mlflow_logging"
+_logging_seconds: dict[str, float] = {}  # run_id -> seconds spent in MLflow writes (for bench/pipeline.py)
+
+
+def _counted(fn):
+    """Charge the wrapped MLflow write to its run's logging time."""
+
+    @functools.wraps(fn)
+    def wrapper(run_id: str, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(run_id, *args, **kwargs)
+        finally:
+            _logging_seconds[run_id] = _logging_seconds.get(run_id, 0.0) + time.perf_counter() - t0
+
+    return wrapper
 
 
 def configure(cfg: Config) -> str:
@@ -47,19 +64,25 @@ def pipeline_run(cfg: Config, run_name: str, tags: dict[str, str]) -> Iterator[s
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
+    finally:
+        client.log_metric(run_id, LOGGING_TIME, _logging_seconds.pop(run_id, 0.0))
     client.set_terminated(run_id, "FINISHED")
 
 
 @contextmanager
 def active(run_id: str) -> Iterator[None]:
-    """Enter the fluent API for `run_id` (for mlflow.<flavor>.log_model)."""
+    """Enter the fluent API for `run_id` (for mlflow.<flavor>.log_model); its time counts as logging."""
+    t0 = time.perf_counter()
     current = mlflow.active_run()
-    if current is not None and current.info.run_id == run_id:
-        yield
-        return
-    with mlflow.start_run(run_id=run_id):
-        yield
-    MlflowClient().update_run(run_id, status="RUNNING")  # the flow closes the run, not this helper
+    try:
+        if current is not None and current.info.run_id == run_id:
+            yield
+            return
+        with mlflow.start_run(run_id=run_id):
+            yield
+        MlflowClient().update_run(run_id, status="RUNNING")  # the flow closes the run, not this helper
+    finally:
+        _logging_seconds[run_id] = _logging_seconds.get(run_id, 0.0) + time.perf_counter() - t0
 
 
 @contextmanager
@@ -69,6 +92,7 @@ def timed(run_id: str, stage: str) -> Iterator[None]:
     MlflowClient().log_metric(run_id, f"time_s/{stage}", time.perf_counter() - t0)
 
 
+@_counted
 def log_metrics(run_id: str, values: dict[str, float], step: int = 0) -> None:
     ts = int(time.time() * 1000)
     metrics = [mlflow.entities.Metric(_key(k), float(v), ts, step) for k, v in values.items() if v == v]
@@ -76,18 +100,22 @@ def log_metrics(run_id: str, values: dict[str, float], step: int = 0) -> None:
         MlflowClient().log_batch(run_id, metrics=metrics[start : start + 500])
 
 
+@_counted
 def log_json(run_id: str, obj: object, artifact_file: str) -> None:
     MlflowClient().log_text(run_id, json.dumps(obj, indent=2, default=_plain), artifact_file)
 
 
+@_counted
 def log_dir(run_id: str, local: Path, artifact_path: str) -> None:
     MlflowClient().log_artifacts(run_id, str(local), artifact_path)
 
 
+@_counted
 def log_figure(run_id: str, figure, artifact_file: str) -> None:
     MlflowClient().log_figure(run_id, figure, artifact_file)
 
 
+@_counted
 def log_table(run_id: str, rows: list[dict], artifact_file: str) -> None:
     """A JSON table MLflow's UI renders (artifact view + run comparison)."""
     import pandas as pd

@@ -1,0 +1,88 @@
+"""End-to-end stage timings of a pipeline run, and the share not spent computing.
+
+    .venv/bin/python bench/pipeline.py                  # the latest training run in $INSTRUCTREC_HOME
+    .venv/bin/python bench/pipeline.py --run            # run `instructrec pipeline` now (cpu profile) and time it
+
+Shares of the process wall time:
+  compute        stage time minus the MLflow writes made inside the stages;
+  mlflow logging time spent in MLflow writes (counted by tasks/tracking.py);
+  orchestration  everything else: Prefect's engine and API (task/flow state
+                 round trips, the ephemeral server's start and stop with --run).
+Writes bench/results/pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from instructrec.config import load_config  # noqa: E402
+from tasks import tracking  # noqa: E402
+
+STAGES = ("ingest", "validate", "prepare", "train_representation", "finetune_feedback", "evaluate", "export_onnx", "gate")
+
+
+def latest_run(cfg):
+    import mlflow
+
+    tracking.configure(cfg)
+    runs = mlflow.MlflowClient().search_runs(
+        [mlflow.MlflowClient().get_experiment_by_name(cfg.experiment).experiment_id],
+        filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        sys.exit("no finished pipeline run in this INSTRUCTREC_HOME: run `make run` (or pass --run)")
+    return runs[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="store_true", help="run the pipeline now and include process start-up")
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    process_wall = None
+    if args.run:
+        t0 = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "instructrec"), "pipeline", "--profile", args.profile],
+                       check=True, env=os.environ.copy())
+        process_wall = time.perf_counter() - t0
+    cfg = load_config(args.profile)
+    run = latest_run(cfg)
+    m = run.data.metrics
+    run_wall = (run.info.end_time - run.info.start_time) / 1000.0
+    wall = process_wall or run_wall
+    stages = {s: m.get(f"time_s/{s}", 0.0) for s in STAGES}
+    logging_s = m.get(tracking.LOGGING_TIME)
+    staged = sum(stages.values())
+    compute = staged - (logging_s or 0.0)
+    orchestration = wall - staged
+
+    print(f"\nrun {run.info.run_id} (profile {run.data.params.get('profile')}): wall {wall:.1f} s"
+          + (f" (process, incl. Prefect start/stop; MLflow run {run_wall:.1f} s)" if process_wall else " (MLflow run)"))
+    print(f"{'stage':<22}{'seconds':>9}{'share':>8}")
+    for name, sec in stages.items():
+        print(f"{name:<22}{sec:>9.1f}{sec / wall:>8.1%}")
+    print(f"{'-' * 39}\n{'compute':<22}{compute:>9.1f}{compute / wall:>8.1%}")
+    if logging_s is None:
+        print("mlflow logging: not recorded by this run (older version)")
+    else:
+        print(f"{'mlflow logging':<22}{logging_s:>9.1f}{logging_s / wall:>8.1%}")
+    print(f"{'orchestration':<22}{orchestration:>9.1f}{orchestration / wall:>8.1%}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pipeline.json").write_text(json.dumps(
+        {"run_id": run.info.run_id, "wall_s": wall, "process_wall_s": process_wall, "mlflow_run_s": run_wall,
+         "stages_s": stages, "compute_s": compute, "mlflow_logging_s": logging_s, "orchestration_s": orchestration},
+        indent=2))
+    print(f"wrote {args.out / 'pipeline.json'}")
+
+
+if __name__ == "__main__":
+    main()
