@@ -29,7 +29,15 @@ sys.path.insert(0, str(ROOT))
 
 from instructrec import optimize  # noqa: E402
 from instructrec.config import load_config  # noqa: E402
-from instructrec.export import OnnxScorer, cuda_usable, export_onnx, make_session, parity  # noqa: E402
+from instructrec.export import (  # noqa: E402
+    MICRO_BATCH,
+    OnnxScorer,
+    cuda_usable,
+    export_onnx,
+    length_buckets,
+    make_session,
+    parity,
+)
 from instructrec.model import InstructRecScorer, load_scorer  # noqa: E402
 
 BATCHES = (1, 32, 256)
@@ -99,13 +107,22 @@ def time_calls(fn, seconds: float, min_calls: int = 5) -> np.ndarray:
 
 
 def eager_runner(model: InstructRecScorer, tok, device: str):
+    """model.forward under inference_mode, with the same length-bucketed micro-batches as OnnxScorer."""
     model = model.to(device).eval()
 
     def run(texts, hist):
         enc = model.tokenize(tok, texts)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        lengths = mask.sum(1).numpy()
+        groups = length_buckets(lengths) if len(texts) > MICRO_BATCH else [np.arange(len(texts))]
+        out = np.empty((len(texts), model.config.n_items), dtype=np.float32)
         with torch.inference_mode():
-            out = model(enc["input_ids"].to(device), enc["attention_mask"].to(device), torch.as_tensor(hist, device=device))
-        return out.float().cpu().numpy()
+            for rows in groups:
+                width = int(lengths[rows].max())
+                part = model(ids[rows, :width].to(device), mask[rows, :width].to(device),
+                             torch.as_tensor(hist[rows], device=device))
+                out[rows] = part.float().cpu().numpy()
+        return out
 
     return run
 

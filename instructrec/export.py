@@ -129,6 +129,15 @@ def make_session(path: Path, prefer: tuple[str, ...] = PREFERRED_PROVIDERS, thre
     return Session(session, session.get_providers()[0])
 
 
+MICRO_BATCH = 64
+
+
+def length_buckets(lengths: np.ndarray, size: int = MICRO_BATCH) -> list[np.ndarray]:
+    """Row groups of similar length: large batches waste less on padding and stay in cache."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
 class OnnxScorer:
     """Scores through an ORT session; same interface as evaluate.TorchScorer."""
 
@@ -137,7 +146,17 @@ class OnnxScorer:
 
     def score(self, texts: list[str], history: np.ndarray) -> np.ndarray:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="np")
-        return self.session.run(enc["input_ids"], enc["attention_mask"], history)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if len(texts) <= MICRO_BATCH:
+            return self.session.run(ids, mask, history)
+        lengths = mask.sum(1)
+        out = None
+        for rows in length_buckets(lengths):
+            width = int(lengths[rows].max())
+            part = self.session.run(ids[rows, :width], mask[rows, :width], history[rows])
+            out = np.empty((len(texts), part.shape[1]), dtype=part.dtype) if out is None else out
+            out[rows] = part
+        return out
 
 
 def parity(torch_scores: np.ndarray, onnx_scores: np.ndarray, k: int = 10) -> Parity:
