@@ -31,6 +31,7 @@ from instructrec import optimize  # noqa: E402
 from instructrec.config import load_config  # noqa: E402
 from instructrec.export import (  # noqa: E402
     MICRO_BATCH,
+    WITH_TENSORRT,
     OnnxScorer,
     cuda_usable,
     export_onnx,
@@ -150,6 +151,10 @@ def main() -> None:
         session = make_session(path)
         scorer = OnnxScorer(name, session, tok, model.config.max_text_tokens)
         runners[name], providers[name] = scorer.score, session.provider
+        if name == optimize.FP16 and host == "cuda":  # TensorRT, engines cached across runs
+            trt = make_session(path, prefer=WITH_TENSORRT, engine_cache=args.out / "trt-engines")
+            runners["fp16-trt"] = OnnxScorer(name, trt, tok, model.config.max_text_tokens).score
+            providers["fp16-trt"] = trt.provider
 
     texts, hist = instructions(model, max(BATCHES))
     tokens = float(model.tokenize(tok, texts)["attention_mask"].sum(1).float().mean())
@@ -174,11 +179,11 @@ def main() -> None:
     print(f"\nhost: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {host}; "
           f"mean tokens {tokens:.1f}; {flops / 1e6:.0f} MFLOP per instruction; matmul peak {peak / 1e9:.0f} GFLOP/s")
     print(f"fused operators: {fused_ops}")
-    head = f"{'variant':<8}{'provider':<26}{'batch':>6}{'instr/s':>10}{'x eager':>9}{'p50 ms':>9}{'p99 ms':>9}" \
+    head = f"{'variant':<9}{'provider':<26}{'batch':>6}{'instr/s':>10}{'x eager':>9}{'p50 ms':>9}{'p99 ms':>9}" \
            f"{'GFLOP/s':>9}{'% peak':>8}{'max|diff|':>11}{'top10':>7}"
     print(head)
     for r in rows:
-        print(f"{r['variant']:<8}{r['provider']:<26}{r['batch']:>6}{r['per_s']:>10.0f}{r['x_eager']:>9.2f}{r['p50_ms']:>9.2f}"
+        print(f"{r['variant']:<9}{r['provider']:<26}{r['batch']:>6}{r['per_s']:>10.0f}{r['x_eager']:>9.2f}{r['p50_ms']:>9.2f}"
               f"{r['p99_ms']:>9.2f}{r['gflop_s']:>9.1f}{100 * r['frac_peak']:>7.0f}%{r['max_abs_diff']:>11.1e}"
               f"{r['top10_overlap']:>7.3f}")
     args.out.mkdir(parents=True, exist_ok=True)

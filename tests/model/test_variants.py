@@ -70,7 +70,7 @@ def report(name, loss, provider="CPUExecutionProvider"):
 def test_variant_losing_more_than_one_percent_is_never_served():
     reports = {"fp32": report("fp32", 0.0), "fused": report("fused", 0.0), "int8": report("int8", 0.02),
                "fp16": report("fp16", 0.0, provider=None)}
-    assert choose_for_serving(reports, "cpu") == "fused"
+    assert choose_for_serving(reports, "cpu") == "fp32"  # int8 too lossy; fused is never faster on CPU
     assert choose_for_serving(reports, "cuda") == "fused"  # fp16 unverified here
     reports["int8"] = report("int8", 0.005)
     assert choose_for_serving(reports, "cpu") == "int8"
