@@ -103,6 +103,7 @@ def top_k_all(rec: Recommender, k: int = 10, batch_size: int = 256) -> pl.DataFr
     pass over its instructions plus one product with the catalogue.
     """
     users = sorted(rec.histories)
+    k = min(k, rec.catalogue.n_items - 1)  # argpartition needs k < catalogue size
     scorer = OnnxScorer("batch", rec.session, rec.tokenizer, rec.max_text_tokens)
     rows: dict[str, list] = {"user_id": [], "rank": [], "item_id": [], "score": []}
     ids = np.asarray(rec.catalogue.item_ids)
