@@ -3,7 +3,7 @@
 From the plain fp32 export:
   fused  fp32 graph with ONNX Runtime's BERT fusions (attention, layer norm, GELU);
   fp16   the fused graph in half precision, inputs/outputs kept int64/fp32 (GPU only);
-  int8   dynamic quantisation of the fused graph's weights (CPU).
+  int8   dynamic quantisation of the encoder's weights, from the plain graph (CPU).
 Each variant is checked against PyTorch (parity) and on the validation split
 (NDCG@10); one that loses more than `max_relative_loss` is never served.
 """
@@ -54,8 +54,12 @@ def to_fp16(fused: Path, target: Path) -> Path:
     return _save(model.model, target)
 
 
-def quantize_int8(fused: Path, target: Path) -> Path:
+def quantize_int8(base: Path, target: Path) -> Path:
     """Dynamic int8 quantisation of BERT's weights (activations quantised per call).
+
+    The base is the plain export, not the fused graph: on CPU the contrib
+    SkipLayerNormalization / BiasGelu kernels took over a third of the int8
+    graph's time, and int8 from the plain graph ran ~1.2x faster at equal parity.
 
     Only the encoder's weight products are quantised: they hold nearly all the
     FLOPs. Activation x activation products (unfused attention), the small
@@ -64,13 +68,13 @@ def quantize_int8(fused: Path, target: Path) -> Path:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    graph = onnx.load(str(fused), load_external_data=False).graph
+    graph = onnx.load(str(base), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
     encoder = [n.name for n in graph.node if n.op_type == "Attention"
                or (n.op_type == "MatMul" and "/bert/" in n.name and any(i in weights for i in n.input))]
     with atomic_path(target) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(fused), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=encoder,
+        quantize_dynamic(str(base), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=encoder,
                          op_types_to_quantize=["MatMul", "Attention"],
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return target
@@ -79,7 +83,7 @@ def quantize_int8(fused: Path, target: Path) -> Path:
 def build_variants(fp32: Path, out_dir: Path, num_heads: int, hidden_size: int) -> tuple[dict[str, Path], dict[str, int]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     fused, stats = fuse(fp32, out_dir / "fused.onnx", num_heads, hidden_size)
-    paths = {FP32: fp32, FUSED: fused, INT8: quantize_int8(fused, out_dir / "int8.onnx"),
+    paths = {FP32: fp32, FUSED: fused, INT8: quantize_int8(fp32, out_dir / "int8.onnx"),
              FP16: to_fp16(fused, out_dir / "fp16.onnx")}
     return paths, stats
 

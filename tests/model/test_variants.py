@@ -45,10 +45,22 @@ def test_cpu_variants_match_pytorch(variants, prepared, name, tolerance):
     assert p.top10_overlap >= (0.9 if name == "int8" else 1.0)
 
 
-def test_int8_is_smaller_and_fp16_halves_the_graph(variants):
+def test_int8_quantises_every_encoder_weight_product_and_nothing_else(variants):
+    import onnx
+
+    model, _, paths, _ = variants
+    nodes = onnx.load(str(paths["int8"])).graph.node
+    integer = [n for n in nodes if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    float_mm = [n.name for n in nodes if n.op_type == "MatMul"]
+    assert len(integer) == 6 * model.bert.config.num_hidden_layers  # Q, K, V, output, intermediate, output dense
+    bert_fp32 = [name for name in float_mm if "/bert/" in name]
+    assert all(name.endswith(("self/MatMul", "self/MatMul_1")) for name in bert_fp32), bert_fp32  # QK^T and AV only
+    assert any(name.startswith("/blocks.") for name in float_mm)  # the fusion head stays fp32
+
+
+def test_fp16_halves_the_graph(variants):
     _, _, paths, _ = variants
-    size = {k: p.stat().st_size for k, p in paths.items()}
-    assert size["int8"] < size["fused"] and size["fp16"] < 0.7 * size["fused"]
+    assert paths["fp16"].stat().st_size < 0.7 * paths["fused"].stat().st_size
 
 
 @pytest.mark.skipif(not cuda_usable(), reason="fp16 runs on a GPU (CUDA) only")
