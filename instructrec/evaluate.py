@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from instructrec import metrics
-from instructrec.instructions import make_instruction
+from instructrec.instructions import make_instruction, pad_histories
 from instructrec.model import InstructRecScorer
 from instructrec.split import SplitData
 
@@ -63,16 +63,14 @@ def build_cases(
             ins = make_instruction(type_, int(rng.integers(1 << 30)), split.catalogue, seen, tgt, max_history)
             if ins is None:
                 continue
-            h = np.zeros(max_history, dtype=np.int64)
-            if ins.history:
-                h[max_history - len(ins.history) :] = ins.history
             all_seen = np.union1d(split.history_before_test(u), [split.test[u]])
             negs.append(_sample_unseen(rng, n_items, all_seen, n_negatives))
-            rows.append(u), texts.append(ins.text), templates.append(ins.template), hists.append(h)
+            rows.append(u), texts.append(ins.text), templates.append(ins.template), hists.append(ins.history)
             targets.append(tgt), excl.append(np.setdiff1d(seen, [tgt]))
         if rows:
             cases[type_] = EvalCase(
-                type_, np.asarray(rows), texts, templates, np.stack(hists), np.asarray(targets), excl, np.stack(negs)
+                type_, np.asarray(rows), texts, templates, pad_histories(hists, max_history), np.asarray(targets), excl,
+                np.stack(negs)
             )
     return cases
 

@@ -79,6 +79,15 @@ class Instruction:
         return self.type.split("/")[1]
 
 
+def pad_histories(histories: list[tuple[int, ...]], max_history: int) -> np.ndarray:
+    """[n, max_history] item indices, left-padded with 0, most recent item in the last slot."""
+    out = np.zeros((len(histories), max_history), dtype=np.int64)
+    for r, history in enumerate(histories):
+        if history:
+            out[r, max_history - len(history) :] = history
+    return out
+
+
 def plural(noun: str) -> str:
     return noun if noun.endswith("s") else f"{noun}s"
 
@@ -182,11 +191,7 @@ class ExampleBuilder:
         self.rows.append((user, target, ins.history, tid, ins.type, ins.template, label, weight))
 
     def build(self) -> Examples:
-        n, h = len(self.rows), self.max_history
-        history = np.zeros((n, h), dtype=np.int64)
-        for r, row in enumerate(self.rows):
-            if row[2]:
-                history[r, h - len(row[2]) :] = row[2]
+        history = pad_histories([row[2] for row in self.rows], self.max_history)
         col = list(zip(*self.rows, strict=True)) if self.rows else [()] * 8
         return Examples(
             user=np.asarray(col[0], dtype=np.int64),

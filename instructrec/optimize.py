@@ -21,7 +21,6 @@ from instructrec.gate import Parity
 from instructrec.io import atomic_path
 
 FP32, FUSED, FP16, INT8 = "fp32", "fused", "fp16", "int8"
-VARIANTS = (FP32, FUSED, INT8, FP16)
 # fastest first, per host kind; a variant missing from a host's list never serves there. On CPU the
 # plain graph beats the offline-fused one (ORT fuses it at session creation; bench/scorer.py: 449 vs
 # 374 instructions/s at batch 256 on 2 cores), so `fused` only feeds fp16 and GPU hosts.
@@ -70,12 +69,12 @@ def quantize_int8(base: Path, target: Path) -> Path:
 
     graph = onnx.load(str(base), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
-    encoder = [n.name for n in graph.node if n.op_type == "Attention"
-               or (n.op_type == "MatMul" and "/bert/" in n.name and any(i in weights for i in n.input))]
+    encoder = [n.name for n in graph.node
+               if n.op_type == "MatMul" and "/bert/" in n.name and any(i in weights for i in n.input)]
     with atomic_path(target) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(str(base), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=encoder,
-                         op_types_to_quantize=["MatMul", "Attention"],
+                         op_types_to_quantize=["MatMul"],
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return target
 

@@ -14,7 +14,7 @@ from transformers import BertTokenizerFast
 from instructrec import schema
 from instructrec.export import OnnxScorer, Session, cuda_usable, make_session
 from instructrec.optimize import FP32
-from instructrec.instructions import free_text_instruction, make_instruction, render
+from instructrec.instructions import Instruction, free_text_instruction, make_instruction, pad_histories, render
 from instructrec.split import Catalogue
 
 BUNDLE_MANIFEST = "serving.json"
@@ -66,21 +66,21 @@ class Recommender:
         return cls(make_session(graph), tokenizer, catalogue, user_histories(interactions, catalogue),
                    m["max_history"], m["max_text_tokens"], version, variant)
 
+    def request(self, history: np.ndarray, instruction: str | None = None) -> Instruction:
+        """The user's own words beside their history; history alone; or a cold-start request."""
+        if instruction:
+            return free_text_instruction(instruction, history, self.max_history, self.catalogue)
+        if len(history):
+            return make_instruction(DEFAULT_REQUEST, 0, self.catalogue, history, None, self.max_history)
+        return free_text_instruction(f"Recommend a popular {self.catalogue.noun}.", history, self.max_history, self.catalogue)
+
     def recommend(self, user_id: str, instruction: str | None = None, k: int = 10) -> dict:
         if k < 1:
             raise ValueError("k must be at least 1")
         history = self.histories.get(str(user_id), np.zeros(0, dtype=np.int64))
-        if instruction:
-            ins = free_text_instruction(instruction, history, self.max_history, self.catalogue)
-        elif len(history):
-            ins = make_instruction(DEFAULT_REQUEST, 0, self.catalogue, history, None, self.max_history)
-        else:
-            ins = free_text_instruction(f"Recommend a popular {self.catalogue.noun}.", history, self.max_history, self.catalogue)
-        padded = np.zeros((1, self.max_history), dtype=np.int64)
-        if ins.history:
-            padded[0, self.max_history - len(ins.history):] = ins.history
+        ins = self.request(history, instruction)
         scorer = OnnxScorer("champion", self.session, self.tokenizer, self.max_text_tokens)
-        scores = scorer.score([ins.text], padded)[0].astype(np.float64)
+        scores = scorer.score([ins.text], pad_histories([ins.history], self.max_history))[0].astype(np.float64)
         scores[history - 1] = -np.inf  # never recommend what the user already has
         top = np.argsort(-scores, kind="stable")[: min(k, int(np.isfinite(scores).sum()))]
         return {
@@ -109,12 +109,9 @@ def top_k_all(rec: Recommender, k: int = 10, batch_size: int = 256) -> pl.DataFr
     ids = np.asarray(rec.catalogue.item_ids)
     for start in range(0, len(users), batch_size):
         chunk = users[start:start + batch_size]
-        texts, padded = [], np.zeros((len(chunk), rec.max_history), dtype=np.int64)
-        for r, user in enumerate(chunk):
-            ins = make_instruction(DEFAULT_REQUEST, 0, rec.catalogue, rec.histories[user], None, rec.max_history)
-            texts.append(ins.text)
-            padded[r, rec.max_history - len(ins.history):] = ins.history
-        scores = scorer.score(texts, padded).astype(np.float32)
+        requests = [rec.request(rec.histories[user]) for user in chunk]
+        padded = pad_histories([ins.history for ins in requests], rec.max_history)
+        scores = scorer.score([ins.text for ins in requests], padded).astype(np.float32)
         for r, user in enumerate(chunk):
             scores[r, rec.histories[user] - 1] = -np.inf
         top = np.argpartition(-scores, k, axis=1)[:, :k]
