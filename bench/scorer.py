@@ -59,12 +59,12 @@ def champion_scorer(cfg) -> tuple[InstructRecScorer, object, Path]:
 
 def instructions(model: InstructRecScorer, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     """Realistic requests: every template type, histories of real item ids."""
-    from instructrec.instructions import HISTORY, TEMPLATES
+    from instructrec.instructions import CANDIDATES, HISTORY, TEMPLATES
 
     rng = np.random.default_rng(seed)
-    fills = {"history": HISTORY, "noun": "movie", "nouns": "movies", "taste": "Comedy and Drama",
-             "genres": "Action, Adventure and Sci-Fi"}
-    pool = [t.format(**fills) for ts in TEMPLATES.values() for t in ts]
+    fills = {"history": HISTORY, "candidates": CANDIDATES, "noun": "movie", "nouns": "movies", "taste": "Comedy and Drama",
+             "genres": "Action, Adventure and Sci-Fi", "mood": "something suspenseful"}
+    pool = [t.text.format(**fills) for ts in TEMPLATES.values() for t in ts]
     texts = [pool[i % len(pool)] for i in range(n)]
     hist = rng.integers(1, model.config.n_items + 1, size=(n, model.config.max_history))
     hist[: n // 3, :5] = 0  # some shorter histories

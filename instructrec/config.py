@@ -26,6 +26,8 @@ class DataConfig(_Frozen):
     source: str = "movielens-100k"  # or a directory with interactions.* and items.*
     max_users: int | None = None  # subsample users (seeded) for small profiles
     max_history: int = 20  # the paper keeps the 20 most recent items
+    window_stride: int | None = 5  # training windows advance this many items (None: max_history, as SASRec)
+    instruction_mix: dict[str, float] | None = None  # share of each (P, I) type in training; None: instructions.TRAIN_MIX
     cold_user_max_train: int = 20  # "cold" slice: at most this many train interactions
     long_tail_share: float = 0.8  # items outside the most popular 20% of interactions
     seed: int = 7
@@ -42,16 +44,32 @@ class ModelConfig(_Frozen):
 
 
 class TrainConfig(_Frozen):
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 2e-3
+    epochs: int = 40
+    batch_size: int = 128  # history windows per step (each holds up to window_stride examples)
+    lr: float = 1e-3
     bert_lr: float = 3e-5
     weight_decay: float = 0.01
+    full_softmax: bool = True  # softmax over the whole catalogue; False: in-batch + sampled negatives (huge catalogues)
     sampled_negatives: int = 512  # uniform negatives shared by the batch, besides in-batch ones
-    patience: int = 3  # epochs without validation gain before stopping
+    patience: int = 6  # epochs without validation gain before stopping
     mixed_precision: bool = False
     device: str = "cpu"
     seed: int = 7
+
+
+class BaselineConfig(_Frozen):
+    """SASRec, the ID-only sequential reference trained on the same split in every run."""
+
+    enabled: bool = True
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    patience: int = 10  # epochs without validation gain
+    eval_every: int = 5
 
 
 class FeedbackConfig(_Frozen):
@@ -64,7 +82,8 @@ class FeedbackConfig(_Frozen):
 
 
 class EvalConfig(_Frozen):
-    types: tuple[str, ...] = ("P1/I0", "P1/I2", "P2/I0", "P2/I2", "P0/I2")
+    types: tuple[str, ...] = ("P1/I0", "P1/I1", "P1/I2", "P2/I0", "P2/I1", "P2/I2", "P0/I1", "P0/I2")
+    held_out_templates: bool = True  # also test every type on its held-out template
     ks: tuple[int, ...] = (1, 5, 10, 20)
     sampled_negatives: int = 9
     seed: int = 2023
@@ -72,6 +91,7 @@ class EvalConfig(_Frozen):
 
 class GateConfig(_Frozen):
     metric: str = "ndcg@10"
+    floor: Literal["popularity", "best_baseline"] = "best_baseline"  # best_baseline: the better of popularity and SASRec
     epsilon: float = 0.005  # tolerated drop of the bootstrap lower bound
     min_gain: float = 0.0  # mean gain needed to promote
     require_significance: bool = False  # also require the interval to exclude 0
@@ -126,6 +146,7 @@ class Config(_Frozen):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    baseline: BaselineConfig = BaselineConfig()
     eval: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()
@@ -153,13 +174,14 @@ _PROFILES: dict[str, dict] = {
         "model": {"backbone": "tiny", "dim": 32, "n_layers": 1, "n_heads": 2, "train_bert": True, "max_text_tokens": 48},
         "train": {"epochs": 2, "batch_size": 64, "sampled_negatives": 64, "lr": 3e-3, "bert_lr": 1e-3},
         "feedback": {"epochs": 1},
+        "baseline": {"dim": 16, "n_layers": 1, "epochs": 4, "eval_every": 2},
         "gate": {"n_bootstrap": 200},
         "progress": False,
     },
     "cpu": {},
     "gpu": {
         "model": {"train_bert": True, "dim": 128, "n_heads": 4},
-        "train": {"batch_size": 512, "sampled_negatives": 1024, "mixed_precision": True, "device": "cuda", "epochs": 15},
+        "train": {"batch_size": 256, "sampled_negatives": 1024, "mixed_precision": True, "device": "cuda"},
     },
 }
 

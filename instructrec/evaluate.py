@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from instructrec import metrics
-from instructrec.instructions import make_instruction, pad_histories
+from instructrec.instructions import HELD_OUT, make_instruction, pad_histories
 from instructrec.model import InstructRecScorer
 from instructrec.split import SplitData
 
@@ -47,8 +47,13 @@ def build_cases(
     seed: int,
     n_negatives: int = 9,
     target: str = "test",
+    held_out: bool = False,
 ) -> dict[str, EvalCase]:
-    """One case per instruction type over all evaluable users (seeded)."""
+    """One case per instruction type over all evaluable users (seeded).
+
+    With `held_out`, the instructions come from the templates training never
+    saw, and each case is keyed "<type>/held-out".
+    """
     rng = np.random.default_rng(seed)
     n_items = split.catalogue.n_items
     users = split.eval_users
@@ -60,7 +65,7 @@ def build_cases(
                 seen, tgt = split.history_before_test(u), int(split.test[u])
             else:
                 seen, tgt = split.train[u], int(split.valid[u])
-            ins = make_instruction(type_, int(rng.integers(1 << 30)), split.catalogue, seen, tgt, max_history)
+            ins = make_instruction(type_, int(rng.integers(1 << 30)), split.catalogue, seen, tgt, max_history, held_out)
             if ins is None:
                 continue
             all_seen = np.union1d(split.history_before_test(u), [split.test[u]])
@@ -68,7 +73,7 @@ def build_cases(
             rows.append(u), texts.append(ins.text), templates.append(ins.template), hists.append(ins.history)
             targets.append(tgt), excl.append(np.setdiff1d(seen, [tgt]))
         if rows:
-            cases[type_] = EvalCase(
+            cases[f"{type_}/{HELD_OUT}" if held_out else type_] = EvalCase(
                 type_, np.asarray(rows), texts, templates, pad_histories(hists, max_history), np.asarray(targets), excl,
                 np.stack(negs)
             )

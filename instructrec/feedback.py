@@ -23,7 +23,8 @@ from instructrec.instructions import (
     Examples,
     free_text_instruction,
     make_instruction,
-    sample_type,
+    sampled_instruction,
+    windows,
 )
 from instructrec.io import write_parquet
 from instructrec.split import SplitData
@@ -75,26 +76,34 @@ def feedback_examples(
     builder = ExampleBuilder(max_history)
     likes = dislikes = 0
     for u, (seq, ratings) in enumerate(zip(split.train, split.train_ratings, strict=True)):
-        for t in range(1, len(seq)):
-            r = ratings[t]
-            if np.isnan(r) or dislike_max < r < like_min:
-                continue
-            label = 1.0 if r >= like_min else -1.0
-            ins = make_instruction(sample_type(rng, FEEDBACK_MIX), int(rng.integers(1 << 30)), split.catalogue,
-                                   seq[:t], int(seq[t]), max_history)
-            if ins is None:
-                ins = make_instruction("P1/I0", int(rng.integers(1 << 30)), split.catalogue, seq[:t], None, max_history)
-            builder.add(u, int(seq[t]), ins, label=label)
-            likes, dislikes = likes + (label > 0), dislikes + (label < 0)
+        for start, first, end in windows(seq, max_history):
+            examples = []
+            for t in range(first, end):  # target seq[t], history seq[:t]
+                r = ratings[t]
+                if np.isnan(r) or dislike_max < r < like_min:
+                    continue
+                label = 1.0 if r >= like_min else -1.0
+                ins = sampled_instruction(rng, FEEDBACK_MIX, split.catalogue, seq[:t], int(seq[t]), max_history)
+                examples.append((t - 1 - start, ins, label, 1.0))
+                likes, dislikes = likes + (label > 0), dislikes + (label < 0)
+            if examples:
+                builder.add_window(u, tuple(int(i) for i in seq[start:end]), examples)
 
     used, skipped = _store_rows(split, store, builder, max_history, rng)
-    n_feedback = len(builder.rows)
-    n_replay = min(len(base), int(round(replay_ratio * n_feedback)))
+    n_feedback = len(builder)
     examples = builder.build()
-    if n_replay:
-        replay = base.subset(rng.choice(len(base), size=n_replay, replace=False))
+    replay = _replay(base, int(round(replay_ratio * n_feedback)), rng)
+    if len(replay):
         examples = _concat(examples, replay)
-    return examples, FeedbackStats(likes, dislikes, used, skipped, n_replay)
+    return examples, FeedbackStats(likes, dislikes, used, skipped, replay.n_examples)
+
+
+def _replay(base: Examples, n: int, rng: np.random.Generator) -> Examples:
+    """Random base windows holding about n examples (at least n where the base has them)."""
+    order = rng.permutation(len(base))
+    per_window = (base.weight[order] > 0).sum(axis=1)
+    take = int(np.searchsorted(np.cumsum(per_window), n) + 1) if n > 0 else 0
+    return base.subset(np.sort(order[:take]))
 
 
 def _store_rows(split: SplitData, store: pl.DataFrame, builder: ExampleBuilder, max_history: int,
@@ -132,12 +141,12 @@ def _concat(a: Examples, b: Examples) -> Examples:
         if t not in index:
             index[t] = len(texts)
             texts.append(t)
-    remap = np.asarray([index[t] for t in b.texts], dtype=np.int64)
+    remap = np.append(np.asarray([index[t] for t in b.texts], dtype=np.int64), -1)  # -1 stays -1
     return Examples(
         user=np.concatenate([a.user, b.user]),
-        target=np.concatenate([a.target, b.target]),
-        history=np.concatenate([a.history, b.history]),
+        seq=np.concatenate([a.seq, b.seq]),
         text_id=np.concatenate([a.text_id, remap[b.text_id]]),
+        use_history=np.concatenate([a.use_history, b.use_history]),
         types=np.concatenate([a.types, b.types]),
         templates=np.concatenate([a.templates, b.templates]),
         label=np.concatenate([a.label, b.label]),

@@ -90,6 +90,13 @@ def _paired(a: ArmEvaluation, b: ArmEvaluation) -> tuple[np.ndarray, np.ndarray]
     return a.values[ia], b.values[ib]
 
 
+def floor_baseline(baselines: dict[str, ArmEvaluation], policy: GateConfig) -> ArmEvaluation:
+    """The arm the challenger must beat: popularity, or the better of the in-run baselines (policy.floor)."""
+    if policy.floor == "popularity":
+        return baselines["popularity"]
+    return max(baselines.values(), key=lambda arm: arm.mean)
+
+
 def decide(
     challenger: ArmEvaluation,
     baseline: ArmEvaluation,

@@ -1,12 +1,18 @@
-"""InstructRec instructions: preference (P) x intention (I) x task form (T).
+"""InstructRec instructions: preference (P) x intention (I) x task form.
 
-P0 none, P1 implicit (history, most recent last, at most 20 items), P2 explicit
-(a stated taste built from the history's dominant genres). I0 none, I2 specific
-(the target's genres, as the paper's category labels). Task form: matching.
+P0 none, P1 implicit (history, most recent last, at most `max_history`
+items), P2 explicit (a stated taste: the history's dominant genres).
+I0 none, I1 vague (the everyday mood of one of the target's genres, from a
+fixed lexicon: no LLM), I2 specific (all the target's genres, as the paper's
+category labels). Task forms: matching (rank the whole catalogue) and
+reranking (choose among given candidates: the 1+9 protocol).
+
+Each type has one held-out template that training never uses; evaluation
+scores it separately (instruction-following generalisation).
 
 The model reads a history through item vectors, not through BERT: the text
 BERT sees carries the placeholder HISTORY where a person would read titles
-(`render` puts the titles back). Leakage rule: an intention names the
+(`render` puts the titles back). Leakage rule: an intention describes the
 target's attributes, never its title or id.
 """
 
@@ -20,47 +26,119 @@ import numpy as np
 from instructrec.split import Catalogue, SplitData
 
 HISTORY = "[history]"
-TASK = "matching"
+CANDIDATES = "[candidates]"
+MATCHING, RERANKING = "matching", "reranking"
 
-# Placeholders: {history} {taste} {genres} {noun} {nouns}
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "P1/I0": (
+
+@dataclass(frozen=True)
+class Template:
+    text: str  # placeholders: {history} {taste} {genres} {mood} {noun} {nouns} {candidates}
+    held_out: bool = False  # never used in training
+
+    @property
+    def form(self) -> str:
+        return RERANKING if "{candidates}" in self.text else MATCHING
+
+
+def _t(*texts: str, held_out: str) -> tuple[Template, ...]:
+    return tuple(Template(t) for t in texts) + (Template(held_out, held_out=True),)
+
+
+TEMPLATES: dict[str, tuple[Template, ...]] = {
+    "P1/I0": _t(
         "The user has enjoyed these {nouns}, most recent last: {history}. Which {noun} will they pick next?",
         "Here is my history: {history}. Recommend the next {noun} for me.",
         "Based on the {nouns} I engaged with recently ({history}), what should I choose now?",
         "Given this sequence of {nouns}: {history}, predict the one the user is most likely to want next.",
-        "I recently went through {history}. What is a good {noun} to follow these?",
         "User history: {history}. Suggest a {noun} this user will like.",
+        "The user has interacted with {history}. Select the {noun} they will want next from the candidates: {candidates}.",
+        "You know my history ({history}). Rank these {nouns} for me: {candidates}.",
+        held_out="I recently went through {history}. What is a good {noun} to follow these?",
     ),
-    "P2/I0": (
+    "P2/I0": _t(
         "I really like {taste} {nouns}. What would you recommend?",
         "You are a search engine and you meet a user's query: {taste}. Please respond by selecting a {noun}.",
         "My favourite kinds of {nouns} are {taste}. Suggest one for me.",
         "Recommend a {noun} to someone who loves {taste}.",
-        "As a fan of {taste}, which {noun} should I pick?",
+        "You are a search engine and you meet a user's query: {taste}. Please respond by selecting from the candidates: "
+        "{candidates}.",
+        held_out="As a fan of {taste}, which {noun} should I pick?",
     ),
-    "P0/I2": (
+    "P0/I1": _t(
+        "I want {mood}.",
+        "Can you find me {mood}?",
+        "Tonight I'm after {mood}. Pick one of these: {candidates}.",
+        held_out="Recommend {mood}, please.",
+    ),
+    "P0/I2": _t(
         "I want a {genres} {noun}.",
         "Find me a {noun} in these categories: {genres}.",
         "Show me {genres} {nouns}.",
-        "I'm in the mood for something {genres}.",
+        "Which of these is a {genres} {noun}? {candidates}",
+        held_out="I'm in the mood for something {genres}.",
     ),
-    "P1/I2": (
+    "P1/I1": _t(
+        "I have enjoyed {history}. Now I want {mood}.",
+        "My history: {history}. Today I'm looking for {mood}.",
+        "After {history}, recommend {mood}.",
+        "Given what I liked ({history}), choose {mood} from the candidates: {candidates}.",
+        held_out="Considering {history}, what would be {mood} for me?",
+    ),
+    "P1/I2": _t(
         "I have enjoyed {history}. Now I'm looking for a {genres} {noun}.",
         "The user engaged with these {nouns}: {history}. They now ask for: {genres}. What should they get?",
         "Given my history ({history}), recommend a {noun} with these categories: {genres}.",
-        "After {history}, I'd like something {genres}.",
         "History: {history}. Request: a {genres} {noun}. Pick the best match.",
+        "History: {history}. I want {genres}. Rank the candidates: {candidates}.",
+        held_out="After {history}, I'd like something {genres}.",
     ),
-    "P2/I2": (
+    "P2/I1": _t(
+        "I usually like {taste}. Right now I want {mood}.",
+        "As a fan of {taste}, recommend {mood}.",
+        "My taste is {taste}; pick {mood} among these: {candidates}.",
+        held_out="Someone who loves {taste} asks for {mood}. What do you suggest?",
+    ),
+    "P2/I2": _t(
         "I usually like {taste}, but today I want a {genres} {noun}.",
         "As a fan of {taste}, find me a {noun} that is {genres}.",
         "My taste: {taste}. My request: a {genres} {noun}.",
-        "Someone who loves {taste} asks for a {genres} {noun}. What do you suggest?",
+        "I like {taste} and want a {genres} {noun}. Choose from: {candidates}.",
+        held_out="Someone who loves {taste} asks for a {genres} {noun}. What do you suggest?",
     ),
 }
 TYPES = tuple(TEMPLATES)
-TRAIN_MIX: dict[str, float] = {"P1/I0": 0.35, "P1/I2": 0.25, "P2/I0": 0.1, "P2/I2": 0.1, "P0/I2": 0.2}
+# Half the positions train history-only (the headline type); the rest spread over the other types.
+TRAIN_MIX: dict[str, float] = {"P1/I0": 0.5, "P1/I1": 0.08, "P1/I2": 0.1, "P2/I0": 0.06, "P2/I1": 0.04, "P2/I2": 0.06,
+                               "P0/I1": 0.08, "P0/I2": 0.08}
+HELD_OUT = "held-out"
+
+# I1: each genre's everyday mood, worded without the genre's name where English allows.
+MOODS: dict[str, tuple[str, ...]] = {
+    "Action": ("something packed with action", "an adrenaline rush", "something with big fights and chases"),
+    "Adventure": ("an adventure to get lost in", "something with a grand journey", "an escapist quest"),
+    "Animation": ("something drawn or animated", "a cartoon to unwind with"),
+    "Children's": ("something the whole family can watch", "something the kids will enjoy"),
+    "Comedy": ("something to make me laugh", "something light and funny", "a feel-good laugh"),
+    "Crime": ("a story about criminals and the law", "something with gangsters or a heist"),
+    "Documentary": ("something real and informative", "a true story told straight"),
+    "Drama": ("something moving and serious", "a story with emotional depth"),
+    "Fantasy": ("something magical", "a trip to another world"),
+    "Film-Noir": ("something dark and moody from the old days", "a shadowy, cynical detective story"),
+    "Horror": ("something scary", "something that will keep me up at night"),
+    "Musical": ("something full of songs", "something I can sing along to"),
+    "Mystery": ("a puzzle to figure out", "a whodunit"),
+    "Romance": ("something about falling in love", "a love story"),
+    "Sci-Fi": ("something futuristic", "something set in space or the future"),
+    "Thriller": ("something suspenseful", "an edge-of-the-seat watch"),
+    "War": ("something about soldiers and battle", "a story set in wartime"),
+    "Western": ("something with cowboys", "a frontier story"),
+}
+
+
+def mood(genre: str, choice: int) -> str:
+    """A vague wording of one genre; genres outside the lexicon get a generic vague phrase."""
+    phrases = MOODS.get(genre, (f"something in the spirit of {genre.lower()}",))
+    return phrases[choice % len(phrases)]
 
 
 @dataclass(frozen=True)
@@ -69,6 +147,7 @@ class Instruction:
     template: str  # e.g. "P1/I0#3"
     text: str  # what BERT reads (history as the HISTORY placeholder)
     history: tuple[int, ...] = ()  # item indices, most recent last; empty unless P1
+    form: str = MATCHING
 
     @property
     def preference(self) -> str:
@@ -108,7 +187,12 @@ def stated_taste(history: np.ndarray, catalogue: Catalogue, top: int = 2) -> tup
 def needs(type_: str) -> tuple[bool, bool, bool]:
     """(history, taste, target genres) a type needs."""
     p, i = type_.split("/")
-    return p == "P1", p == "P2", i == "I2"
+    return p == "P1", p == "P2", i in ("I1", "I2")
+
+
+def templates_of(type_: str, held_out: bool = False) -> tuple[Template, ...]:
+    """The type's training templates, or its held-out ones."""
+    return tuple(t for t in TEMPLATES[type_] if t.held_out == held_out)
 
 
 def make_instruction(
@@ -118,26 +202,32 @@ def make_instruction(
     history: np.ndarray,
     target: int | None,
     max_history: int,
+    held_out: bool = False,
 ) -> Instruction | None:
-    """Fill one template; None when the type cannot be expressed (no genres)."""
+    """Fill one template (chosen by `template`, which also picks I1's genre and wording).
+
+    None when the type cannot be expressed (no genres, or no history for P1).
+    """
     use_history, use_taste, use_genres = needs(type_)
-    fields = {"noun": catalogue.noun, "nouns": plural(catalogue.noun), "history": HISTORY}
+    if use_history and len(history) == 0:
+        return None
+    fields = {"noun": catalogue.noun, "nouns": plural(catalogue.noun), "history": HISTORY, "candidates": CANDIDATES}
     if use_taste:
         taste = stated_taste(history[-50:], catalogue)
         if not taste:
             return None
         fields["taste"] = join_words(taste)
+    templates = templates_of(type_, held_out)
+    k, choice = template % len(templates), template // len(templates)
     if use_genres:
         genres = catalogue.genres_of(int(target)) if target else ()
         if not genres:
             return None
         fields["genres"] = join_words(genres)
-    if use_history and len(history) == 0:
-        return None
-    templates = TEMPLATES[type_]
-    k = template % len(templates)
+        fields["mood"] = mood(genres[choice % len(genres)], choice // len(genres))
     hist = tuple(int(i) for i in history[-max_history:]) if use_history else ()
-    return Instruction(type_, f"{type_}#{k}", templates[k].format(**fields), hist)
+    name = f"{type_}#{HELD_OUT}{k}" if held_out else f"{type_}#{k}"
+    return Instruction(type_, name, templates[k].text.format(**fields), hist, templates[k].form)
 
 
 def free_text_instruction(text: str, history: np.ndarray, max_history: int, catalogue: Catalogue) -> Instruction:
@@ -148,32 +238,49 @@ def free_text_instruction(text: str, history: np.ndarray, max_history: int, cata
     return Instruction("P0/free", "free", text.strip())
 
 
-def render(instruction: Instruction, catalogue: Catalogue) -> str:
-    """The instruction as a person reads it: history titles instead of the placeholder."""
+def render(instruction: Instruction, catalogue: Catalogue, candidates: tuple[int, ...] = ()) -> str:
+    """The instruction as a person reads it: titles instead of the placeholders."""
     titles = "; ".join(catalogue.title(i) for i in instruction.history)
-    return instruction.text.replace(HISTORY, titles)
+    text = instruction.text.replace(HISTORY, titles)
+    return text.replace(CANDIDATES, "; ".join(catalogue.title(i) for i in candidates) or "(the candidates)")
 
 
 @dataclass
 class Examples:
-    """Columnar training examples; texts are deduplicated (BERT reads each once)."""
+    """Training examples packed in history windows; texts are deduplicated (BERT reads each once).
 
-    user: np.ndarray  # [n]
-    target: np.ndarray  # [n] item index
-    history: np.ndarray  # [n, max_history] left-padded with 0
-    text_id: np.ndarray  # [n] index into texts
-    types: np.ndarray  # [n] instruction type
-    templates: np.ndarray  # [n] template id
-    label: np.ndarray  # [n] +1 like (pull), -1 dislike (push)
-    weight: np.ndarray  # [n]
+    Window w holds items seq[w] (left-padded with 0). The example at slot t, where
+    weight[w, t] > 0, asks for target seq[w, t + 1] given the instruction text_id[w, t]
+    and, where use_history[w, t], the history seq[w, :t + 1]. A causal model scores
+    all slots of a window in one pass.
+    """
+
+    user: np.ndarray  # [W]
+    seq: np.ndarray  # [W, H + 1] item indices
+    text_id: np.ndarray  # [W, H] index into texts, -1 where no example
+    use_history: np.ndarray  # [W, H] bool
+    types: np.ndarray  # [W, H] instruction type ("" where no example)
+    templates: np.ndarray  # [W, H] template id
+    label: np.ndarray  # [W, H] +1 like (pull), -1 dislike (push)
+    weight: np.ndarray  # [W, H] 0 where no example
     texts: list[str]
 
     def __len__(self) -> int:
-        return len(self.target)
+        """Number of windows (the unit batches are drawn in)."""
+        return len(self.seq)
+
+    @property
+    def n_examples(self) -> int:
+        return int((self.weight > 0).sum())
+
+    @property
+    def target(self) -> np.ndarray:
+        """Every example's target item."""
+        return self.seq[:, 1:][self.weight > 0]
 
     def subset(self, rows: np.ndarray) -> Examples:
         return Examples(
-            self.user[rows], self.target[rows], self.history[rows], self.text_id[rows], self.types[rows],
+            self.user[rows], self.seq[rows], self.text_id[rows], self.use_history[rows], self.types[rows],
             self.templates[rows], self.label[rows], self.weight[rows], self.texts,
         )
 
@@ -183,27 +290,41 @@ class ExampleBuilder:
 
     def __init__(self, max_history: int):
         self.max_history = max_history
-        self.rows: list[tuple] = []
+        self.windows: list[tuple[int, tuple[int, ...], list[tuple[int, Instruction, float, float]]]] = []
         self.text_index: dict[str, int] = {}
 
+    def __len__(self) -> int:
+        return sum(len(w[2]) for w in self.windows)
+
     def add(self, user: int, target: int, ins: Instruction, label: float = 1.0, weight: float = 1.0) -> None:
-        tid = self.text_index.setdefault(ins.text, len(self.text_index))
-        self.rows.append((user, target, ins.history, tid, ins.type, ins.template, label, weight))
+        """One example as its own window: the instruction's history, then the target."""
+        items = ins.history[-self.max_history :] + (target,)
+        self.add_window(user, items, [(len(items) - 2, ins, label, weight)])
+
+    def add_window(self, user: int, items: tuple[int, ...], examples: list[tuple[int, Instruction, float, float]]) -> None:
+        """items: at most max_history + 1; examples: (t, instruction, label, weight), target items[t + 1]."""
+        assert len(items) <= self.max_history + 1, "a window holds at most max_history + 1 items"
+        self.windows.append((user, tuple(items), examples))
+        for _, ins, _, _ in examples:
+            self.text_index.setdefault(ins.text, len(self.text_index))
 
     def build(self) -> Examples:
-        history = pad_histories([row[2] for row in self.rows], self.max_history)
-        col = list(zip(*self.rows, strict=True)) if self.rows else [()] * 8
-        return Examples(
-            user=np.asarray(col[0], dtype=np.int64),
-            target=np.asarray(col[1], dtype=np.int64),
-            history=history,
-            text_id=np.asarray(col[3], dtype=np.int64),
-            types=np.asarray(col[4], dtype=object),
-            templates=np.asarray(col[5], dtype=object),
-            label=np.asarray(col[6], dtype=np.float32),
-            weight=np.asarray(col[7], dtype=np.float32),
-            texts=list(self.text_index),
-        )
+        h, w = self.max_history, len(self.windows)
+        seq = pad_histories([items for _, items, _ in self.windows], h + 1)
+        text_id = np.full((w, h), -1, dtype=np.int64)
+        use_history = np.zeros((w, h), dtype=bool)
+        types = np.full((w, h), "", dtype=object)
+        templates = np.full((w, h), "", dtype=object)
+        label = np.zeros((w, h), dtype=np.float32)
+        weight = np.zeros((w, h), dtype=np.float32)
+        for r, (_, items, examples) in enumerate(self.windows):
+            offset = h + 1 - len(items)
+            for t, ins, lab, wt in examples:
+                c = offset + t
+                text_id[r, c], use_history[r, c] = self.text_index[ins.text], bool(ins.history)
+                types[r, c], templates[r, c], label[r, c], weight[r, c] = ins.type, ins.template, lab, wt
+        users = np.asarray([u for u, _, _ in self.windows], dtype=np.int64)
+        return Examples(users, seq, text_id, use_history, types, templates, label, weight, list(self.text_index))
 
 
 def sample_type(rng: np.random.Generator, mix: dict[str, float]) -> str:
@@ -212,18 +333,47 @@ def sample_type(rng: np.random.Generator, mix: dict[str, float]) -> str:
     return types[rng.choice(len(types), p=p / p.sum())]
 
 
-def training_examples(split: SplitData, max_history: int, seed: int, mix: dict[str, float] | None = None) -> Examples:
-    """One instruction per train position (next-item), type drawn from the mix."""
+def sampled_instruction(rng: np.random.Generator, mix: dict[str, float], catalogue: Catalogue, history: np.ndarray,
+                        target: int, max_history: int) -> Instruction:
+    """A type drawn from the mix; falls back to history-only where the type cannot be expressed."""
+    ins = None
+    while ins is None:
+        ins = make_instruction(sample_type(rng, mix), int(rng.integers(1 << 30)), catalogue, history, target, max_history)
+        if ins is None:
+            ins = make_instruction("P1/I0", int(rng.integers(1 << 30)), catalogue, history, None, max_history)
+    return ins
+
+
+def windows(seq: np.ndarray, max_history: int, stride: int | None = None) -> list[tuple[int, int, int]]:
+    """(start, first, end): windows seq[start:end] of at most max_history + 1 items, cut from the sequence's end
+    every `stride` items; targets seq[first:end] are that window's examples, each exactly once over all windows.
+
+    stride = max_history gives SASRec's disjoint windows (early targets see short histories);
+    a smaller stride gives every target at least max_history - stride + 1 items of history, at the cost of
+    reading each item (max_history / stride) times.
+    """
+    stride = stride or max_history
+    out = []
+    for end in range(len(seq), 1, -stride):
+        start = max(0, end - max_history - 1)
+        first = start + 1 if start == 0 else max(start + 1, end - stride)
+        out.append((start, first, end))
+        if start == 0:
+            break
+    return out
+
+
+def training_examples(split: SplitData, max_history: int, seed: int, mix: dict[str, float] | None = None,
+                      stride: int | None = None) -> Examples:
+    """One instruction per train position (next-item), type drawn from the mix; packed in windows."""
     mix = mix or TRAIN_MIX
     rng = np.random.default_rng(seed)
     builder = ExampleBuilder(max_history)
     for u, seq in enumerate(split.train):
-        for t in range(1, len(seq)):
-            ins = None
-            while ins is None:  # fall back to history-only when genres are missing
-                type_ = sample_type(rng, mix)
-                ins = make_instruction(type_, int(rng.integers(1 << 30)), split.catalogue, seq[:t], int(seq[t]), max_history)
-                if ins is None:
-                    ins = make_instruction("P1/I0", int(rng.integers(1 << 30)), split.catalogue, seq[:t], None, max_history)
-            builder.add(u, int(seq[t]), ins)
+        for start, first, end in windows(seq, max_history, stride):
+            examples = []
+            for t in range(first, end):  # target seq[t], history seq[:t]
+                ins = sampled_instruction(rng, mix, split.catalogue, seq[:t], int(seq[t]), max_history)
+                examples.append((t - 1 - start, ins, 1.0, 1.0))
+            builder.add_window(u, tuple(int(i) for i in seq[start:end]), examples)
     return builder.build()

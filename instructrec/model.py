@@ -1,8 +1,10 @@
 """The BERT two-tower scorer: one file, its config, and its save/load contract.
 
-Instruction tower: BERT reads the instruction's words (mean-pooled), a small
-transformer fuses that vector with the history's item vectors (UniSRec-style:
-the history is read through item vectors, not re-tokenised titles).
+Instruction tower: a causal transformer reads the history through item
+vectors (SASRec-shaped; UniSRec-style: history items are not re-tokenised),
+BERT reads the instruction's words (mean-pooled), and a small MLP fuses the
+two. Causality lets training score every position of a history window in one
+pass, as SASRec does; P0/P2 positions see a learned "no history" state.
 Item tower: BERT features of each item's text, computed once per catalogue,
 plus an item-id embedding (hybrid text + id). score = <query, item> + bias.
 """
@@ -47,13 +49,22 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """bias broadcasts to [B, heads, T, T]: 0 where a query may attend, a large negative where not."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        att = (q @ k.transpose(-1, -2)) * (d // self.n_heads) ** -0.5 + key_bias[:, None, None, :]
+        att = (q @ k.transpose(-1, -2)) * (d // self.n_heads) ** -0.5 + bias
         y = (self.drop(att.softmax(-1)) @ v).transpose(1, 2).reshape(b, t, d)
         x = x + self.drop(self.proj(y))
         return x + self.drop(self.mlp(self.norm2(x)))
+
+
+def causal_bias(seq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, T, T] attention bias: no future slots, no padding (a padded slot attends to itself)."""
+    slot = torch.arange(seq.shape[1], device=seq.device)
+    query, key = slot[:, None], slot[None, :]
+    blocked = ((key > query)[None] | (seq == 0)[:, None, :]) & (key != query)[None]
+    return torch.zeros(blocked.shape, dtype=dtype, device=seq.device).masked_fill(blocked, torch.finfo(dtype).min)[:, None]
 
 
 class InstructRecScorer(nn.Module):
@@ -71,9 +82,12 @@ class InstructRecScorer(nn.Module):
         self.item_text_proj = nn.Linear(text_dim, dim)
         self.item_bias = nn.Parameter(torch.zeros(n))
         self.text_proj = nn.Linear(text_dim, dim)
-        self.position = nn.Embedding(config.max_history + 1, dim)  # slot 0: the instruction's words
+        self.position = nn.Embedding(config.max_history, dim)
         self.blocks = nn.ModuleList(Block(dim, config.n_heads, config.dropout) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(dim)
+        self.no_history = nn.Parameter(torch.zeros(dim))  # the history state of P0/P2 instructions
+        self.fuse = nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.out_norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(config.dropout)
         nn.init.normal_(self.item_id.weight, std=0.02)
         with torch.no_grad():
@@ -88,20 +102,40 @@ class InstructRecScorer(nn.Module):
 
     def item_vectors(self) -> torch.Tensor:
         """[n_items + 1, dim]; row 0 is padding."""
-        return self.item_text_proj(self.item_text) + self.drop(self.item_id.weight)
+        return self.item_text_proj(self.item_text) + self.item_id.weight
+
+    def history_states(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[B, T, dim]: slot t summarises history[:, :t + 1] (left-padded, most recent last)."""
+        t = history.shape[1]
+        x = items[history] * self.config.dim**0.5 + self.position.weight[-t:]
+        x = self.drop(x * (history > 0).unsqueeze(-1).to(x.dtype))
+        bias = causal_bias(history, x.dtype)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.norm(x)
+
+    def fuse_query(self, state: torch.Tensor, text_vec: torch.Tensor) -> torch.Tensor:
+        """History state + the instruction's words -> query (any leading shape)."""
+        words = self.text_proj(text_vec)
+        return self.out_norm(state + words + self.drop(self.fuse(torch.cat([state, words], dim=-1))))
 
     def query(self, text_vec: torch.Tensor, history: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Fuse the instruction's words with its history items -> [B, dim]."""
+        """One query per instruction from its words and history -> [B, dim]."""
         items = self.item_vectors() if items is None else items
-        b, h = history.shape
-        words = self.text_proj(text_vec).unsqueeze(1)
-        seq = torch.cat([words, items[history]], dim=1) + self.position.weight[: h + 1]
-        pad = torch.cat([torch.zeros_like(history[:, :1], dtype=torch.bool), history == 0], dim=1)
-        key_bias = torch.zeros(pad.shape, dtype=seq.dtype, device=seq.device).masked_fill(pad, torch.finfo(seq.dtype).min)
-        x = self.drop(seq)
-        for block in self.blocks:
-            x = block(x, key_bias)
-        return self.norm(x[:, 0])
+        state = self.history_states(history, items)[:, -1]
+        state = torch.where((history[:, -1:] > 0), state, self.no_history)
+        return self.fuse_query(state, text_vec)
+
+    def window_queries(self, text_vec: torch.Tensor, seq: torch.Tensor, use_history: torch.Tensor, at: torch.Tensor,
+                       items: torch.Tensor) -> torch.Tensor:
+        """[N, dim]: queries at the slots `at` [B, T] (bool) of history windows seq [B, T], in one causal pass.
+
+        text_vec [N, text_dim] holds the words at those slots; use_history [B, T] is False where the
+        instruction states no history.
+        """
+        states = self.history_states(seq, items)
+        has = (use_history & (seq > 0)).unsqueeze(-1)
+        return self.fuse_query(torch.where(has, states, self.no_history)[at], text_vec)
 
     def scores(self, query: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """[B, n_items]: every real item (padding column dropped)."""
@@ -163,6 +197,29 @@ def load_scorer(path: Path, device: str = "cpu") -> tuple[InstructRecScorer, Ber
     return model, tokenizer, json.loads((path / ITEMS).read_text())
 
 
+def _like_dislike(logp: torch.Tensor, label: torch.Tensor, weight: torch.Tensor, dislike_weight: float) -> torch.Tensor:
+    """Likes: cross-entropy -log p; dislikes: unlikelihood -log(1 - p); weighted mean."""
+    like = -logp
+    dislike = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * dislike_weight
+    loss = torch.where(label > 0, like, dislike) * weight
+    return loss.sum() / weight.sum().clamp(min=1e-6)
+
+
+def full_softmax_loss(
+    model: InstructRecScorer,
+    query: torch.Tensor,
+    target: torch.Tensor,
+    label: torch.Tensor,
+    weight: torch.Tensor,
+    items: torch.Tensor,
+    dislike_weight: float = 1.0,
+) -> torch.Tensor:
+    """Softmax over the whole catalogue: exact, and cheap while the catalogue has thousands of items."""
+    logits = (query @ items[1:].T + model.item_bias[1:]).float()
+    logp = F.log_softmax(logits, dim=-1).gather(1, (target - 1).unsqueeze(1)).squeeze(1)
+    return _like_dislike(logp, label, weight, dislike_weight)
+
+
 def sampled_softmax_loss(
     model: InstructRecScorer,
     query: torch.Tensor,
@@ -192,7 +249,4 @@ def sampled_softmax_loss(
     clash[rows, rows] = False
     logits = logits.float().masked_fill(clash, float("-inf"))
     logp = F.log_softmax(logits, dim=-1)[rows, rows]
-    like = -logp
-    dislike = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * dislike_weight
-    loss = torch.where(label > 0, like, dislike) * weight
-    return loss.sum() / weight.sum().clamp(min=1e-6)
+    return _like_dislike(logp, label, weight, dislike_weight)

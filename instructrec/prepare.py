@@ -11,7 +11,7 @@ from instructrec.evaluate import EvalCase, build_cases
 from instructrec.instructions import Examples, training_examples
 from instructrec.split import Catalogue, SplitData, sample_users, temporal_leave_one_out
 
-VALID_SEED_OFFSET = 1  # validation instructions use their own seed, never the test's
+VALID_SEED_OFFSET, HELD_OUT_SEED_OFFSET = 1, 2  # each case set draws its instructions from its own seed
 
 
 @dataclass
@@ -36,7 +36,10 @@ def prepare(cfg: Config, interactions: pl.DataFrame, items: pl.DataFrame, noun: 
     d, e = cfg.data, cfg.eval
     catalogue = Catalogue.from_items(items, noun)
     split = temporal_leave_one_out(sample_users(interactions, d.max_users, d.seed), catalogue)
-    examples = training_examples(split, d.max_history, d.seed)
+    examples = training_examples(split, d.max_history, d.seed, d.instruction_mix, d.window_stride)
     valid = build_cases(split, e.types, d.max_history, e.seed + VALID_SEED_OFFSET, e.sampled_negatives, target="valid")
     test = build_cases(split, e.types, d.max_history, e.seed, e.sampled_negatives, target="test")
+    if e.held_out_templates:
+        test |= build_cases(split, e.types, d.max_history, e.seed + HELD_OUT_SEED_OFFSET, e.sampled_negatives,
+                            target="test", held_out=True)
     return Prepared(split, examples, valid, test)

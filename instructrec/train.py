@@ -27,7 +27,7 @@ from instructrec.backbone import load_backbone
 from instructrec.config import Config
 from instructrec.instructions import Examples
 from instructrec.io import atomic_path
-from instructrec.model import InstructRecScorer, ScorerConfig, sampled_softmax_loss
+from instructrec.model import InstructRecScorer, ScorerConfig, full_softmax_loss, sampled_softmax_loss
 from instructrec.split import Catalogue
 
 CHECKPOINT = "last.pt"
@@ -62,18 +62,20 @@ class FitSettings:
     seed: int
     dislike_weight: float = 1.0
     logq_correction: bool = True
+    full_softmax: bool = True  # else in-batch + `negatives` uniform samples (large catalogues)
 
 
 def representation_settings(cfg: Config) -> FitSettings:
     t = cfg.train
     return FitSettings("representation", t.epochs, t.batch_size, t.lr, t.bert_lr, t.weight_decay, t.sampled_negatives,
-                       t.patience, cfg.model.train_bert, t.device, t.mixed_precision, t.seed)
+                       t.patience, cfg.model.train_bert, t.device, t.mixed_precision, t.seed, full_softmax=t.full_softmax)
 
 
 def feedback_settings(cfg: Config) -> FitSettings:
     t, f = cfg.train, cfg.feedback
     return FitSettings("feedback", f.epochs, t.batch_size, f.lr, t.bert_lr / 3, t.weight_decay, t.sampled_negatives,
-                       f.epochs, cfg.model.train_bert, t.device, t.mixed_precision, t.seed + 1, f.dislike_weight)
+                       f.epochs, cfg.model.train_bert, t.device, t.mixed_precision, t.seed + 1, f.dislike_weight,
+                       full_softmax=t.full_softmax)
 
 
 @dataclass
@@ -102,6 +104,7 @@ class _TextInputs:
             self.table = model.embed_texts(tokenizer, texts)
 
     def __call__(self, text_id: torch.Tensor) -> torch.Tensor:
+        """[N] text ids (no -1) -> [N, text_dim]."""
         if not self.live:
             return self.table[text_id]
         unique, inverse = torch.unique(text_id, return_inverse=True)
@@ -170,15 +173,11 @@ def fit(
         model.load_state_dict(best_state)
         return result
     texts = _TextInputs(model, tokenizer, examples.texts, s.train_bert, s.device)
-    tensors = {
-        "history": torch.as_tensor(examples.history, device=device),
-        "target": torch.as_tensor(examples.target, device=device),
-        "text_id": torch.as_tensor(examples.text_id, device=device),
-        "label": torch.as_tensor(examples.label, device=device),
-        "weight": torch.as_tensor(examples.weight, device=device),
-    }
+    tensors = {name: torch.as_tensor(getattr(examples, name), device=device)
+               for name in ("seq", "text_id", "use_history", "label", "weight")}
     n_items = model.config.n_items
-    log_q = candidate_log_q(examples.target, n_items, s.batch_size, s.negatives).to(device) if s.logq_correction else None
+    log_q = candidate_log_q(examples.target, n_items, s.batch_size * examples.seq.shape[1], s.negatives).to(device) \
+        if s.logq_correction and not s.full_softmax else None
     amp = s.mixed_precision and device.type == "cuda"
     seen = 0
     started = time.perf_counter()
@@ -188,23 +187,30 @@ def fit(
         model.train()
         gen = torch.Generator(device="cpu").manual_seed(s.seed * 1000 + epoch)
         order = torch.randperm(len(examples), generator=gen).to(device)
-        losses, t0 = [], time.perf_counter()
+        losses, t0, n_epoch = [], time.perf_counter(), 0
         batches = range(0, len(order), s.batch_size)
         for b in tqdm(batches, desc=f"{s.stage} epoch {epoch + 1}/{s.epochs}", disable=not progress, leave=False,
                       mininterval=2.0):
             rows = order[b : b + s.batch_size]
+            seq, weight = tensors["seq"][rows], tensors["weight"][rows]
+            at = weight > 0
+            target, label, weight = seq[:, 1:][at], tensors["label"][rows][at], weight[at]
             negatives = torch.randint(1, n_items + 1, (s.negatives,), generator=gen).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 items = model.item_vectors()
-                q = model.query(texts(tensors["text_id"][rows]), tensors["history"][rows], items)
-                loss = sampled_softmax_loss(model, q, tensors["target"][rows], tensors["label"][rows],
-                                            tensors["weight"][rows], negatives, items, s.dislike_weight, log_q)
+                q = model.window_queries(texts(tensors["text_id"][rows][at]), seq[:, :-1], tensors["use_history"][rows],
+                                         at, items)
+                if s.full_softmax:
+                    loss = full_softmax_loss(model, q, target, label, weight, items, s.dislike_weight)
+                else:
+                    loss = sampled_softmax_loss(model, q, target, label, weight, negatives, items, s.dislike_weight, log_q)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optim.step()
             losses.append(loss.item())
-        seen += len(order)
+            n_epoch += len(target)
+        seen += n_epoch
         metrics = validate(model)
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
                **{f"val_{k}": v for k, v in metrics.items()}}

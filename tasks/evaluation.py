@@ -15,17 +15,22 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from instructrec.config import Config  # noqa: E402
 from instructrec.evaluate import EvalReport, PopularityScorer, TorchScorer, evaluate  # noqa: E402
+from instructrec.instructions import HELD_OUT  # noqa: E402
 from instructrec import optimize  # noqa: E402
 from instructrec.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity  # noqa: E402
 from instructrec.optimize import VariantReport  # noqa: E402
 from instructrec.gate import Parity  # noqa: E402
 from instructrec.model import load_scorer  # noqa: E402
+from instructrec.sasrec import SASRec, SASRecScorer  # noqa: E402
 from instructrec.prepare import Prepared  # noqa: E402
 from model_registry import registry  # noqa: E402
 from tasks import tracking  # noqa: E402
 from tasks.training import Trained  # noqa: E402
 
-CHALLENGER, CHAMPION, POPULARITY = "challenger", "champion", "popularity"
+CHALLENGER, CHAMPION, POPULARITY, SASREC = "challenger", "champion", "popularity", "sasrec"
+BASELINES = (POPULARITY, SASREC)
+# full ranking (the headline) and the paper's 1+9 protocol (s_ prefix)
+TABLE_COLUMNS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "s_hr@1", "s_ndcg@5")
 
 
 @dataclass
@@ -46,12 +51,30 @@ class Exported:
 
 
 def _report_rows(reports: dict[str, EvalReport]) -> list[dict]:
+    """One row per (model, type, template set): the run's evaluation table."""
     rows = []
     for name, rep in reports.items():
-        for type_, values in rep.by_type.items():
-            rows.append({"model": name, "type": type_, "users": rep.counts[type_], **values})
-        rows.append({"model": name, "type": "overall", "users": max(rep.counts.values()), **rep.overall})
+        for key, values in rep.by_type.items():
+            type_, _, held = key.partition("/" + HELD_OUT)
+            rows.append({"model": name, "type": type_, "templates": HELD_OUT if held or key.endswith(HELD_OUT) else "seen",
+                         "users": rep.counts[key], **values})
+        rows.append({"model": name, "type": "overall", "templates": "all", "users": max(rep.counts.values()), **rep.overall})
     return rows
+
+
+def markdown_table(reports: dict[str, EvalReport], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
+    """Rows = (P, I) types and their held-out templates; per model, full-ranking and 1+9 columns."""
+    names = list(reports)
+    head = "| type | " + " | ".join(f"{n} {c}" for n in names for c in columns) + " |"
+    lines = [head, "|" + "---|" * (1 + len(names) * len(columns))]
+    keys = list(next(iter(reports.values())).by_type) + ["overall"]
+    for key in keys:
+        cells = []
+        for n in names:
+            values = reports[n].overall if key == "overall" else reports[n].by_type.get(key, {})
+            cells += [f"{values[c]:.4f}" if c in values else "" for c in columns]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _plot(reports: dict[str, EvalReport], run_id: str) -> None:
@@ -84,8 +107,8 @@ def _log_report(run_id: str, name: str, rep: EvalReport) -> None:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, run_id: str) -> Evaluations:
-    """Challenger, the current champion (re-loaded, re-scored) and popularity on the test split."""
+def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, sasrec: SASRec | None, run_id: str) -> Evaluations:
+    """Challenger, the current champion (re-loaded, re-scored), popularity and SASRec on the test split."""
     logger = get_run_logger()
     ids = prepared.catalogue.item_ids
     args = (prepared.test_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share)
@@ -94,15 +117,22 @@ def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, run_id
     champion = registry.get_alias(registry.CHAMPION)
     if champion is not None:
         local = registry.download_checkpoint(champion, tracking.scratch_dir("champion"))
-        model, tokenizer, model_ids = load_scorer(local, cfg.train.device)
+        try:
+            model, tokenizer, model_ids = load_scorer(local, cfg.train.device)
+        except RuntimeError as err:  # a champion from an earlier model architecture: no paired comparison possible
+            raise RuntimeError(f"champion v{champion.version} cannot be loaded by this code version ({err}); "
+                               "start from a fresh INSTRUCTREC_HOME or re-register a compatible champion") from err
         reports[CHAMPION] = evaluate(TorchScorer(f"{CHAMPION}-v{champion.version}", model, tokenizer, model_ids, ids,
                                                  cfg.train.device), *args)
     reports[POPULARITY] = evaluate(PopularityScorer(prepared.split.popularity), *args)
+    if sasrec is not None:
+        reports[SASREC] = evaluate(SASRecScorer(sasrec), *args)
     for name, rep in reports.items():
         _log_report(run_id, name, rep)
         logger.info("%-11s NDCG@10 overall %.4f | %s", name, rep.overall["ndcg@10"],
                     ", ".join(f"{t} {v['ndcg@10']:.4f}" for t, v in rep.by_type.items()))
     tracking.log_table(run_id, _report_rows(reports), "evaluation/metrics_table.json")
+    tracking.log_text(run_id, markdown_table(reports), "evaluation/table.md")
     tracking.log_json(run_id, {n: r.to_dict() for n, r in reports.items()}, "evaluation/report.json")
     _plot(reports, run_id)
     return Evaluations(reports, champion)

@@ -17,14 +17,14 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from instructrec.config import Config  # noqa: E402
 from instructrec.evaluate import EvalReport  # noqa: E402
-from instructrec.gate import ArmEvaluation, Decision, decide, paired_bootstrap  # noqa: E402
+from instructrec.gate import ArmEvaluation, Decision, decide, floor_baseline, paired_bootstrap  # noqa: E402
 from instructrec.model import save_scorer  # noqa: E402
 from instructrec.optimize import FP32  # noqa: E402
 from instructrec.prepare import Prepared  # noqa: E402
 from instructrec.recommend import write_bundle  # noqa: E402
 from model_registry import registry  # noqa: E402
 from tasks import tracking  # noqa: E402
-from tasks.evaluation import CHALLENGER, CHAMPION, POPULARITY, Evaluations, Exported  # noqa: E402
+from tasks.evaluation import BASELINES, CHALLENGER, CHAMPION, Evaluations, Exported  # noqa: E402
 from tasks.training import Trained  # noqa: E402
 
 
@@ -85,7 +85,8 @@ def gate_and_register(cfg: Config, prepared: Prepared, challenger: Trained, eval
     if champion_ref is not None:
         champ = _arm(reports[CHAMPION], champion_ref.version, exported.champion_latency_ms)
         _plot_deltas(run_id, chal, champ, cfg)
-    decision = decide(chal, _arm(reports[POPULARITY]), cfg.gate, champ, exported.parity)
+    baselines = {name: _arm(reports[name]) for name in BASELINES if name in reports}
+    decision = decide(chal, floor_baseline(baselines, cfg.gate), cfg.gate, champ, exported.parity)
 
     version = _log_candidate(cfg, prepared, challenger, exported, snapshot_hash, run_id)
     registry.mark_challenger(version)

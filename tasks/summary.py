@@ -28,11 +28,11 @@ class PipelineSummary:
     def render(self) -> str:
         models = list(self.metrics)
         types = list(next(iter(self.metrics.values())))
-        head = f"{'type':<9}" + "".join(f"{m[:14]:>16}" for m in models)
+        head = f"{'type':<16}" + "".join(f"{m[:14]:>15}" for m in models)
         lines = ["", "InstructRec pipeline finished", f"  snapshot {self.snapshot}   MLflow run {self.run_id}", "",
                  "Test NDCG@10, full ranking (all items, history excluded):", "  " + head]
         for t in types:
-            lines.append("  " + f"{t:<9}" + "".join(f"{self.metrics[m][t]['ndcg@10']:>16.4f}" for m in models))
+            lines.append("  " + f"{t:<16}" + "".join(f"{self.metrics[m][t]['ndcg@10']:>15.4f}" for m in models))
         lines += ["", f"Gate: {self.outcome.upper()} -> instructrec-scorer v{self.version}"]
         lines += [f"  - {r}" for r in self.reasons]
         lines += [f"Aliases: {self.aliases}", f"ONNX: {self.onnx_path} (provider {self.provider})", "",

@@ -106,6 +106,11 @@ def log_json(run_id: str, obj: object, artifact_file: str) -> None:
 
 
 @_counted
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    MlflowClient().log_text(run_id, text, artifact_file)
+
+
+@_counted
 def log_dir(run_id: str, local: Path, artifact_path: str) -> None:
     MlflowClient().log_artifacts(run_id, str(local), artifact_path)
 

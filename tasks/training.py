@@ -18,9 +18,11 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from instructrec import schema  # noqa: E402
 from instructrec.config import Config  # noqa: E402
 from instructrec.evaluate import TorchScorer, evaluate  # noqa: E402
+from instructrec.io import atomic_path  # noqa: E402
 from instructrec.feedback import feedback_examples, read_store  # noqa: E402
 from instructrec.model import InstructRecScorer  # noqa: E402
 from instructrec.prepare import Prepared  # noqa: E402
+from instructrec.sasrec import SASRec, SASRecConfig, SASRecScorer, SASRecSettings, fit_sasrec  # noqa: E402
 from instructrec.train import FitResult, feedback_settings, fit, new_scorer, representation_settings  # noqa: E402
 from tasks import tracking  # noqa: E402
 
@@ -95,6 +97,42 @@ def _summarise(run_id: str, stage: str, result: FitResult, epochs: EpochLogger) 
     tracking.log_metrics(run_id, {f"{stage}/best_val_ndcg@10": result.best_metric, f"{stage}/best_epoch": result.best_epoch + 1,
                                   f"{stage}/examples_per_s": result.examples_per_s})
     _log_curves(run_id, stage, result)
+
+
+@task(name="train-sasrec-baseline", cache_policy=NO_CACHE)
+def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: str) -> SASRec | None:
+    """SASRec on the same split: the ID-only sequential reference row (reused when data and config match)."""
+    b = cfg.baseline
+    if not b.enabled:
+        return None
+    logger = get_run_logger()
+    model = SASRec(SASRecConfig(prepared.catalogue.n_items, cfg.data.max_history, b.dim, b.n_layers, b.n_heads, b.dropout))
+    fp = fingerprint("sasrec", snapshot_hash, cfg.data, b, cfg.train.seed)
+    path = cfg.paths.checkpoints / fp / "sasrec.pt"
+    if path.exists():
+        state = torch.load(path, map_location=cfg.train.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        model.to(cfg.train.device).eval()
+        logger.info("reused SASRec checkpoint %s (same data and config)", fp)
+        history = state["history"]
+    else:
+        settings = SASRecSettings(b.epochs, b.batch_size, b.lr, 0.0, b.patience, b.eval_every, cfg.train.seed,
+                                  cfg.train.device)
+        case = {k: v for k, v in prepared.valid_cases.items() if v.type == "P1/I0"}
+
+        def validate(m: SASRec) -> float:
+            return evaluate(SASRecScorer(m), case, prepared.split).overall["ndcg@10"]
+
+        result = fit_sasrec(model, prepared.split.train, settings, validate)
+        history = result.history
+        with atomic_path(path) as tmp:
+            torch.save({"model": model.state_dict(), "history": history}, tmp)
+        logger.info("SASRec: best validation P1/I0 NDCG@10 %.4f at epoch %d (%.0f s)", result.best_metric,
+                    result.best_epoch + 1, result.seconds)
+    for row in history:
+        tracking.log_metrics(run_id, {"sasrec/loss": row["loss"], "sasrec/val_ndcg@10": row["val_ndcg@10"]},
+                             step=row["epoch"] + 1)
+    return model
 
 
 @task(name="train-representation", cache_policy=NO_CACHE)

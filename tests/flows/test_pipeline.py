@@ -46,12 +46,12 @@ def runs(tmp_path_factory):
 def test_first_run_registers_v1_as_champion(runs):
     first = runs["first"]
     assert first.version == "1" and first.outcome == "promote"
-    assert set(first.metrics) == {"challenger", "popularity"}
+    assert set(first.metrics) == {"challenger", "popularity", "sasrec"}
 
 
 def test_second_run_judges_v2_against_v1_and_aliases_follow_the_decision(runs):
     second = runs["second"]
-    assert second.version == "2" and set(second.metrics) == {"challenger", "champion", "popularity"}
+    assert second.version == "2" and set(second.metrics) == {"challenger", "champion", "popularity", "sasrec"}
     aliases = registry.aliases()
     assert aliases["challenger"] == "2"
     if second.outcome == "promote":

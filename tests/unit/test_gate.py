@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from instructrec.config import GateConfig
-from instructrec.gate import MIN_PAIRED_USERS, ArmEvaluation, Parity, decide, paired_bootstrap
+from instructrec.gate import MIN_PAIRED_USERS, ArmEvaluation, Parity, decide, floor_baseline, paired_bootstrap
 
 POLICY = GateConfig(n_bootstrap=500)
 USERS = np.arange(200)
@@ -23,6 +23,15 @@ def test_first_run_below_popularity_is_rejected():
     d = decide(arm("c", np.full(200, 0.05)), arm("pop", np.full(200, 0.1)), POLICY)
     assert d.outcome == "reject"
     assert "must beat" in d.reasons[0]
+
+
+def test_floor_policy_picks_popularity_or_the_better_baseline():
+    baselines = {"popularity": arm("popularity", np.full(200, 0.03)), "sasrec": arm("sasrec", np.full(200, 0.1))}
+    assert floor_baseline(baselines, POLICY).name == "sasrec"  # default: the better of the two
+    assert floor_baseline(baselines, GateConfig(floor="popularity")).name == "popularity"
+    between = arm("c", np.full(200, 0.05))
+    assert decide(between, floor_baseline(baselines, POLICY), POLICY).outcome == "reject"
+    assert decide(between, floor_baseline(baselines, GateConfig(floor="popularity")), POLICY).outcome == "promote"
 
 
 def test_clear_improvement_is_promoted_with_interval_above_zero():
