@@ -36,7 +36,8 @@ def measure(profile: str, steps: int, home: Path) -> dict:
     tables = read_tables(snap.kind, snap.raw_dir)
     prepared = prepare(cfg, tables.interactions.drop("_row"), tables.items.drop("_row"), tables.item_noun)
     model, tok = new_scorer(cfg, prepared.catalogue)
-    rows = np.random.default_rng(0).choice(len(prepared.examples), size=steps * cfg.train.batch_size, replace=False)
+    n = min(len(prepared.examples), steps * cfg.train.batch_size)  # batches are history windows
+    rows = np.random.default_rng(0).choice(len(prepared.examples), size=n, replace=False)
     result = fit(model, tok, prepared.examples.subset(rows), representation_settings(cfg),
                  validate=lambda m: {"ndcg@10": 0.0}, progress=False)
     return {"profile": profile, "device": cfg.train.device, "batch_size": cfg.train.batch_size,
@@ -51,9 +52,9 @@ def main() -> None:
     args = parser.parse_args()
     profiles = ["tiny", "cpu"] + (["gpu"] if torch.cuda.is_available() else [])
     rows = [measure(p, args.steps, args.home) for p in profiles]
-    print(f"\n{'profile':<8}{'device':<8}{'batch':>6}{'BERT tuned':>12}{'examples/s':>12}")
+    print(f"\n{'profile':<8}{'device':<8}{'windows/batch':>14}{'BERT tuned':>12}{'examples/s':>12}")
     for r in rows:
-        print(f"{r['profile']:<8}{r['device']:<8}{r['batch_size']:>6}{str(r['train_bert']):>12}{r['examples_per_s']:>12.0f}")
+        print(f"{r['profile']:<8}{r['device']:<8}{r['batch_size']:>14}{str(r['train_bert']):>12}{r['examples_per_s']:>12.0f}")
     if "gpu" not in profiles:
         print("(gpu profile not measured: torch sees no CUDA device on this host)")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ class ModelConfig(_Frozen):
     n_layers: int = 2  # fusion transformer over [instruction text; history items]
     n_heads: int = 2
     dropout: float = 0.2
+    text_dropout: float = 0.5  # dropout on the instruction's BERT vector (robustness to unseen wordings)
     train_bert: bool = False  # fine-tune BERT itself (GPU); else BERT features are cached
     max_text_tokens: int = 64
 
@@ -50,6 +51,7 @@ class TrainConfig(_Frozen):
     bert_lr: float = 3e-5
     weight_decay: float = 0.01
     full_softmax: bool = True  # softmax over the whole catalogue; False: in-batch + sampled negatives (huge catalogues)
+    history_loss_weight: float = 1.0  # auxiliary SASRec-style next-item loss on the bare history states
     sampled_negatives: int = 512  # uniform negatives shared by the batch, besides in-batch ones
     patience: int = 6  # epochs without validation gain before stopping
     mixed_precision: bool = False

@@ -32,6 +32,7 @@ class ScorerConfig:
     n_layers: int = 2  # fusion transformer depth
     n_heads: int = 4
     dropout: float = 0.2
+    text_dropout: float = 0.0  # dropout on the BERT vector of the words: robustness to unseen wordings
     max_text_tokens: int = 64
     bert: dict = field(default_factory=dict)  # BertConfig.to_dict() of the backbone
 
@@ -89,6 +90,7 @@ class InstructRecScorer(nn.Module):
         self.fuse = nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.out_norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(config.dropout)
+        self.text_drop = nn.Dropout(config.text_dropout)
         nn.init.normal_(self.item_id.weight, std=0.02)
         with torch.no_grad():
             self.item_id.weight[0].zero_()
@@ -116,7 +118,7 @@ class InstructRecScorer(nn.Module):
 
     def fuse_query(self, state: torch.Tensor, text_vec: torch.Tensor) -> torch.Tensor:
         """History state + the instruction's words -> query (any leading shape)."""
-        words = self.text_proj(text_vec)
+        words = self.text_proj(self.text_drop(text_vec))
         return self.out_norm(state + words + self.drop(self.fuse(torch.cat([state, words], dim=-1))))
 
     def query(self, text_vec: torch.Tensor, history: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,14 +128,14 @@ class InstructRecScorer(nn.Module):
         state = torch.where((history[:, -1:] > 0), state, self.no_history)
         return self.fuse_query(state, text_vec)
 
-    def window_queries(self, text_vec: torch.Tensor, seq: torch.Tensor, use_history: torch.Tensor, at: torch.Tensor,
-                       items: torch.Tensor) -> torch.Tensor:
-        """[N, dim]: queries at the slots `at` [B, T] (bool) of history windows seq [B, T], in one causal pass.
+    def window_queries(self, text_vec: torch.Tensor, states: torch.Tensor, seq: torch.Tensor, use_history: torch.Tensor,
+                       at: torch.Tensor) -> torch.Tensor:
+        """[N, dim]: queries at the slots `at` [B, T] (bool) of history windows seq [B, T] (training).
 
-        text_vec [N, text_dim] holds the words at those slots; use_history [B, T] is False where the
-        instruction states no history.
+        states = history_states(seq): one causal pass serves every slot. text_vec [N, text_dim]
+        holds the words at those slots; use_history [B, T] is False where the instruction states
+        no history.
         """
-        states = self.history_states(seq, items)
         has = (use_history & (seq > 0)).unsqueeze(-1)
         return self.fuse_query(torch.where(has, states, self.no_history)[at], text_vec)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from instructrec.backbone import load_backbone
@@ -39,7 +40,7 @@ def new_scorer(cfg: Config, catalogue: Catalogue) -> tuple[InstructRecScorer, ob
     bert, tokenizer = load_backbone(cfg.model.backbone, seed=cfg.train.seed)
     m = cfg.model
     model = InstructRecScorer(ScorerConfig(n_items=catalogue.n_items, max_history=cfg.data.max_history, dim=m.dim,
-                                           n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout,
+                                           n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout, text_dropout=m.text_dropout,
                                            max_text_tokens=m.max_text_tokens), bert)
     model.to(cfg.train.device)
     model.set_catalogue(tokenizer, catalogue.texts)
@@ -63,19 +64,21 @@ class FitSettings:
     dislike_weight: float = 1.0
     logq_correction: bool = True
     full_softmax: bool = True  # else in-batch + `negatives` uniform samples (large catalogues)
+    history_loss_weight: float = 0.0  # auxiliary next-item loss on the bare history states
 
 
 def representation_settings(cfg: Config) -> FitSettings:
     t = cfg.train
     return FitSettings("representation", t.epochs, t.batch_size, t.lr, t.bert_lr, t.weight_decay, t.sampled_negatives,
-                       t.patience, cfg.model.train_bert, t.device, t.mixed_precision, t.seed, full_softmax=t.full_softmax)
+                       t.patience, cfg.model.train_bert, t.device, t.mixed_precision, t.seed, full_softmax=t.full_softmax,
+                       history_loss_weight=t.history_loss_weight)
 
 
 def feedback_settings(cfg: Config) -> FitSettings:
     t, f = cfg.train, cfg.feedback
     return FitSettings("feedback", f.epochs, t.batch_size, f.lr, t.bert_lr / 3, t.weight_decay, t.sampled_negatives,
                        f.epochs, cfg.model.train_bert, t.device, t.mixed_precision, t.seed + 1, f.dislike_weight,
-                       full_softmax=t.full_softmax)
+                       full_softmax=t.full_softmax, history_loss_weight=t.history_loss_weight)
 
 
 @dataclass
@@ -119,6 +122,19 @@ def candidate_log_q(targets: np.ndarray, n_items: int, batch_size: int, negative
     expected = batch_size * freq + negatives / n_items
     expected[0] = 1.0
     return torch.as_tensor(np.log(expected), dtype=torch.float32)
+
+
+def _history_loss(model: InstructRecScorer, states: torch.Tensor, seq: torch.Tensor, label: torch.Tensor,
+                  items: torch.Tensor) -> torch.Tensor:
+    """Auxiliary next-item loss on the bare history states (SASRec's objective) at every real transition.
+
+    Every slot of every window trains the history encoder, whatever instruction type the slot drew,
+    so the history-only signal is as dense as SASRec's; dislikes are left out.
+    """
+    real = (seq[:, :-1] > 0) & (seq[:, 1:] > 0) & (label >= 0)
+    target = seq[:, 1:][real]
+    logits = (states[real] @ items[1:].T + model.item_bias[1:]).float()
+    return F.cross_entropy(logits, target - 1)
 
 
 def _optimizer(model: InstructRecScorer, s: FitSettings) -> torch.optim.Optimizer:
@@ -198,12 +214,16 @@ def fit(
             negatives = torch.randint(1, n_items + 1, (s.negatives,), generator=gen).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 items = model.item_vectors()
-                q = model.window_queries(texts(tensors["text_id"][rows][at]), seq[:, :-1], tensors["use_history"][rows],
-                                         at, items)
+                inputs = seq[:, :-1]
+                states = model.history_states(inputs, items)
+                q = model.window_queries(texts(tensors["text_id"][rows][at]), states, inputs, tensors["use_history"][rows],
+                                         at)
                 if s.full_softmax:
                     loss = full_softmax_loss(model, q, target, label, weight, items, s.dislike_weight)
                 else:
                     loss = sampled_softmax_loss(model, q, target, label, weight, negatives, items, s.dislike_weight, log_q)
+                if s.history_loss_weight > 0:
+                    loss = loss + s.history_loss_weight * _history_loss(model, states, seq, tensors["label"][rows], items)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -63,17 +63,13 @@ def _report_rows(reports: dict[str, EvalReport]) -> list[dict]:
 
 
 def markdown_table(reports: dict[str, EvalReport], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
-    """Rows = (P, I) types and their held-out templates; per model, full-ranking and 1+9 columns."""
-    names = list(reports)
-    head = "| type | " + " | ".join(f"{n} {c}" for n in names for c in columns) + " |"
-    lines = [head, "|" + "---|" * (1 + len(names) * len(columns))]
-    keys = list(next(iter(reports.values())).by_type) + ["overall"]
-    for key in keys:
-        cells = []
-        for n in names:
-            values = reports[n].overall if key == "overall" else reports[n].by_type.get(key, {})
-            cells += [f"{values[c]:.4f}" if c in values else "" for c in columns]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    """Per (P, I) type and per held-out template set, one row per model: full-ranking and 1+9 columns."""
+    lines = ["| type | model | " + " | ".join(columns) + " |", "|" + "---|" * (2 + len(columns))]
+    for key in [*next(iter(reports.values())).by_type, "overall"]:
+        for name, rep in reports.items():
+            values = rep.overall if key == "overall" else rep.by_type.get(key)
+            if values:
+                lines.append(f"| {key} | {name} | " + " | ".join(f"{values[c]:.4f}" for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -69,11 +69,16 @@ def test_mlflow_run_holds_what_a_reviewer_needs(runs):
     assert run.data.params["profile"] == "tiny"
     keys = set(run.data.metrics)
     for key in ("test/challenger/ndcg_at_10", "test/champion/ndcg_at_10", "test/popularity/ndcg_at_10",
+                "test/sasrec/ndcg_at_10", "test/challenger/P1_I0_held-out/ndcg_at_10", "sasrec/val_ndcg_at_10",
                 "representation/val_ndcg_at_10", "feedback/from_store", "onnx/max_abs_diff", "time_s/train_representation"):
         assert key in keys, key
     assert run.data.metrics["feedback/from_store"] == 2  # the like and the dislike; the item-less instruction is skipped
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"validation", "evaluation", "gate", "checkpoint", "serving", "representation", "data"} <= paths
+    table = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/evaluation/table.md")
+    for row in ("| P1/I0 | challenger |", "| P1/I0 | sasrec |", "| P0/I1/held-out | popularity |", "| overall | champion"):
+        assert row in table, row
+    assert "s_hr@1" in table.splitlines()[0]  # the 1+9 protocol beside full ranking
     decision = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/gate/decision.json"))
     assert decision["outcome"] == runs["second"].outcome and decision["version"] == "2"
     docs = {a.path for a in client.list_artifacts(run.info.run_id, "validation/data_docs")}
