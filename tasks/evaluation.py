@@ -14,12 +14,12 @@ from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from instructrec.config import Config  # noqa: E402
-from instructrec.evaluate import EvalReport, PopularityScorer, TorchScorer, evaluate  # noqa: E402
+from instructrec.evaluate import HEADLINE, EvalReport, PopularityScorer, TorchScorer, evaluate  # noqa: E402
 from instructrec.instructions import HELD_OUT  # noqa: E402
 from instructrec import optimize  # noqa: E402
 from instructrec.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity  # noqa: E402
 from instructrec.optimize import VariantReport  # noqa: E402
-from instructrec.gate import Parity  # noqa: E402
+from instructrec.gate import Parity, paired_bootstrap  # noqa: E402
 from instructrec.model import load_scorer  # noqa: E402
 from instructrec.sasrec import SASRec, SASRecScorer  # noqa: E402
 from instructrec.prepare import Prepared  # noqa: E402
@@ -102,6 +102,23 @@ def _log_report(run_id: str, name: str, rep: EvalReport) -> None:
     tracking.log_metrics(run_id, values)
 
 
+def _compare_with_baseline(run_id: str, ours: EvalReport, baseline: EvalReport, cfg: Config) -> None:
+    """Per type: mean per-user delta NDCG@10 against the baseline with its paired bootstrap interval."""
+    rows = {}
+    for key, values in ours.per_user.items():
+        mean, lo, hi = paired_bootstrap(values - baseline.per_user[key], cfg.gate.n_bootstrap, cfg.gate.confidence,
+                                        cfg.gate.seed)
+        rows[key] = {"delta_ndcg@10": mean, "ci_low": lo, "ci_high": hi, "users": int(len(values))}
+    tracking.log_json(run_id, {"baseline": baseline.name, "confidence": cfg.gate.confidence, "by_type": rows},
+                      f"evaluation/vs_{baseline.name}.json")
+    tracking.log_metrics(run_id, {f"test/vs_{baseline.name}/{k.replace('/', '_')}/delta_ndcg@10": v["delta_ndcg@10"]
+                                  for k, v in rows.items()})
+    head = rows.get(HEADLINE)
+    if head:
+        get_run_logger().info("%s vs %s: delta NDCG@10 %+.4f, %.0f%% CI [%+.4f, %+.4f]", HEADLINE, baseline.name,
+                              head["delta_ndcg@10"], 100 * cfg.gate.confidence, head["ci_low"], head["ci_high"])
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, sasrec: SASRec | None, run_id: str) -> Evaluations:
     """Challenger, the current champion (re-loaded, re-scored), popularity and SASRec on the test split."""
@@ -127,6 +144,8 @@ def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, sasrec
         _log_report(run_id, name, rep)
         logger.info("%-11s NDCG@10 overall %.4f | %s", name, rep.overall["ndcg@10"],
                     ", ".join(f"{t} {v['ndcg@10']:.4f}" for t, v in rep.by_type.items()))
+    if SASREC in reports:
+        _compare_with_baseline(run_id, reports[CHALLENGER], reports[SASREC], cfg)
     tracking.log_table(run_id, _report_rows(reports), "evaluation/metrics_table.json")
     tracking.log_text(run_id, markdown_table(reports), "evaluation/table.md")
     tracking.log_json(run_id, {n: r.to_dict() for n, r in reports.items()}, "evaluation/report.json")

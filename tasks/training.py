@@ -106,6 +106,7 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
     if not b.enabled:
         return None
     logger = get_run_logger()
+    torch.manual_seed(cfg.train.seed)  # the initial weights too: the same data and config give the same baseline
     model = SASRec(SASRecConfig(prepared.catalogue.n_items, cfg.data.max_history, b.dim, b.n_layers, b.n_heads, b.dropout))
     fp = fingerprint("sasrec", snapshot_hash, cfg.data, b, cfg.train.seed)
     path = cfg.paths.checkpoints / fp / "sasrec.pt"

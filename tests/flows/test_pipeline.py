@@ -79,6 +79,9 @@ def test_mlflow_run_holds_what_a_reviewer_needs(runs):
     for row in ("| P1/I0 | challenger |", "| P1/I0 | sasrec |", "| P0/I1/held-out | popularity |", "| overall | champion"):
         assert row in table, row
     assert "s_hr@1" in table.splitlines()[0]  # the 1+9 protocol beside full ranking
+    versus = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/evaluation/vs_sasrec.json"))
+    head = versus["by_type"]["P1/I0"]
+    assert head["ci_low"] <= head["delta_ndcg@10"] <= head["ci_high"]
     decision = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/gate/decision.json"))
     assert decision["outcome"] == runs["second"].outcome and decision["version"] == "2"
     docs = {a.path for a in client.list_artifacts(run.info.run_id, "validation/data_docs")}
