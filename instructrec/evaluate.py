@@ -169,15 +169,38 @@ class PopularityScorer:
         return np.broadcast_to(self.popularity, (len(texts), len(self.popularity)))
 
 
+class CatalogueMap:
+    """A model's item indices seen through another catalogue (a champion trained before items changed)."""
+
+    def __init__(self, model_item_ids: list[str], catalogue_ids: list[str]):
+        model_index = {item: i + 1 for i, item in enumerate(model_item_ids)}
+        self.to_model = np.asarray([0] + [model_index.get(i, 0) for i in catalogue_ids], dtype=np.int64)
+        self.known = self.to_model[1:] > 0
+
+    def scores(self, model_scores: np.ndarray) -> np.ndarray:
+        """[B, model items] -> [B, catalogue items]; items the model never saw score -inf."""
+        out = np.full((len(model_scores), len(self.known)), -np.inf)
+        out[:, self.known] = model_scores[:, self.to_model[1:][self.known] - 1]
+        return out
+
+
+class MappedScorer:
+    """Any scorer (e.g. an ONNX graph) built on another catalogue, scored in this split's catalogue."""
+
+    def __init__(self, inner: Scorer, model_item_ids: list[str], catalogue_ids: list[str]):
+        self.name, self.inner, self.map = inner.name, inner, CatalogueMap(model_item_ids, catalogue_ids)
+
+    def score(self, texts: list[str], history: np.ndarray) -> np.ndarray:
+        return self.map.scores(np.asarray(self.inner.score(texts, self.map.to_model[history])))
+
+
 class TorchScorer:
     """Eager PyTorch scorer; maps between the model's and the split's catalogues."""
 
     def __init__(self, name: str, model: InstructRecScorer, tokenizer, model_item_ids: list[str], catalogue_ids: list[str],
                  device: str = "cpu", text_cache: dict[str, torch.Tensor] | None = None):
         self.name, self.model, self.tokenizer, self.device = name, model.eval(), tokenizer, device
-        model_index = {item: i + 1 for i, item in enumerate(model_item_ids)}
-        self.to_model = np.asarray([0] + [model_index.get(i, 0) for i in catalogue_ids], dtype=np.int64)
-        self.known = self.to_model[1:] > 0
+        self.map = CatalogueMap(model_item_ids, catalogue_ids)
         # pass a shared cache only while BERT is frozen: its text vectors never change then
         self._text_cache: dict[str, torch.Tensor] = {} if text_cache is None else text_cache
 
@@ -190,10 +213,7 @@ class TorchScorer:
 
     @torch.inference_mode()
     def score(self, texts: list[str], history: np.ndarray) -> np.ndarray:
-        hist = torch.as_tensor(self.to_model[history], device=self.device)
+        hist = torch.as_tensor(self.map.to_model[history], device=self.device)
         items = self.model.item_vectors()
         q = self.model.query(self._text_vectors(texts).to(self.device), hist, items)
-        s = self.model.scores(q, items).float().cpu().numpy()
-        out = np.full((len(texts), len(self.known)), -np.inf)
-        out[:, self.known] = s[:, self.to_model[1:][self.known] - 1]
-        return out
+        return self.map.scores(self.model.scores(q, items).float().cpu().numpy())

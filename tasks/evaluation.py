@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,11 +11,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from transformers import BertTokenizerFast  # noqa: E402
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from instructrec.config import Config  # noqa: E402
-from instructrec.evaluate import HEADLINE, EvalReport, PopularityScorer, TorchScorer, evaluate  # noqa: E402
+from instructrec.evaluate import (  # noqa: E402
+    HEADLINE,
+    EvalReport,
+    MappedScorer,
+    PopularityScorer,
+    Scorer,
+    TorchScorer,
+    evaluate,
+)
 from instructrec.instructions import HELD_OUT  # noqa: E402
 from instructrec import optimize  # noqa: E402
 from instructrec.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity  # noqa: E402
@@ -23,6 +33,7 @@ from instructrec.gate import Parity, paired_bootstrap  # noqa: E402
 from instructrec.model import load_scorer  # noqa: E402
 from instructrec.sasrec import SASRec, SASRecScorer  # noqa: E402
 from instructrec.prepare import Prepared  # noqa: E402
+from instructrec.recommend import BUNDLE_MANIFEST  # noqa: E402
 from model_registry import registry  # noqa: E402
 from tasks import tracking  # noqa: E402
 from tasks.training import Trained  # noqa: E402
@@ -102,6 +113,24 @@ def _log_report(run_id: str, name: str, rep: EvalReport) -> None:
     tracking.log_metrics(run_id, values)
 
 
+def champion_scorer(cfg: Config, champion: registry.VersionRef, catalogue_ids: list[str], logger) -> Scorer:
+    """The champion's PyTorch checkpoint; its registered ONNX graph where this code cannot load the checkpoint
+    (a champion of an earlier architecture is still judged on the same split, not skipped)."""
+    name = f"{CHAMPION}-v{champion.version}"
+    local = registry.download_checkpoint(champion, tracking.scratch_dir("champion"))
+    try:
+        model, tokenizer, model_ids = load_scorer(local, cfg.train.device)
+        return TorchScorer(name, model, tokenizer, model_ids, catalogue_ids, cfg.train.device)
+    except RuntimeError as err:
+        logger.warning("champion v%s: checkpoint not loadable by this code (%s); scoring its ONNX graph",
+                                 champion.version, str(err).splitlines()[0])
+    onnx_dir, bundle = registry.download_serving(champion, tracking.scratch_dir("champion-onnx"))
+    manifest = json.loads((bundle / BUNDLE_MANIFEST).read_text())
+    tokenizer = BertTokenizerFast.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)
+    onnx = OnnxScorer(name, make_session(onnx_dir / "model.onnx"), tokenizer, manifest["max_text_tokens"])
+    return MappedScorer(onnx, manifest["item_ids"], catalogue_ids)
+
+
 def _compare_with_baseline(run_id: str, ours: EvalReport, baseline: EvalReport, cfg: Config) -> None:
     """Per type: mean per-user delta NDCG@10 against the baseline with its paired bootstrap interval."""
     rows = {}
@@ -129,14 +158,7 @@ def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, sasrec
                                                 cfg.train.device), *args)}
     champion = registry.get_alias(registry.CHAMPION)
     if champion is not None:
-        local = registry.download_checkpoint(champion, tracking.scratch_dir("champion"))
-        try:
-            model, tokenizer, model_ids = load_scorer(local, cfg.train.device)
-        except RuntimeError as err:  # a champion from an earlier model architecture: no paired comparison possible
-            raise RuntimeError(f"champion v{champion.version} cannot be loaded by this code version ({err}); "
-                               "start from a fresh INSTRUCTREC_HOME or re-register a compatible champion") from err
-        reports[CHAMPION] = evaluate(TorchScorer(f"{CHAMPION}-v{champion.version}", model, tokenizer, model_ids, ids,
-                                                 cfg.train.device), *args)
+        reports[CHAMPION] = evaluate(champion_scorer(cfg, champion, ids, logger), *args)
     reports[POPULARITY] = evaluate(PopularityScorer(prepared.split.popularity), *args)
     if sasrec is not None:
         reports[SASREC] = evaluate(SASRecScorer(sasrec), *args)

@@ -168,3 +168,34 @@ def test_batch_inference_writes_top_k_for_every_user(runs, capsys):
     assert table.join(seen, on=["user_id", "item_id"], how="inner").height == 0  # never what they already have
     ordered = table.sort("user_id", "rank")
     assert (ordered.group_by("user_id", maintain_order=True).agg(pl.col("score").diff().drop_nulls().max())["score"] <= 0).all()
+
+
+def test_a_champion_this_code_cannot_load_is_scored_through_its_onnx_graph(runs, monkeypatch):
+    """After an architecture change the old champion is still judged on the same split (via ONNX)."""
+    import logging
+
+    import numpy as np
+
+    from instructrec.config import load_config
+    from instructrec.evaluate import MappedScorer, TorchScorer
+    from tasks import evaluation
+
+    cfg = load_config("tiny", data=str(runs["data"]))
+    champion = registry.get_alias(registry.CHAMPION)
+    ids = json.loads((registry.download_checkpoint(champion, runs["home"] / "probe") / "item_ids.json").read_text())
+    catalogue = ids[::-1] + ["new-item"]  # reordered, one item the champion never saw
+    torch_scorer = evaluation.champion_scorer(cfg, champion, catalogue, logging.getLogger("test"))
+    assert isinstance(torch_scorer, TorchScorer)
+
+    def unloadable(*args, **kwargs):
+        raise RuntimeError("Error(s) in loading state_dict for InstructRecScorer: Missing key(s)")
+
+    monkeypatch.setattr(evaluation, "load_scorer", unloadable)
+    onnx_scorer = evaluation.champion_scorer(cfg, champion, catalogue, logging.getLogger("test"))
+    assert isinstance(onnx_scorer, MappedScorer)
+    history = np.zeros((2, cfg.data.max_history), dtype=np.int64)
+    history[:, -3:] = [[1, 2, 3], [4, 5, 6]]
+    texts = ["Recommend something funny.", "I want a Horror item."]
+    a, b = torch_scorer.score(texts, history), onnx_scorer.score(texts, history)
+    assert np.isneginf(a[:, -1]).all() and np.isneginf(b[:, -1]).all()
+    np.testing.assert_allclose(a[:, :-1], b[:, :-1], atol=1e-4)
