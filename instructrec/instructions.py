@@ -335,13 +335,9 @@ def sample_type(rng: np.random.Generator, mix: dict[str, float]) -> str:
 
 def sampled_instruction(rng: np.random.Generator, mix: dict[str, float], catalogue: Catalogue, history: np.ndarray,
                         target: int, max_history: int) -> Instruction:
-    """A type drawn from the mix; falls back to history-only where the type cannot be expressed."""
-    ins = None
-    while ins is None:
-        ins = make_instruction(sample_type(rng, mix), int(rng.integers(1 << 30)), catalogue, history, target, max_history)
-        if ins is None:
-            ins = make_instruction("P1/I0", int(rng.integers(1 << 30)), catalogue, history, None, max_history)
-    return ins
+    """A type drawn from the mix; history-only where the type cannot be expressed (history must be non-empty)."""
+    ins = make_instruction(sample_type(rng, mix), int(rng.integers(1 << 30)), catalogue, history, target, max_history)
+    return ins or make_instruction("P1/I0", int(rng.integers(1 << 30)), catalogue, history, None, max_history)
 
 
 def windows(seq: np.ndarray, max_history: int, stride: int | None = None) -> list[tuple[int, int, int]]:

@@ -68,6 +68,31 @@ def causal_bias(seq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(blocked.shape, dtype=dtype, device=seq.device).masked_fill(blocked, torch.finfo(dtype).min)[:, None]
 
 
+class CausalEncoder(nn.Module):
+    """SASRec's sequence encoder: scaled item vectors + learned positions, causal pre-norm blocks, final norm.
+
+    Shared by the scorer's history tower and the SASRec baseline, so the baseline differs only in
+    what it does not have (item text, the instruction's words).
+    """
+
+    def __init__(self, dim: int, max_len: int, n_layers: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.dim = dim
+        self.position = nn.Embedding(max_len, dim)
+        self.blocks = nn.ModuleList(Block(dim, n_heads, dropout) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, vectors: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """vectors [B, T, dim] of the items seq [B, T] (left-padded) -> [B, T, dim]: slot t sees seq[:, :t + 1]."""
+        x = vectors * self.dim**0.5 + self.position.weight[-seq.shape[1] :]
+        x = self.drop(x * (seq > 0).unsqueeze(-1).to(x.dtype))
+        bias = causal_bias(seq, x.dtype)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.norm(x)
+
+
 class InstructRecScorer(nn.Module):
     def __init__(self, config: ScorerConfig, bert: BertModel | None = None):
         super().__init__()
@@ -83,9 +108,7 @@ class InstructRecScorer(nn.Module):
         self.item_text_proj = nn.Linear(text_dim, dim)
         self.item_bias = nn.Parameter(torch.zeros(n))
         self.text_proj = nn.Linear(text_dim, dim)
-        self.position = nn.Embedding(config.max_history, dim)
-        self.blocks = nn.ModuleList(Block(dim, config.n_heads, config.dropout) for _ in range(config.n_layers))
-        self.norm = nn.LayerNorm(dim)
+        self.encoder = CausalEncoder(dim, config.max_history, config.n_layers, config.n_heads, config.dropout)
         self.no_history = nn.Parameter(torch.zeros(dim))  # the history state of P0/P2 instructions
         self.fuse = nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.out_norm = nn.LayerNorm(dim)
@@ -108,13 +131,7 @@ class InstructRecScorer(nn.Module):
 
     def history_states(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B, T, dim]: slot t summarises history[:, :t + 1] (left-padded, most recent last)."""
-        t = history.shape[1]
-        x = items[history] * self.config.dim**0.5 + self.position.weight[-t:]
-        x = self.drop(x * (history > 0).unsqueeze(-1).to(x.dtype))
-        bias = causal_bias(history, x.dtype)
-        for block in self.blocks:
-            x = block(x, bias)
-        return self.norm(x)
+        return self.encoder(items[history], history)
 
     def fuse_query(self, state: torch.Tensor, text_vec: torch.Tensor) -> torch.Tensor:
         """History state + the instruction's words -> query (any leading shape)."""
@@ -176,6 +193,8 @@ class InstructRecScorer(nn.Module):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
+# bump when parameter names or shapes change: checkpoints of another format are never resumed or reused
+CHECKPOINT_FORMAT = 2
 WEIGHTS, CONFIG, ITEMS, TOKENIZER = "weights.safetensors", "config.json", "item_ids.json", "tokenizer"
 
 

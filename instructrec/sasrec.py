@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instructrec.instructions import pad_histories
-from instructrec.model import Block, causal_bias
+from instructrec.instructions import pad_histories, windows
+from instructrec.model import CausalEncoder
 
 
 @dataclass(frozen=True)
@@ -38,23 +38,14 @@ class SASRec(nn.Module):
         super().__init__()
         self.config = config
         self.item = nn.Embedding(config.n_items + 1, config.dim, padding_idx=0)
-        self.position = nn.Embedding(config.max_len, config.dim)
-        self.blocks = nn.ModuleList(Block(config.dim, config.n_heads, config.dropout) for _ in range(config.n_layers))
-        self.norm = nn.LayerNorm(config.dim)
-        self.drop = nn.Dropout(config.dropout)
+        self.encoder = CausalEncoder(config.dim, config.max_len, config.n_layers, config.n_heads, config.dropout)
         nn.init.normal_(self.item.weight, std=0.02)
         with torch.no_grad():
             self.item.weight[0].zero_()
 
     def states(self, seq: torch.Tensor) -> torch.Tensor:
         """[B, T, dim] causal states of left-padded item sequences."""
-        b, t = seq.shape
-        x = self.item(seq) * self.config.dim**0.5 + self.position.weight[-t:]
-        x = self.drop(x * (seq > 0).unsqueeze(-1))
-        bias = causal_bias(seq, x.dtype)
-        for block in self.blocks:
-            x = block(x, bias)
-        return self.norm(x)
+        return self.encoder(self.item(seq), seq)
 
     def scores(self, history: torch.Tensor) -> torch.Tensor:
         """[B, n_items]: next-item scores after each history (most recent item last)."""
@@ -62,12 +53,9 @@ class SASRec(nn.Module):
 
 
 def training_windows(train: list[np.ndarray], max_len: int) -> np.ndarray:
-    """Each train sequence cut from its end into windows of max_len + 1 items (input + shifted target)."""
-    windows = []
-    for seq in train:
-        for end in range(len(seq), 1, -max_len):
-            windows.append(tuple(int(i) for i in seq[max(0, end - max_len - 1) : end]))
-    return pad_histories(windows, max_len + 1)
+    """Each train sequence cut from its end into disjoint windows of max_len + 1 items (input + shifted target)."""
+    spans = [tuple(int(i) for i in seq[start:end]) for seq in train for start, _, end in windows(seq, max_len)]
+    return pad_histories(spans, max_len + 1)
 
 
 @dataclass(frozen=True)

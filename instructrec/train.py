@@ -211,7 +211,6 @@ def fit(
             seq, weight = tensors["seq"][rows], tensors["weight"][rows]
             at = weight > 0
             target, label, weight = seq[:, 1:][at], tensors["label"][rows][at], weight[at]
-            negatives = torch.randint(1, n_items + 1, (s.negatives,), generator=gen).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 items = model.item_vectors()
                 inputs = seq[:, :-1]
@@ -221,6 +220,7 @@ def fit(
                 if s.full_softmax:
                     loss = full_softmax_loss(model, q, target, label, weight, items, s.dislike_weight)
                 else:
+                    negatives = torch.randint(1, n_items + 1, (s.negatives,), generator=gen).to(device)
                     loss = sampled_softmax_loss(model, q, target, label, weight, negatives, items, s.dislike_weight, log_q)
                 if s.history_loss_weight > 0:
                     loss = loss + s.history_loss_weight * _history_loss(model, states, seq, tensors["label"][rows], items)

@@ -66,8 +66,8 @@ def _report_rows(reports: dict[str, EvalReport]) -> list[dict]:
     rows = []
     for name, rep in reports.items():
         for key, values in rep.by_type.items():
-            type_, _, held = key.partition("/" + HELD_OUT)
-            rows.append({"model": name, "type": type_, "templates": HELD_OUT if held or key.endswith(HELD_OUT) else "seen",
+            held = key.endswith("/" + HELD_OUT)
+            rows.append({"model": name, "type": key.removesuffix("/" + HELD_OUT), "templates": HELD_OUT if held else "seen",
                          "users": rep.counts[key], **values})
         rows.append({"model": name, "type": "overall", "templates": "all", "users": max(rep.counts.values()), **rep.overall})
     return rows
@@ -123,7 +123,7 @@ def champion_scorer(cfg: Config, champion: registry.VersionRef, catalogue_ids: l
         return TorchScorer(name, model, tokenizer, model_ids, catalogue_ids, cfg.train.device)
     except RuntimeError as err:
         logger.warning("champion v%s: checkpoint not loadable by this code (%s); scoring its ONNX graph",
-                                 champion.version, str(err).splitlines()[0])
+                       champion.version, str(err).splitlines()[0])
     onnx_dir, bundle = registry.download_serving(champion, tracking.scratch_dir("champion-onnx"))
     manifest = json.loads((bundle / BUNDLE_MANIFEST).read_text())
     tokenizer = BertTokenizerFast.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)

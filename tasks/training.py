@@ -17,10 +17,10 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from instructrec import schema  # noqa: E402
 from instructrec.config import Config  # noqa: E402
-from instructrec.evaluate import TorchScorer, evaluate  # noqa: E402
+from instructrec.evaluate import HEADLINE, TorchScorer, evaluate  # noqa: E402
 from instructrec.io import atomic_path  # noqa: E402
 from instructrec.feedback import feedback_examples, read_store  # noqa: E402
-from instructrec.model import InstructRecScorer  # noqa: E402
+from instructrec.model import CHECKPOINT_FORMAT, InstructRecScorer  # noqa: E402
 from instructrec.prepare import Prepared  # noqa: E402
 from instructrec.sasrec import SASRec, SASRecConfig, SASRecScorer, SASRecSettings, fit_sasrec  # noqa: E402
 from instructrec.train import FitResult, feedback_settings, fit, new_scorer, representation_settings  # noqa: E402
@@ -108,7 +108,7 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
     logger = get_run_logger()
     torch.manual_seed(cfg.train.seed)  # the initial weights too: the same data and config give the same baseline
     model = SASRec(SASRecConfig(prepared.catalogue.n_items, cfg.data.max_history, b.dim, b.n_layers, b.n_heads, b.dropout))
-    fp = fingerprint("sasrec", snapshot_hash, cfg.data, b, cfg.train.seed)
+    fp = fingerprint("sasrec", CHECKPOINT_FORMAT, snapshot_hash, cfg.data, b, cfg.train.seed)
     path = cfg.paths.checkpoints / fp / "sasrec.pt"
     if path.exists():
         state = torch.load(path, map_location=cfg.train.device, weights_only=False)
@@ -119,10 +119,10 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
     else:
         settings = SASRecSettings(b.epochs, b.batch_size, b.lr, 0.0, b.patience, b.eval_every, cfg.train.seed,
                                   cfg.train.device)
-        case = {k: v for k, v in prepared.valid_cases.items() if v.type == "P1/I0"}
+        case = {HEADLINE: prepared.valid_cases[HEADLINE]}
 
         def validate(m: SASRec) -> float:
-            return evaluate(SASRecScorer(m), case, prepared.split).overall["ndcg@10"]
+            return evaluate(SASRecScorer(m), case, prepared.split).by_type[HEADLINE]["ndcg@10"]
 
         result = fit_sasrec(model, prepared.split.train, settings, validate)
         history = result.history
@@ -145,7 +145,7 @@ def train_representation(cfg: Config, prepared: Prepared, snapshot_hash: str, ru
                            "(CPU-only torch build, or no device); use --profile cpu, or install the CUDA build of torch")
     model, tokenizer = new_scorer(cfg, prepared.catalogue)
     settings = representation_settings(cfg)
-    fp = fingerprint("representation", snapshot_hash, cfg.data, cfg.model, cfg.train)
+    fp = fingerprint("representation", CHECKPOINT_FORMAT, snapshot_hash, cfg.data, cfg.model, cfg.train)
     epochs = EpochLogger(run_id, "representation")
     result = fit(model, tokenizer, prepared.examples, settings, validator(prepared, tokenizer, cfg),
                  cfg.paths.checkpoints / fp, fp, epochs, cfg.progress)
