@@ -74,10 +74,13 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from tasks.serving import NoChampion, load_champion
+    from model_registry import registry
+    from model_registry.serving import NoChampion, load_champion
 
+    cfg = load_config()
+    registry.connect(cfg.paths.tracking_uri)
     try:
-        rec = load_champion(load_config())
+        rec = load_champion(cfg)
     except NoChampion as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -98,6 +101,48 @@ def _batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from model_registry import registry
+    from service.app import create_app
+
+    cfg = load_config(args.profile)
+    registry.connect(cfg.paths.tracking_uri)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = args.host or cfg.serve.host, args.port or cfg.serve.port
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from flows.feedback import feedback_loop
+
+    print(feedback_loop(profile=args.profile, data=args.data, force=args.force, overrides=parse_overrides(args.set)).render())
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from flows.demo import build_world
+    from instructrec.simulate import Policy, play_round
+
+    cfg = load_config(args.profile)
+    _, futures, genre_of = build_world(cfg, args.future_share)
+    users = sorted(u for u, f in futures.items() if f.liked or f.evaluation)[: args.users or None]
+    stats = play_round(args.url, futures, users, genre_of, Policy(), args.seed, args.concurrency)
+    print(json.dumps({"users": len(users), "requests": dict(stats.requests), "impressions": dict(stats.impressions),
+                      "likes": dict(stats.likes), "like_rate": stats.like_rate(), "events": stats.events,
+                      "failures": stats.failures}, indent=2))
+    return 0 if stats.failures == 0 else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    run_demo(args.profile, args.rounds, args.feedback_share, args.seed, parse_overrides(args.set))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instructrec", description="Instruction-following recommender pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +160,33 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch", help="top-k for every user from the champion, written as Parquet")
     b.add_argument("-k", type=int, default=10)
     b.set_defaults(run=_batch)
+    sv = sub.add_parser("serve", help="HTTP service: /recommend, /feedback, /health (champion/challenger split)")
+    sv.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
+    sv.add_argument("--host", default=None, help="default: serve.host (127.0.0.1)")
+    sv.add_argument("--port", type=int, default=None, help="default: serve.port (8000)")
+    sv.set_defaults(run=_serve)
+    ft = sub.add_parser("finetune", help="judge the running A/B test, then tune a challenger on new feedback")
+    ft.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
+    ft.add_argument("--data", default=None, help="default: the champion's data source")
+    ft.add_argument("--force", action="store_true", help="tune even below feedback.trigger_events new events")
+    ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ft.set_defaults(run=_finetune)
+    sm = sub.add_parser("simulate", help="play simulated users (reacting from their unseen future) against a service")
+    sm.add_argument("--url", default="http://127.0.0.1:8000")
+    sm.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
+    sm.add_argument("--users", type=int, default=0, help="how many users (0: all with a future)")
+    sm.add_argument("--future-share", type=float, default=0.3)
+    sm.add_argument("--concurrency", type=int, default=8)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.set_defaults(run=_simulate)
+    d = sub.add_parser("demo", help="train on the past, serve, simulate, fine-tune, A/B gate, promote: round by round")
+    d.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
+    d.add_argument("--rounds", type=int, default=3)
+    d.add_argument("--feedback-share", type=float, default=0.7,
+                   help="share of users who play, a fresh cohort each round (the rest: control)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    d.set_defaults(run=_demo)
     return parser
 
 

@@ -81,6 +81,8 @@ class FeedbackConfig(_Frozen):
     lr: float = 5e-4
     replay_ratio: float = 1.0  # base examples replayed per feedback example
     dislike_weight: float = 0.5
+    trigger_events: int = 500  # new stored events that make the service emit the fine-tuning event
+    online_epochs: int = 10  # passes over served-traffic feedback (+ replay) when tuning a challenger
 
 
 class EvalConfig(_Frozen):
@@ -89,6 +91,19 @@ class EvalConfig(_Frozen):
     ks: tuple[int, ...] = (1, 5, 10, 20)
     sampled_negatives: int = 9
     seed: int = 2023
+
+
+class OnlineConfig(_Frozen):
+    """The online half of the gate: like rate per arm from served impressions and feedback."""
+
+    min_impressions: int = 1000  # per arm; fewer -> "insufficient data"
+    min_users: int = 30  # per arm
+    srm_alpha: float = 0.001  # sample-ratio mismatch when the users-per-arm p-value falls below this
+    test: Literal["two_proportion", "bayesian"] = "two_proportion"
+    alpha: float = 0.05  # one-sided two-proportion test
+    min_prob_better: float = 0.95  # Beta-Binomial P(challenger better), test == "bayesian"
+    replace_offline_win: bool = True  # with online evidence the win is decided online; offline no-regression still applies
+    seed: int = 5
 
 
 class GateConfig(_Frozen):
@@ -104,6 +119,20 @@ class GateConfig(_Frozen):
     min_top10_overlap: float = 0.98
     latency_tolerance: float = 0.5  # relative p50 latency increase allowed
     seed: int = 11
+    online: OnlineConfig = OnlineConfig()
+
+
+class ServeConfig(_Frozen):
+    """The HTTP service and the feedback loop around it."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    experiment: str = "ab-1"  # salt of the user -> arm hash; a new experiment reshuffles users
+    challenger_share: float = 0.5  # traffic share of the challenger while one is registered
+    reload_seconds: float = 5.0  # how often aliases are re-read (hot reload)
+    max_k: int = 100
+    max_text_chars: int = 500
+    max_user_id_chars: int = 64
 
 
 class ExportConfig(_Frozen):
@@ -152,6 +181,7 @@ class Config(_Frozen):
     eval: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()
+    serve: ServeConfig = ServeConfig()
     experiment: str = "instructrec"
     progress: bool = True
 

@@ -8,6 +8,7 @@ constants at export time (computed once per catalogue).
 from __future__ import annotations
 
 import copy
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -143,9 +144,12 @@ class OnnxScorer:
 
     def __init__(self, name: str, session: Session, tokenizer, max_text_tokens: int):
         self.name, self.session, self.tokenizer, self.max_text_tokens = name, session, tokenizer, max_text_tokens
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer raises "Already borrowed" when shared by threads
 
     def score(self, texts: list[str], history: np.ndarray) -> np.ndarray:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="np")
+        with self._tokenizer_lock:
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens,
+                                 return_tensors="np")
         ids, mask = enc["input_ids"], enc["attention_mask"]
         if len(texts) <= MICRO_BATCH:
             return self.session.run(ids, mask, history)

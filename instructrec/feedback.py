@@ -18,6 +18,8 @@ import numpy as np
 import polars as pl
 
 from instructrec import schema
+from instructrec.abtest import ArmCounts
+from instructrec.eventlog import iter_records
 from instructrec.instructions import (
     ExampleBuilder,
     Examples,
@@ -29,7 +31,13 @@ from instructrec.instructions import (
 from instructrec.io import write_parquet
 from instructrec.split import SplitData
 
-STORE_GLOB = "events-*.parquet"
+FEEDBACK_LOG = "events"  # JSON-lines segments written by the service, one per process
+IMPRESSION_LOG = "impressions"  # every served list: request, user, arm, model version, items, instruction
+STORE_GLOB = f"{FEEDBACK_LOG}-*.parquet"  # batch files (imports, tests)
+IMPRESSIONS_SCHEMA: dict[str, pl.DataType] = {
+    schema.REQUEST_ID: pl.String(), schema.USER: pl.String(), schema.ARM: pl.String(), schema.MODEL_VERSION: pl.String(),
+    "items": pl.List(pl.String()), "instruction": pl.String(), schema.TIMESTAMP: schema.UTC_DATETIME,
+}
 KIND_LABEL = {"like": (1.0, 1.0), "more_like_this": (1.0, 2.0), "dislike": (-1.0, 1.0), "less_like_this": (-1.0, 2.0)}
 FEEDBACK_MIX = {"P1/I0": 0.5, "P1/I2": 0.3, "P2/I2": 0.1, "P0/I2": 0.1}
 
@@ -47,11 +55,40 @@ class FeedbackStats:
 
 
 def read_store(feedback_dir: Path) -> pl.DataFrame:
-    """All stored events (one Parquet file per appended batch; files are never rewritten)."""
-    files = sorted(feedback_dir.glob(STORE_GLOB))
-    if not files:
+    """All stored events: Parquet batch files and the service's JSON-lines segments (none is ever rewritten)."""
+    frames = [pl.read_parquet(f) for f in sorted(feedback_dir.glob(STORE_GLOB))]
+    records = list(iter_records(feedback_dir, FEEDBACK_LOG))
+    if records:
+        frames.append(_frame(records, schema.FEEDBACK_SCHEMA))
+    if not frames:
         return pl.DataFrame(schema=schema.FEEDBACK_SCHEMA)
-    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def read_impressions(feedback_dir: Path) -> pl.DataFrame:
+    records = list(iter_records(feedback_dir, IMPRESSION_LOG))
+    return _frame(records, IMPRESSIONS_SCHEMA) if records else pl.DataFrame(schema=IMPRESSIONS_SCHEMA)
+
+
+def _frame(records: list[dict], columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    raw = {c: [r.get(c) for r in records] for c in columns}
+    ts = raw.pop(schema.TIMESTAMP)
+    df = pl.DataFrame(raw, schema={c: t for c, t in columns.items() if c != schema.TIMESTAMP})
+    stamps = pl.Series(schema.TIMESTAMP, ts, dtype=pl.String).str.to_datetime(time_zone="UTC", time_unit="us")
+    return df.with_columns(stamps).select(list(columns))
+
+
+def online_counts(impressions: pl.DataFrame, store: pl.DataFrame, arms: dict[str, str]) -> dict[str, ArmCounts]:
+    """Users, impressions (items shown) and liked shown items per arm, for the arm's model version only."""
+    positive = (store.filter(pl.col(schema.KIND).is_in(list(schema.POSITIVE_KINDS)) & pl.col(schema.ITEM).is_not_null())
+                .select(schema.REQUEST_ID, schema.ITEM).unique())
+    out = {}
+    for arm, version in arms.items():
+        served = impressions.filter((pl.col(schema.ARM) == arm) & (pl.col(schema.MODEL_VERSION) == version))
+        shown = served.select(schema.REQUEST_ID, pl.col("items").alias(schema.ITEM)).explode(schema.ITEM)
+        likes = shown.join(positive, on=[schema.REQUEST_ID, schema.ITEM], how="inner").height
+        out[arm] = ArmCounts(served[schema.USER].n_unique(), shown.height, likes)
+    return out
 
 
 def append_events(feedback_dir: Path, events: pl.DataFrame) -> Path:
@@ -71,11 +108,20 @@ def feedback_examples(
     dislike_max: float,
     replay_ratio: float,
     seed: int,
+    from_ratings: bool = True,
+    requests: dict[str, str] | None = None,
 ) -> tuple[Examples, FeedbackStats]:
+    """Examples from train-part ratings (unless from_ratings is False) and from stored events, plus replay.
+
+    requests: request_id -> the user's own words for that request; a reaction to
+    such a list is learnt against those words instead of a history-only template.
+    """
     rng = np.random.default_rng(seed)
     builder = ExampleBuilder(max_history)
     likes = dislikes = 0
     for u, (seq, ratings) in enumerate(zip(split.train, split.train_ratings, strict=True)):
+        if not from_ratings:
+            break
         for start, first, end in windows(seq, max_history):
             examples = []
             for t in range(first, end):  # target seq[t], history seq[:t]
@@ -89,7 +135,7 @@ def feedback_examples(
             if examples:
                 builder.add_window(u, tuple(int(i) for i in seq[start:end]), examples)
 
-    used, skipped = _store_rows(split, store, builder, max_history, rng)
+    used, skipped = _store_rows(split, store, builder, max_history, rng, requests or {})
     n_feedback = len(builder)
     examples = builder.build()
     replay = _replay(base, int(round(replay_ratio * n_feedback)), rng)
@@ -107,7 +153,7 @@ def _replay(base: Examples, n: int, rng: np.random.Generator) -> Examples:
 
 
 def _store_rows(split: SplitData, store: pl.DataFrame, builder: ExampleBuilder, max_history: int,
-                rng: np.random.Generator) -> tuple[int, int]:
+                rng: np.random.Generator, requests: dict[str, str]) -> tuple[int, int]:
     user_row = {u: i for i, u in enumerate(split.users)}
     used = skipped = 0
     for ev in store.iter_rows(named=True):
@@ -124,7 +170,9 @@ def _store_rows(split: SplitData, store: pl.DataFrame, builder: ExampleBuilder, 
             builder.add(u, item, free_text_instruction(ev[schema.TEXT], history, max_history, split.catalogue))
         else:
             label, weight = KIND_LABEL[ev[schema.KIND]]
-            ins = make_instruction("P1/I0", int(rng.integers(1 << 30)), split.catalogue, history, item, max_history)
+            words = requests.get(ev.get(schema.REQUEST_ID) or "")
+            ins = (free_text_instruction(words, history, max_history, split.catalogue) if words else
+                   make_instruction("P1/I0", int(rng.integers(1 << 30)), split.catalogue, history, item, max_history))
             if ins is None:
                 skipped += 1
                 continue

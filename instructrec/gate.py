@@ -14,7 +14,8 @@ from typing import Literal
 
 import numpy as np
 
-from instructrec.config import GateConfig
+from instructrec.abtest import ArmCounts, prob_better, srm_p_value, two_proportion_z
+from instructrec.config import GateConfig, OnlineConfig
 
 Outcome = Literal["promote", "reject", "insufficient_data"]
 MIN_PAIRED_USERS = 20
@@ -49,6 +50,13 @@ class Check:
     detail: str
 
 
+@dataclass(frozen=True)
+class OnlineEvidence:
+    champion: ArmCounts
+    challenger: ArmCounts
+    challenger_share: float  # the configured split, for the sample-ratio check
+
+
 @dataclass
 class Decision:
     outcome: Outcome
@@ -63,6 +71,9 @@ class Decision:
     def reasons(self) -> list[str]:
         failed = [c.detail for c in self.checks if not c.passed]
         return failed or [c.detail for c in self.checks]
+
+    def passed(self, ignore: tuple[str, ...] = ()) -> bool:
+        return all(c.passed for c in self.checks if c.name not in ignore)
 
     def to_dict(self) -> dict:
         return {"outcome": self.outcome, "reasons": self.reasons, "checks": [asdict(c) for c in self.checks],
@@ -150,3 +161,59 @@ def decide(
                             f"latency p50 {challenger.latency_ms:.2f} ms vs champion {champion.latency_ms:.2f} ms "
                             f"(limit {limit:.2f} ms)"))
     return Decision("promote" if all(c.passed for c in checks) else "reject", checks, numbers)
+
+
+def online_checks(evidence: OnlineEvidence, policy: OnlineConfig) -> tuple[list[Check], dict, bool]:
+    """(checks, numbers, enough data): sample size per arm, sample-ratio mismatch, like-rate test."""
+    a, b = evidence.champion, evidence.challenger
+    numbers: dict = {"online_champion_users": a.users, "online_challenger_users": b.users,
+                     "online_champion_impressions": a.impressions, "online_challenger_impressions": b.impressions,
+                     "online_champion_likes": a.likes, "online_challenger_likes": b.likes,
+                     "online_champion_like_rate": a.like_rate, "online_challenger_like_rate": b.like_rate}
+    small = min(a.impressions, b.impressions) < policy.min_impressions or min(a.users, b.users) < policy.min_users
+    size = Check("online_sample_size", not small, min(a.impressions, b.impressions), policy.min_impressions,
+                 f"online sample: {a.impressions} / {b.impressions} impressions and {a.users} / {b.users} users "
+                 f"(champion / challenger; need {policy.min_impressions} and {policy.min_users} per arm)")
+    if small:
+        return [size], numbers, False
+    srm = srm_p_value(a.users, b.users, evidence.challenger_share)
+    numbers["online_srm_p"] = srm
+    checks = [size, Check("online_srm", srm >= policy.srm_alpha, srm, policy.srm_alpha,
+                          f"sample ratio: users {a.users} / {b.users} vs configured challenger share "
+                          f"{evidence.challenger_share:.0%}, chi-square p {srm:.2g} (mismatch below {policy.srm_alpha:g})")]
+    rates = f"like rate {b.like_rate:.4f} vs champion {a.like_rate:.4f}"
+    if policy.test == "bayesian":
+        p_better = prob_better(a, b, seed=policy.seed)
+        numbers["online_prob_better"] = p_better
+        checks.append(Check("online_win", p_better >= policy.min_prob_better, p_better, policy.min_prob_better,
+                            f"online: {rates}, P(challenger better) {p_better:.3f} (need {policy.min_prob_better})"))
+    else:
+        z, p = two_proportion_z(a, b)
+        numbers.update(online_z=z, online_p=p)
+        checks.append(Check("online_win", p < policy.alpha, p, policy.alpha,
+                            f"online: {rates}, two-proportion z {z:+.2f}, one-sided p {p:.3g} (need < {policy.alpha})"))
+    return checks, numbers, True
+
+
+def decide_online(offline: Decision, evidence: OnlineEvidence, policy: GateConfig) -> Decision:
+    """The challenger's offline decision (same split, against the same champion) joined with the A/B evidence.
+
+    With `replace_offline_win`, the offline "win" check is kept for the record
+    and the win is the online test's to give; every other offline check binds.
+    """
+    online, numbers, enough = online_checks(evidence, policy.online)
+    informational = ("win",) if policy.online.replace_offline_win else ()
+    offline_checks = [Check(c.name, c.passed or c.name in informational, c.value, c.threshold,
+                            c.detail + (" (offline, informational: decided online)" if c.name in informational else ""))
+                      for c in offline.checks]
+    checks = offline_checks + online
+    merged = {**offline.numbers, **numbers}
+    if not all(c.passed for c in offline_checks):
+        return Decision("reject", checks, merged)
+    if not enough:
+        return Decision("insufficient_data", checks, merged)
+    return Decision("promote" if all(c.passed for c in checks) else "reject", checks, merged)
+
+
+def decision_from_dict(raw: dict) -> Decision:
+    return Decision(raw["outcome"], [Check(**c) for c in raw["checks"]], raw["numbers"])

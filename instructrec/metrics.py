@@ -57,3 +57,12 @@ def sampled_ranks(scores: np.ndarray, target_col: np.ndarray, negative_cols: np.
     s = scores[rows, cand]
     ahead = (s[:, 1:] > s[:, :1]) | ((s[:, 1:] == s[:, :1]) & (cand[:, 1:] < cand[:, :1]))
     return ahead.sum(axis=1)
+
+
+def ndcg_of_list(ranked: list[str], relevant: set[str], k: int) -> float:
+    """NDCG@k of one ranked list against a set of relevant items (binary gains; the ideal puts them all first)."""
+    if not relevant:
+        return float("nan")
+    dcg = sum(1.0 / np.log2(r + 2.0) for r, item in enumerate(ranked[:k]) if item in relevant)
+    ideal = sum(1.0 / np.log2(r + 2.0) for r in range(min(k, len(relevant))))
+    return float(dcg / ideal)

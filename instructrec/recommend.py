@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,9 @@ class Recommender:
     version: str = "?"
     variant: str = FP32
 
+    def __post_init__(self) -> None:
+        self.scorer = OnnxScorer(f"v{self.version}", self.session, self.tokenizer, self.max_text_tokens)
+
     @classmethod
     def load(cls, onnx_file: Path, bundle: Path, interactions: pl.DataFrame, version: str = "?") -> Recommender:
         m = json.loads((bundle / BUNDLE_MANIFEST).read_text())
@@ -74,14 +78,16 @@ class Recommender:
             return make_instruction(DEFAULT_REQUEST, 0, self.catalogue, history, None, self.max_history)
         return free_text_instruction(f"Recommend a popular {self.catalogue.noun}.", history, self.max_history, self.catalogue)
 
-    def recommend(self, user_id: str, instruction: str | None = None, k: int = 10) -> dict:
+    def recommend(self, user_id: str, instruction: str | None = None, k: int = 10, exclude: Iterable[str] = ()) -> dict:
+        """Top-k for the user, never an item of their history nor one in `exclude` (item ids already judged)."""
         if k < 1:
             raise ValueError("k must be at least 1")
         history = self.histories.get(str(user_id), np.zeros(0, dtype=np.int64))
         ins = self.request(history, instruction)
-        scorer = OnnxScorer("champion", self.session, self.tokenizer, self.max_text_tokens)
-        scores = scorer.score([ins.text], pad_histories([ins.history], self.max_history))[0].astype(np.float64)
+        scores = self.scorer.score([ins.text], pad_histories([ins.history], self.max_history))[0].astype(np.float64)
         scores[history - 1] = -np.inf  # never recommend what the user already has
+        judged = [self.catalogue.index[i] for i in exclude if i in self.catalogue.index]
+        scores[np.asarray(judged, dtype=np.int64) - 1] = -np.inf
         top = np.argsort(-scores, kind="stable")[: min(k, int(np.isfinite(scores).sum()))]
         return {
             "user_id": str(user_id),
@@ -104,7 +110,7 @@ def top_k_all(rec: Recommender, k: int = 10, batch_size: int = 256) -> pl.DataFr
     """
     users = sorted(rec.histories)
     k = min(k, rec.catalogue.n_items - 1)  # argpartition needs k < catalogue size
-    scorer = OnnxScorer("batch", rec.session, rec.tokenizer, rec.max_text_tokens)
+    scorer = rec.scorer
     rows: dict[str, list] = {"user_id": [], "rank": [], "item_id": [], "score": []}
     ids = np.asarray(rec.catalogue.item_ids)
     for start in range(0, len(users), batch_size):

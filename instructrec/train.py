@@ -65,6 +65,8 @@ class FitSettings:
     logq_correction: bool = True
     full_softmax: bool = True  # else in-batch + `negatives` uniform samples (large catalogues)
     history_loss_weight: float = 0.0  # auxiliary next-item loss on the bare history states
+    select_best: bool = True  # keep the best-validation epoch; False: the last epoch (online feedback is about
+    # the future, which the offline validation split cannot see; the gate's no-regression check guards it instead)
 
 
 def representation_settings(cfg: Config) -> FitSettings:
@@ -74,11 +76,13 @@ def representation_settings(cfg: Config) -> FitSettings:
                        history_loss_weight=t.history_loss_weight)
 
 
-def feedback_settings(cfg: Config) -> FitSettings:
+def feedback_settings(cfg: Config, online: bool = False) -> FitSettings:
     t, f = cfg.train, cfg.feedback
-    return FitSettings("feedback", f.epochs, t.batch_size, f.lr, t.bert_lr / 3, t.weight_decay, t.sampled_negatives,
-                       f.epochs, cfg.model.train_bert, t.device, t.mixed_precision, t.seed + 1, f.dislike_weight,
-                       full_softmax=t.full_softmax, history_loss_weight=t.history_loss_weight)
+    epochs = f.online_epochs if online else f.epochs
+    return FitSettings("online_feedback" if online else "feedback", epochs, t.batch_size, f.lr, t.bert_lr / 3,
+                       t.weight_decay, t.sampled_negatives, epochs, cfg.model.train_bert, t.device, t.mixed_precision,
+                       t.seed + 1, f.dislike_weight, full_softmax=t.full_softmax,
+                       history_loss_weight=t.history_loss_weight, select_best=not online)
 
 
 @dataclass
@@ -235,7 +239,7 @@ def fit(
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
                **{f"val_{k}": v for k, v in metrics.items()}}
         result.history.append(row)
-        if metrics["ndcg@10"] > result.best_metric:
+        if metrics["ndcg@10"] > result.best_metric or not s.select_best:
             result.best_metric, result.best_epoch = metrics["ndcg@10"], epoch
             best_state = copy.deepcopy(model.state_dict())
         if ckpt:  # before the callback: a failing logger never loses a finished epoch

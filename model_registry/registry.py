@@ -37,6 +37,22 @@ class VersionRef:
     source: str
 
 
+def connect(tracking_uri: str) -> None:
+    """Point this process's MLflow client at the store (entry points call it once)."""
+    mlflow.set_tracking_uri(tracking_uri)
+
+
+def remove_alias(alias: str, name: str = MODEL_NAME) -> None:
+    try:
+        client().delete_registered_model_alias(name, alias)
+    except MlflowException:
+        pass
+
+
+def tags(version: str, name: str = MODEL_NAME) -> dict[str, str]:
+    return dict(client().get_model_version(name, version).tags)
+
+
 def client() -> MlflowClient:
     return MlflowClient()
 
@@ -58,7 +74,7 @@ def aliases(name: str = MODEL_NAME) -> dict[str, str]:
 
 def versions(name: str = MODEL_NAME) -> list[str]:
     try:
-        return sorted((mv.version for mv in client().search_model_versions(f"name='{name}'")), key=int)
+        return sorted((str(mv.version) for mv in client().search_model_versions(f"name='{name}'")), key=int)
     except MlflowException:
         return []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import matplotlib
@@ -75,9 +76,23 @@ def _log_candidate(cfg: Config, prepared: Prepared, challenger: Trained, exporte
     return str(info.registered_model_version)
 
 
+def _place(decision: Decision, version: str, champion: str | None, online_rollout: bool, lock_file: Path) -> dict[str, str]:
+    """Move aliases for an offline decision: promote on a full pass (never in an online rollout); a candidate
+    that fails only the offline "win" check, or any passing candidate of an online rollout, becomes the
+    `challenger` and gets its traffic share until the online gate decides; anything else gets no alias."""
+    if decision.promote and not online_rollout:
+        registry.promote(version, champion, lock_file)
+        return {}
+    if champion is not None and decision.passed(ignore=("win",)):
+        registry.mark_challenger(version)
+        return {"challenger_since": datetime.now(UTC).isoformat(), "online_gate": "pending"}
+    return {}
+
+
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_and_register(cfg: Config, prepared: Prepared, challenger: Trained, evaluations: Evaluations, exported: Exported,
-                      snapshot_hash: str, run_id: str) -> GateResult:
+                      snapshot_hash: str, run_id: str, online_rollout: bool = False) -> GateResult:
+    """Offline gate, registration, aliases. online_rollout: a passing candidate goes to the A/B test, not to champion."""
     logger = get_run_logger()
     reports, champion_ref = evaluations.reports, evaluations.champion
     chal = _arm(reports[CHALLENGER], latency=exported.latency_ms)
@@ -89,12 +104,12 @@ def gate_and_register(cfg: Config, prepared: Prepared, challenger: Trained, eval
     decision = decide(chal, floor_baseline(baselines, cfg.gate), cfg.gate, champ, exported.parity)
 
     version = _log_candidate(cfg, prepared, challenger, exported, snapshot_hash, run_id)
-    registry.mark_challenger(version)
-    if decision.promote:
-        registry.promote(version, champion_ref.version if champion_ref else None, cfg.paths.home / "registry.lock")
-    registry.describe(version, decision.summary(), {"gate_outcome": decision.outcome, "snapshot_hash": snapshot_hash,
-                                                    "run_id": run_id, "profile": cfg.profile,
-                                                    "evaluated_against": champion_ref.version if champion_ref else "none"})
+    champion = champion_ref.version if champion_ref else None
+    placed = _place(decision, version, champion, online_rollout, cfg.paths.home / "registry.lock")
+    tags = {"gate_outcome": decision.outcome, "snapshot_hash": snapshot_hash, "run_id": run_id, "profile": cfg.profile,
+            "evaluated_against": champion or "none", "feedback_until": challenger.feedback_until or "", **placed}
+    summary = decision.summary() + (" Offline checks passed: A/B test against the champion pending." if placed else "")
+    registry.describe(version, summary, tags)
     tracking.log_json(run_id, {**decision.to_dict(), "version": version}, "gate/decision.json")
     tracking.log_metrics(run_id, {"gate/promoted": float(decision.promote)})
     mlflow.MlflowClient().set_tag(run_id, "gate_outcome", decision.outcome)

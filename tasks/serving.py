@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,32 +13,11 @@ from prefect.cache_policies import NO_CACHE
 
 from instructrec.config import Config
 from instructrec.io import write_parquet
-from instructrec.recommend import BUNDLE_MANIFEST, Recommender, top_k_all
-from instructrec.snapshot import TABLE_FILES
-from model_registry import registry
+from instructrec.recommend import top_k_all
+from model_registry.serving import NoChampion, load_champion
 from tasks import tracking
 
 BATCH_EXPERIMENT = "instructrec-batch"
-
-
-class NoChampion(RuntimeError):
-    pass
-
-
-def load_champion(cfg: Config) -> Recommender:
-    """The current champion's serving graph (variant chosen for this host), cached per version."""
-    tracking.configure(cfg)
-    champion = registry.get_alias(registry.CHAMPION)
-    if champion is None:
-        raise NoChampion("no champion model yet; run `instructrec pipeline` (or `make run`) first")
-    local = cfg.paths.serving / f"v{champion.version}"
-    if not (local / registry.SERVING_ARTIFACT / BUNDLE_MANIFEST).exists():
-        registry.download_serving(champion, local)
-    bundle = local / registry.SERVING_ARTIFACT
-    manifest = json.loads((bundle / BUNDLE_MANIFEST).read_text())
-    tables = cfg.paths.snapshots / manifest["snapshot_hash"][:16] / "tables"
-    interactions = pl.read_parquet(tables / TABLE_FILES["interactions"])
-    return Recommender.load(local / "onnx" / "model.onnx", bundle, interactions, champion.version)
 
 
 @task(name="batch-top-k", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -47,6 +25,7 @@ def batch_top_k(cfg: Config, k: int) -> Path:
     """Top-k for every user from the champion, as Parquet, recorded as an MLflow run."""
     logger = get_run_logger()
     t0 = time.perf_counter()
+    tracking.configure(cfg)
     rec = load_champion(cfg)
     loaded = time.perf_counter()
     table = top_k_all(rec, k)
@@ -68,3 +47,6 @@ def batch_top_k(cfg: Config, k: int) -> Path:
     logger.info("top-%d for %d users from v%s (%s on %s) in %.2f s -> %s", k, users, rec.version, rec.variant,
                 rec.session.provider, scored - loaded, target)
     return target
+
+
+__all__ = ["NoChampion", "batch_top_k", "load_champion"]

@@ -33,6 +33,7 @@ class Trained:
     tokenizer: object
     fit: FitResult
     fingerprint: str
+    feedback_until: str | None = None  # timestamp of the newest stored feedback event it was tuned on
 
 
 def fingerprint(*parts: object) -> str:
@@ -176,4 +177,8 @@ def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id:
     tracking.log_metrics(run_id, {"feedback/val_ndcg@10_before": before, "feedback/val_ndcg@10_after": result.best_metric})
     logger.info("feedback fine-tuning on %s: validation NDCG@10 %.4f -> %.4f", stats.as_dict(), before, result.best_metric)
     _summarise(run_id, "feedback", result, epochs)
-    return Trained(base.model, base.tokenizer, result, fp)
+    return Trained(base.model, base.tokenizer, result, fp, newest_event(store))
+
+
+def newest_event(store) -> str | None:
+    return store[schema.TIMESTAMP].max().isoformat() if store.height else None

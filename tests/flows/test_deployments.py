@@ -31,3 +31,17 @@ def test_batch_inference_deployment_runs_daily():
     flow = load_flow(batch["entrypoint"])
     assert flow.name == "instructrec-batch-inference" and set(batch["parameters"]) <= set(flow.parameters.properties)
     assert CronSchedule(cron=batch["schedules"][0]["cron"], timezone="UTC").cron == "30 4 * * *"
+
+
+def test_feedback_deployment_listens_for_the_service_event_and_checks_hourly():
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    from service.app import FINETUNE_EVENT
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (loop,) = [d for d in spec["deployments"] if d["name"] == "feedback-finetune"]
+    flow = load_flow(loop["entrypoint"])
+    assert flow.name == "instructrec-feedback" and set(loop["parameters"]) <= set(flow.parameters.properties)
+    (trigger,) = [DeploymentEventTrigger(**t) for t in loop["triggers"]]
+    assert trigger.expect == {FINETUNE_EVENT} and set(trigger.parameters) <= set(flow.parameters.properties)
+    assert CronSchedule(cron=loop["schedules"][0]["cron"], timezone="UTC").cron == "0 * * * *"

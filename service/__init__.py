@@ -1,0 +1,1 @@
+"""The HTTP service (FastAPI): an entry point like flows/, beside them."""

@@ -1,0 +1,108 @@
+"""Tasks of the online loop: the A/B gate on served traffic, and a challenger tuned on new feedback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import mlflow
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from instructrec import schema
+from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM
+from instructrec.config import Config
+from instructrec.feedback import feedback_examples, online_counts, read_impressions, read_store
+from instructrec.gate import Decision, OnlineEvidence, decide_online, decision_from_dict
+from instructrec.model import load_scorer
+from instructrec.prepare import Prepared
+from instructrec.train import feedback_settings, fit
+from model_registry import registry
+from tasks import tracking
+from tasks.training import EpochLogger, Trained, _summarise, fingerprint, newest_event, validator
+
+ONLINE_STAGE = "online_feedback"
+
+
+@dataclass
+class OnlineGateResult:
+    outcome: str  # promote | reject | insufficient_data | no_challenger
+    champion: str | None
+    challenger: str | None
+    decision: Decision | None = None
+
+
+def _reject_stale(version: str, evaluated_against: str | None, champion: str) -> Decision:
+    registry.remove_alias(registry.CHALLENGER)
+    text = f"Online gate: REJECTED. Evaluated offline against v{evaluated_against}, but the champion is now v{champion}."
+    registry.describe(version, text, {"online_gate": "reject"})
+    return Decision("reject", [], {"evaluated_against": evaluated_against, "champion": champion})
+
+
+@task(name="online-gate", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def online_gate(cfg: Config, run_id: str) -> OnlineGateResult:
+    """Judge the challenger on its A/B traffic (plus its offline checks); promote, reject, or keep collecting."""
+    logger = get_run_logger()
+    champ, chal = registry.get_alias(registry.CHAMPION), registry.get_alias(registry.CHALLENGER)
+    if champ is None or chal is None or chal.version == champ.version:
+        return OnlineGateResult("no_challenger", champ.version if champ else None, None)
+    tags = registry.tags(chal.version)
+    if tags.get("evaluated_against") != champ.version:
+        decision = _reject_stale(chal.version, tags.get("evaluated_against"), champ.version)
+        return OnlineGateResult("reject", champ.version, chal.version, decision)
+    offline = decision_from_dict(mlflow.artifacts.load_dict(f"runs:/{tags['run_id']}/gate/decision.json"))
+    since = datetime.fromisoformat(tags["challenger_since"])
+    impressions = read_impressions(cfg.paths.feedback).filter(pl.col(schema.TIMESTAMP) >= since)
+    counts = online_counts(impressions, read_store(cfg.paths.feedback),
+                           {CHAMPION_ARM: champ.version, CHALLENGER_ARM: chal.version})
+    evidence = OnlineEvidence(counts[CHAMPION_ARM], counts[CHALLENGER_ARM], cfg.serve.challenger_share)
+    decision = decide_online(offline, evidence, cfg.gate)
+    tracking.log_metrics(run_id, {f"online/{arm}/{k}": v for arm, c in counts.items()
+                                  for k, v in (("users", c.users), ("impressions", c.impressions), ("likes", c.likes),
+                                               ("like_rate", c.like_rate))})
+    tracking.log_json(run_id, {**decision.to_dict(), "champion": champ.version, "challenger": chal.version},
+                      "gate/online_decision.json")
+    if decision.outcome == "promote":
+        registry.promote(chal.version, champ.version, cfg.paths.home / "registry.lock")
+    elif decision.outcome == "reject":
+        registry.remove_alias(registry.CHALLENGER)
+    registry.describe(chal.version, "Online gate: " + decision.summary().removeprefix("Gate: "),
+                      {"online_gate": decision.outcome})
+    logger.info("online gate for v%s vs champion v%s: %s (%s)", chal.version, champ.version, decision.outcome,
+                ", ".join(f"{arm} {c.likes}/{c.impressions} liked" for arm, c in counts.items()))
+    return OnlineGateResult(decision.outcome, champ.version, chal.version, decision)
+
+
+def new_feedback(cfg: Config, champion: registry.VersionRef) -> pl.DataFrame:
+    """Stored events newer than the newest one the champion was tuned on."""
+    store = read_store(cfg.paths.feedback)
+    until = registry.tags(champion.version).get("feedback_until")
+    return store.filter(pl.col(schema.TIMESTAMP) > datetime.fromisoformat(until)) if until else store
+
+
+@task(name="finetune-online-feedback", cache_policy=NO_CACHE)
+def finetune_from_champion(cfg: Config, prepared: Prepared, champion: registry.VersionRef, run_id: str) -> Trained:
+    """Start from the champion's weights; tune on the feedback gathered since it was trained, plus replay."""
+    logger = get_run_logger()
+    local = registry.download_checkpoint(champion, tracking.scratch_dir("champion"))
+    model, tokenizer, item_ids = load_scorer(local, cfg.train.device)
+    if item_ids != prepared.catalogue.item_ids:
+        raise ValueError(f"champion v{champion.version} was trained on another catalogue than the current data; "
+                         "run the training pipeline instead of fine-tuning")
+    events = new_feedback(cfg, champion)
+    impressions = read_impressions(cfg.paths.feedback).filter(pl.col("instruction").is_not_null())
+    requests = dict(impressions.select(schema.REQUEST_ID, "instruction").iter_rows())
+    f = cfg.feedback
+    examples, stats = feedback_examples(prepared.split, events, prepared.examples, cfg.data.max_history, f.like_min_rating,
+                                        f.dislike_max_rating, f.replay_ratio, cfg.train.seed, from_ratings=False,
+                                        requests=requests)
+    tracking.log_metrics(run_id, {f"{ONLINE_STAGE}/{k}": v for k, v in stats.as_dict().items()})
+    fp = fingerprint(ONLINE_STAGE, champion.version, champion.run_id, cfg.feedback, sorted(events[schema.EVENT_ID]))
+    epochs = EpochLogger(run_id, ONLINE_STAGE)
+    result = fit(model, tokenizer, examples, feedback_settings(cfg, online=True), validator(prepared, tokenizer, cfg),
+                 cfg.paths.checkpoints / fp, fp, epochs, cfg.progress)
+    logger.info("tuned v%s on %d new events (%s): validation NDCG@10 %.4f -> %.4f", champion.version, events.height,
+                stats.as_dict(), result.history[0]["val_ndcg@10"], result.best_metric)
+    _summarise(run_id, ONLINE_STAGE, result, epochs)
+    return Trained(model, tokenizer, result, fp, newest_event(events) or registry.tags(champion.version).get("feedback_until"))
