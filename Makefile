@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test setup setup-gpu bench bench-gpu mlflow-ui clean
+.PHONY: run test setup setup-gpu serve demo bench bench-gpu bench-service mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The HTTP service on the champion (and challenger): /recommend, /feedback, /health, /docs
+serve: $(STAMP)
+	$(BIN)/instructrec serve --profile $(PROFILE)
+
+# The feedback loop end to end in its own home: train on the past, serve, simulated users react, fine-tune, A/B, promote
+DEMO_HOME ?= .instructrec-demo
+demo: $(STAMP)
+	INSTRUCTREC_HOME=$(DEMO_HOME) $(BIN)/instructrec demo --profile $(PROFILE) --rounds 3 --set export.variants=false
+
 # GPU hosts: the CUDA build of torch and the CUDA 13 / cuDNN 9 runtime that onnxruntime-gpu loads
 setup-gpu:
 	$(MAKE) setup TORCH_INDEX_URL=$${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu130}
@@ -46,8 +55,12 @@ bench: $(STAMP)
 bench-gpu: setup-gpu
 	$(BIN)/python bench/scorer.py
 
+# 50 concurrent clients for 60 s against the service (after `make run`): requests/s, p50/p99, no lost feedback
+bench-service: $(STAMP)
+	$(BIN)/python bench/service.py
+
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$${INSTRUCTREC_HOME:-.instructrec}/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
-	rm -rf .instructrec
+	rm -rf .instructrec .instructrec-demo

@@ -133,7 +133,7 @@ def run_demo(profile: Profile, rounds: int, feedback_share: float, seed: int, ov
                          "impressions": dict(stats.impressions), "likes": dict(stats.likes),
                          "like_rate": stats.like_rate(), "like_rate_by_arm": {a: stats.like_rate(a) for a in stats.impressions},
                          "events": stats.events, "failures": stats.failures, "ab_outcome": loop.online_outcome,
-                         "new_challenger": loop.registered, "aliases": registry.aliases(),
+                         "new_challenger": loop.registered, "offline_outcome": loop.offline_outcome, "aliases": registry.aliases(),
                          "offline_ndcg@10": offline_ndcg(cfg, futures, groups)})
             _print_row(rows[-1])
     finally:
@@ -151,8 +151,15 @@ def _print_row(row: dict) -> None:
         arms = ", ".join(f"{a} v{row['serving'][a]} {row['likes'].get(a, 0)}/{n} = {row['like_rate_by_arm'][a]:.4f}"
                          for a, n in row["impressions"].items())
         head += (f": {row['players']} users played, like rate {row['like_rate']:.4f} ({arms}); A/B gate: {row['ab_outcome']};"
-                 f" new challenger: {'v' + row['new_challenger'] if row['new_challenger'] else 'none'}")
+                 f" {_tuned(row)}")
     print(f"{head}\n  offline NDCG@10 on the unseen future, {models}\n  aliases {row['aliases']}", flush=True)
+
+
+def _tuned(row: dict) -> str:
+    if not row["new_challenger"]:
+        return "no new challenger (the A/B test keeps running)"
+    placed = "challenger" if row["aliases"].get("challenger") == row["new_challenger"] else "no alias (offline checks failed)"
+    return f"tuned v{row['new_challenger']}: offline {row['offline_outcome']} -> {placed}"
 
 
 def render(rows: list[dict]) -> str:

@@ -82,7 +82,9 @@ class FeedbackConfig(_Frozen):
     replay_ratio: float = 1.0  # base examples replayed per feedback example
     dislike_weight: float = 0.5
     trigger_events: int = 500  # new stored events that make the service emit the fine-tuning event
-    online_epochs: int = 10  # passes over served-traffic feedback (+ replay) when tuning a challenger
+    online_epochs: int = 3  # passes over served-traffic feedback (+ replay) when tuning a challenger
+    online_lr: float = 1e-4
+    online_replay_ratio: float = 4.0  # base examples replayed per served-traffic feedback example
 
 
 class EvalConfig(_Frozen):
@@ -103,6 +105,7 @@ class OnlineConfig(_Frozen):
     alpha: float = 0.05  # one-sided two-proportion test
     min_prob_better: float = 0.95  # Beta-Binomial P(challenger better), test == "bayesian"
     replace_offline_win: bool = True  # with online evidence the win is decided online; offline no-regression still applies
+    offline_epsilon: float = 0.02  # the no-regression tolerance for an online rollout (traffic is the second guard)
     seed: int = 5
 
 

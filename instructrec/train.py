@@ -78,8 +78,8 @@ def representation_settings(cfg: Config) -> FitSettings:
 
 def feedback_settings(cfg: Config, online: bool = False) -> FitSettings:
     t, f = cfg.train, cfg.feedback
-    epochs = f.online_epochs if online else f.epochs
-    return FitSettings("online_feedback" if online else "feedback", epochs, t.batch_size, f.lr, t.bert_lr / 3,
+    epochs, lr = (f.online_epochs, f.online_lr) if online else (f.epochs, f.lr)
+    return FitSettings("online_feedback" if online else "feedback", epochs, t.batch_size, lr, t.bert_lr / 3,
                        t.weight_decay, t.sampled_negatives, epochs, cfg.model.train_bert, t.device, t.mixed_precision,
                        t.seed + 1, f.dislike_weight, full_softmax=t.full_softmax,
                        history_loss_weight=t.history_loss_weight, select_best=not online)

@@ -34,7 +34,7 @@ from model_registry.serving import load_version
 log = logging.getLogger("instructrec.service")
 FINETUNE_EVENT = "instructrec.feedback.threshold"
 ITEM_KINDS = tuple(k for k in schema.FEEDBACK_KINDS if k != "instruction")
-Kind = Literal["like", "dislike", "more_like_this", "less_like_this", "instruction"]
+Kind = Literal[schema.FEEDBACK_KINDS]  # the feedback suite checks the same set
 REMEMBERED_REQUESTS = 200_000
 
 
@@ -209,7 +209,8 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
         share = cfg.serve.challenger_share if CHALLENGER_ARM in current else 0.0
         arm = assign_arm(req.user_id, cfg.serve.experiment, share)
         rec = current[arm]
-        out = rec.recommend(req.user_id, req.instruction, req.k, exclude=judged.get(req.user_id, ()))
+        seen = tuple(judged.get(req.user_id, ()))  # a copy: feedback may add to the set meanwhile
+        out = rec.recommend(req.user_id, req.instruction, req.k, exclude=seen)
         request_id = uuid.uuid4().hex
         items = [row["item_id"] for row in out["items"]]
         impression_log.append({schema.REQUEST_ID: request_id, schema.USER: req.user_id, schema.ARM: arm,

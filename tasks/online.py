@@ -95,7 +95,7 @@ def finetune_from_champion(cfg: Config, prepared: Prepared, champion: registry.V
     requests = dict(impressions.select(schema.REQUEST_ID, "instruction").iter_rows())
     f = cfg.feedback
     examples, stats = feedback_examples(prepared.split, events, prepared.examples, cfg.data.max_history, f.like_min_rating,
-                                        f.dislike_max_rating, f.replay_ratio, cfg.train.seed, from_ratings=False,
+                                        f.dislike_max_rating, f.online_replay_ratio, cfg.train.seed, from_ratings=False,
                                         requests=requests)
     tracking.log_metrics(run_id, {f"{ONLINE_STAGE}/{k}": v for k, v in stats.as_dict().items()})
     fp = fingerprint(ONLINE_STAGE, champion.version, champion.run_id, cfg.feedback, sorted(events[schema.EVENT_ID]))

@@ -101,7 +101,8 @@ def gate_and_register(cfg: Config, prepared: Prepared, challenger: Trained, eval
         champ = _arm(reports[CHAMPION], champion_ref.version, exported.champion_latency_ms)
         _plot_deltas(run_id, chal, champ, cfg)
     baselines = {name: _arm(reports[name]) for name in BASELINES if name in reports}
-    decision = decide(chal, floor_baseline(baselines, cfg.gate), cfg.gate, champ, exported.parity)
+    policy = cfg.gate.model_copy(update={"epsilon": cfg.gate.online.offline_epsilon}) if online_rollout else cfg.gate
+    decision = decide(chal, floor_baseline(baselines, policy), policy, champ, exported.parity)
 
     version = _log_candidate(cfg, prepared, challenger, exported, snapshot_hash, run_id)
     champion = champion_ref.version if champion_ref else None

@@ -70,8 +70,16 @@ def test_recommend_answers_with_request_id_version_and_arm(client, world):
     assert out["known_user"] and len(out["request_id"]) == 32
     scores = [i["score"] for i in out["items"]]
     assert scores == sorted(scores, reverse=True)
-    logged = read_impressions(world["cfg"].paths.feedback).filter(read_impressions(world["cfg"].paths.feedback)["request_id"] == out["request_id"])
+    impressions = read_impressions(world["cfg"].paths.feedback)
+    logged = impressions.filter(impressions["request_id"] == out["request_id"])
     assert logged["items"].to_list() == [[i["item_id"] for i in out["items"]]] and logged["arm"].to_list() == ["champion"]
+
+
+def test_openapi_schema_documents_the_endpoints_and_their_limits(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/recommend", "/feedback", "/health"} <= set(spec["paths"])
+    k = spec["components"]["schemas"]["RecommendRequest"]["properties"]["k"]
+    assert (k["minimum"], k["maximum"]) == (1, 100)
 
 
 def test_an_unknown_user_gets_a_cold_start_answer(client):
