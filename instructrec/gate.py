@@ -82,8 +82,8 @@ class Decision:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=float)
 
-    def summary(self) -> str:
-        verdict = {"promote": "PROMOTED", "reject": "REJECTED", "insufficient_data": "INSUFFICIENT DATA"}[self.outcome]
+    def summary(self, verdict: str | None = None) -> str:
+        verdict = verdict or {"promote": "PROMOTED", "reject": "REJECTED", "insufficient_data": "INSUFFICIENT DATA"}[self.outcome]
         return f"Gate: {verdict}. " + " ".join(f"[{'ok' if c.passed else 'FAIL'}] {c.detail}." for c in self.checks)
 
 

@@ -107,13 +107,15 @@ def gate_and_register(cfg: Config, prepared: Prepared, challenger: Trained, eval
     version = _log_candidate(cfg, prepared, challenger, exported, snapshot_hash, run_id)
     champion = champion_ref.version if champion_ref else None
     placed = _place(decision, version, champion, online_rollout, cfg.paths.home / "registry.lock")
-    tags = {"gate_outcome": decision.outcome, "snapshot_hash": snapshot_hash, "run_id": run_id, "profile": cfg.profile,
+    outcome = "challenger" if placed else decision.outcome  # a challenger waits for the online A/B test
+    tags = {"gate_outcome": outcome, "snapshot_hash": snapshot_hash, "run_id": run_id, "profile": cfg.profile,
             "evaluated_against": champion or "none", "feedback_until": challenger.feedback_until or "", **placed}
-    summary = decision.summary() + (" Offline checks passed: A/B test against the champion pending." if placed else "")
+    summary = decision.summary("CHALLENGER (offline checks passed; the A/B test against the champion decides)"
+                               if placed else None)
     registry.describe(version, summary, tags)
     tracking.log_json(run_id, {**decision.to_dict(), "version": version}, "gate/decision.json")
-    tracking.log_metrics(run_id, {"gate/promoted": float(decision.promote)})
-    mlflow.MlflowClient().set_tag(run_id, "gate_outcome", decision.outcome)
+    tracking.log_metrics(run_id, {"gate/promoted": float(decision.promote and not online_rollout)})
+    mlflow.MlflowClient().set_tag(run_id, "gate_outcome", outcome)
     current = registry.aliases()
-    logger.info("gate: %s -> v%s; aliases now %s", decision.outcome, version, current)
+    logger.info("gate: %s -> v%s; aliases now %s", outcome, version, current)
     return GateResult(decision, version, current)
