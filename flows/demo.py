@@ -7,7 +7,6 @@ service hot-reloads -> next round. Prints like rate and offline NDCG@10 per roun
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -161,6 +160,3 @@ def _tuned(row: dict) -> str:
     placed = "challenger" if row["aliases"].get("challenger") == row["new_challenger"] else "no alias (offline checks failed)"
     return f"tuned v{row['new_challenger']}: offline {row['offline_outcome']} -> {placed}"
 
-
-def render(rows: list[dict]) -> str:
-    return json.dumps(rows, indent=2, default=str)

@@ -14,7 +14,7 @@ from instructrec.config import Profile, load_config
 from model_registry import registry
 from model_registry.serving import NoChampion
 from tasks import tracking
-from tasks.data import ingest, prepare_data, validate
+from tasks.data import ingest_validate_prepare
 from tasks.evaluation import evaluate_models, export_challenger
 from tasks.online import online_gate, new_feedback, finetune_from_champion
 from tasks.promotion import gate_and_register
@@ -54,18 +54,14 @@ def feedback_loop(profile: Profile = "cpu", data: str | None = None, force: bool
         champion = registry.get_alias(registry.CHAMPION)
         if champion is None:
             raise NoChampion("no champion to tune; run the training pipeline first")
-        summary.new_events = new_feedback(cfg, champion).height
+        events, until = new_feedback(cfg, champion)
+        summary.new_events = events.height
         if summary.new_events < cfg.feedback.trigger_events and not force:
             summary.aliases = registry.aliases()
             return summary
-        with tracking.timed(run_id, "ingest"):
-            snap = ingest(cfg)
-        with tracking.timed(run_id, "validate"):
-            tables = validate(cfg, snap, run_id)
-        with tracking.timed(run_id, "prepare"):
-            prepared = prepare_data(cfg, tables, snap, run_id)
+        snap, prepared = ingest_validate_prepare(cfg, run_id)
         with tracking.timed(run_id, "finetune_online_feedback"):
-            tuned = finetune_from_champion(cfg, prepared, champion, run_id)
+            tuned = finetune_from_champion(cfg, prepared, champion, events, until, run_id)
         with tracking.timed(run_id, "evaluate"):
             evaluations = evaluate_models(cfg, prepared, tuned, None, run_id)
         with tracking.timed(run_id, "export_onnx"):

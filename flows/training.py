@@ -6,7 +6,7 @@ from prefect import flow
 
 from instructrec.config import Profile, load_config
 from tasks import tracking
-from tasks.data import ingest, prepare_data, validate
+from tasks.data import ingest_validate_prepare
 from tasks.evaluation import evaluate_models, export_challenger
 from tasks.promotion import gate_and_register
 from tasks.summary import PipelineSummary, summarise
@@ -19,13 +19,7 @@ def training_pipeline(profile: Profile = "cpu", data: str | None = None, overrid
     cfg = load_config(profile, data=data, overrides=overrides)
     tags = {"profile": cfg.profile, "source": cfg.data.source}
     with tracking.pipeline_run(cfg, f"train-{cfg.profile}", tags) as run_id:
-        with tracking.timed(run_id, "ingest"):
-            snap = ingest(cfg)
-        tracking.log_json(run_id, {"snapshot": snap.hash, "origin": snap.origin, "new": snap.created}, "data/snapshot.json")
-        with tracking.timed(run_id, "validate"):
-            tables = validate(cfg, snap, run_id)
-        with tracking.timed(run_id, "prepare"):
-            prepared = prepare_data(cfg, tables, snap, run_id)
+        snap, prepared = ingest_validate_prepare(cfg, run_id)
         with tracking.timed(run_id, "train_sasrec"):
             sasrec = train_baseline(cfg, prepared, snap.hash, run_id)
         with tracking.timed(run_id, "train_representation"):

@@ -20,13 +20,14 @@ from pathlib import Path
 
 
 class EventLog:
-    def __init__(self, directory: Path, prefix: str, key: str | None = None):
+    def __init__(self, directory: Path, prefix: str, key: str | None = None, seen: set[str] | None = None):
+        """seen: keys already stored (default: read from this log's segments)."""
         self.directory, self.prefix, self.key = directory, prefix, key
         self._lock = threading.Lock()
         self._fh = None
         self._seen: set[str] = set()
         if key is not None:
-            self._seen = {str(row[key]) for row in self.read() if row.get(key) is not None}
+            self._seen = seen if seen is not None else {str(r[key]) for r in self.read() if r.get(key) is not None}
 
     def _segment(self):
         if self._fh is None:

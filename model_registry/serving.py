@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-import polars as pl
-
 from instructrec.config import Config
 from instructrec.recommend import BUNDLE_MANIFEST, Recommender
-from instructrec.snapshot import TABLE_FILES
+from instructrec.snapshot import load_snapshot, read_table
 from model_registry import registry
 
 
@@ -24,21 +20,13 @@ def load_version(cfg: Config, ref: registry.VersionRef) -> Recommender:
         registry.download_serving(ref, local)
     bundle = local / registry.SERVING_ARTIFACT
     manifest = json.loads((bundle / BUNDLE_MANIFEST).read_text())
-    interactions = pl.read_parquet(snapshot_tables(cfg, manifest["snapshot_hash"]) / TABLE_FILES["interactions"])
+    snapshot = load_snapshot(cfg.paths.snapshots / manifest["snapshot_hash"][:16])
+    interactions = read_table(snapshot, "interactions")
     return Recommender.load(local / "onnx" / "model.onnx", bundle, interactions, ref.version)
 
 
-def snapshot_tables(cfg: Config, snapshot_hash: str) -> Path:
-    return cfg.paths.snapshots / snapshot_hash[:16] / "tables"
-
-
-def load_alias(cfg: Config, alias: str) -> Recommender | None:
-    ref = registry.get_alias(alias)
-    return load_version(cfg, ref) if ref else None
-
-
 def load_champion(cfg: Config) -> Recommender:
-    rec = load_alias(cfg, registry.CHAMPION)
-    if rec is None:
+    ref = registry.get_alias(registry.CHAMPION)
+    if ref is None:
         raise NoChampion("no champion model yet; run `instructrec pipeline` (or `make run`) first")
-    return rec
+    return load_version(cfg, ref)

@@ -160,7 +160,8 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
                poll: bool = True) -> FastAPI:
     RecommendRequest, FeedbackRequest = _models(cfg)
     slots = slots or ModelSlots(cfg)
-    feedback_log = EventLog(cfg.paths.feedback, FEEDBACK_LOG, key=schema.EVENT_ID)
+    store = read_store(cfg.paths.feedback)  # batch files too: a retried event id is refused wherever it is stored
+    feedback_log = EventLog(cfg.paths.feedback, FEEDBACK_LOG, key=schema.EVENT_ID, seen=set(store[schema.EVENT_ID]))
     impression_log = EventLog(cfg.paths.feedback, IMPRESSION_LOG)
     requests: OrderedDict[str, Served] = OrderedDict()
     judged: defaultdict[str, set[str]] = defaultdict(set)  # user -> items they reacted to (not shown again)
@@ -176,7 +177,6 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
     for row in iter_records(cfg.paths.feedback, IMPRESSION_LOG):  # a restarted service still knows its requests
         remember(row[schema.REQUEST_ID], Served(row[schema.USER], row[schema.ARM], row[schema.MODEL_VERSION],
                                                 frozenset(row["items"])))
-    store = read_store(cfg.paths.feedback)
     for user, item in store.filter(pl.col(schema.ITEM).is_not_null()).select(schema.USER, schema.ITEM).iter_rows():
         judged[user].add(item)
 

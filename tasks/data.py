@@ -93,4 +93,16 @@ def _log_dataset_input(run_id: str, interactions: pl.DataFrame, snap: Snapshot) 
         mlflow.log_input(dataset, context="training")
 
 
-__all__ = ["ingest", "validate", "prepare_data", "DataValidationError"]
+def ingest_validate_prepare(cfg: Config, run_id: str) -> tuple[Snapshot, Prepared]:
+    """The data stages every training flow starts with, each timed in the flow's MLflow run."""
+    with tracking.timed(run_id, "ingest"):
+        snap = ingest(cfg)
+    tracking.log_json(run_id, {"snapshot": snap.hash, "origin": snap.origin, "new": snap.created}, "data/snapshot.json")
+    with tracking.timed(run_id, "validate"):
+        tables = validate(cfg, snap, run_id)
+    with tracking.timed(run_id, "prepare"):
+        prepared = prepare_data(cfg, tables, snap, run_id)
+    return snap, prepared
+
+
+__all__ = ["ingest", "validate", "prepare_data", "ingest_validate_prepare", "DataValidationError"]

@@ -74,23 +74,24 @@ def online_gate(cfg: Config, run_id: str) -> OnlineGateResult:
     return OnlineGateResult(decision.outcome, champ.version, chal.version, decision)
 
 
-def new_feedback(cfg: Config, champion: registry.VersionRef) -> pl.DataFrame:
-    """Stored events newer than the newest one the champion was tuned on."""
+def new_feedback(cfg: Config, champion: registry.VersionRef) -> tuple[pl.DataFrame, str | None]:
+    """(stored events newer than the newest one the champion was tuned on, that timestamp)."""
     store = read_store(cfg.paths.feedback)
-    until = registry.tags(champion.version).get("feedback_until")
-    return store.filter(pl.col(schema.TIMESTAMP) > datetime.fromisoformat(until)) if until else store
+    until = registry.tags(champion.version).get("feedback_until") or None
+    return (store.filter(pl.col(schema.TIMESTAMP) > datetime.fromisoformat(until)) if until else store), until
 
 
 @task(name="finetune-online-feedback", cache_policy=NO_CACHE)
-def finetune_from_champion(cfg: Config, prepared: Prepared, champion: registry.VersionRef, run_id: str) -> Trained:
-    """Start from the champion's weights; tune on the feedback gathered since it was trained, plus replay."""
+def finetune_from_champion(cfg: Config, prepared: Prepared, champion: registry.VersionRef, events: pl.DataFrame,
+                           until: str | None, run_id: str) -> Trained:
+    """Start from the champion's weights; tune on `events` (the feedback gathered since it was tuned, up to
+    `until`), plus replay."""
     logger = get_run_logger()
     local = registry.download_checkpoint(champion, tracking.scratch_dir("champion"))
     model, tokenizer, item_ids = load_scorer(local, cfg.train.device)
     if item_ids != prepared.catalogue.item_ids:
         raise ValueError(f"champion v{champion.version} was trained on another catalogue than the current data; "
                          "run the training pipeline instead of fine-tuning")
-    events = new_feedback(cfg, champion)
     impressions = read_impressions(cfg.paths.feedback).filter(pl.col("instruction").is_not_null())
     requests = dict(impressions.select(schema.REQUEST_ID, "instruction").iter_rows())
     f = cfg.feedback
@@ -105,4 +106,4 @@ def finetune_from_champion(cfg: Config, prepared: Prepared, champion: registry.V
     logger.info("tuned v%s on %d new events (%s): validation NDCG@10 %.4f -> %.4f", champion.version, events.height,
                 stats.as_dict(), result.history[0]["val_ndcg@10"], result.best_metric)
     _summarise(run_id, ONLINE_STAGE, result, epochs)
-    return Trained(model, tokenizer, result, fp, newest_event(events) or registry.tags(champion.version).get("feedback_until"))
+    return Trained(model, tokenizer, result, fp, newest_event(events) or until)

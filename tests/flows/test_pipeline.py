@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 import mlflow
 import polars as pl
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.cli import main
 from flows.training import training_pipeline
@@ -16,24 +15,15 @@ from instructrec.errors import DataValidationError
 from instructrec.feedback import append_events
 from model_registry import registry
 from tests.conftest import write_dataset
+from tests.flows.conftest import isolated_home
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two pipeline runs on the same data, with feedback arriving in between."""
-    root = tmp_path_factory.mktemp("flow")
-    home, data = root / "home", write_dataset(root / "data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("INSTRUCTREC_HOME", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with isolated_home(tmp_path_factory.mktemp("flow")) as (home, data, mp):
         first = training_pipeline(profile="tiny", data=str(data))
         append_events(home / "feedback", pl.DataFrame({
             "user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i8", None], "kind": ["like", "dislike", "instruction"],

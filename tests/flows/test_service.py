@@ -7,7 +7,6 @@ import uuid
 
 import pytest
 from fastapi.testclient import TestClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.feedback import feedback_loop
 from flows.training import training_pipeline
@@ -15,25 +14,15 @@ from instructrec.config import load_config
 from instructrec.feedback import read_impressions, read_store
 from model_registry import registry
 from service.app import FinetuneTrigger, create_app
-from tests.conftest import write_dataset
+from tests.flows.conftest import isolated_home
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Two registered versions of the tiny model on the synthetic data; v1 is champion."""
-    root = tmp_path_factory.mktemp("service")
-    home, data = root / "home", write_dataset(root / "data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("INSTRUCTREC_HOME", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with isolated_home(tmp_path_factory.mktemp("service")) as (home, data, mp):
         training_pipeline(profile="tiny", data=str(data))
         training_pipeline(profile="tiny", data=str(data))
         c = registry.client()
@@ -45,10 +34,8 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(world):
-    emitted: list[int] = []
-    app = create_app(world["cfg"], emit=emitted.append, poll=False)
+    app = create_app(world["cfg"], emit=lambda n: None, poll=False)  # no Prefect server here: events go nowhere
     with TestClient(app) as c:
-        c.emitted = emitted
         yield c
 
 
