@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test setup setup-gpu serve demo bench bench-gpu bench-service mlflow-ui clean
+.PHONY: run test setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo bench bench-gpu bench-service mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,18 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/instructrec pipeline --profile $(PROFILE) $(if $(DATA),--data $(DATA))
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
+
+# Debian packages the tests drive for real: headless Chromium + ChromeDriver (UI review), PostgreSQL (MLflow store)
+SYSTEM_PACKAGES := chromium chromium-driver postgresql
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; \
+	then echo "system packages present: $(SYSTEM_PACKAGES)"; \
+	else echo "installing $(SYSTEM_PACKAGES) (apt)"; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null \
+	  || { $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null; }; fi
 
 # The HTTP service on the champion (and challenger): /recommend, /feedback, /health, /docs
 serve: $(STAMP)
@@ -58,6 +68,17 @@ bench-gpu: setup-gpu
 # 50 concurrent clients for 60 s against the service (after `make run`): requests/s, p50/p99, no lost feedback
 bench-service: $(STAMP)
 	$(BIN)/python bench/service.py
+
+# Prefect server + worker + MLflow server, every deployment of prefect.yaml (schedules, triggers), the failure
+# automation; MLFLOW_BACKEND=postgres puts MLflow on a local PostgreSQL server. Stopped by recorded pid.
+serve-stack: $(STAMP) system-deps
+	$(BIN)/instructrec stack up
+
+stop-stack: $(STAMP)
+	$(BIN)/instructrec stack down
+
+stack-status: $(STAMP)
+	$(BIN)/instructrec stack status
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$${INSTRUCTREC_HOME:-.instructrec}/mlflow.db --host 127.0.0.1 --port 5000

@@ -143,6 +143,29 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack(args: argparse.Namespace) -> int:
+    from flows.stack import Stack, StackError
+
+    overrides = parse_overrides(args.set)
+    if args.backend:
+        overrides.setdefault("stack", {})["backend"] = args.backend
+    stack = Stack(load_config("cpu", overrides=overrides))
+    if args.action == "down":
+        print("stopped:", ", ".join(stack.down()) or "nothing was running")
+        return 0
+    if args.action == "up":
+        try:
+            stack.up()
+        except StackError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    e = stack.endpoints
+    print(f"Prefect UI   {e.prefect_ui}\nPrefect API  {e.prefect_api}\nMLflow UI    {e.mlflow}  (store {e.backend_store})")
+    print("running:", ", ".join(f"{n} (pid {p})" for n, p in stack.running().items()) or "nothing")
+    print(f"use it from a shell: source {stack.dir / 'env'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instructrec", description="Instruction-following recommender pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     d.set_defaults(run=_demo)
+    st = sub.add_parser("stack", help="local Prefect server + worker + MLflow server, deployments from prefect.yaml")
+    st.add_argument("action", choices=["up", "down", "status"])
+    st.add_argument("--backend", choices=["sqlite", "postgres"], default=None,
+                    help="MLflow's store (default: stack.backend, or env MLFLOW_BACKEND)")
+    st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="e.g. --set stack.prefect_port=4201 --set stack.mlflow_port=5001")
+    st.set_defaults(run=_stack)
     return parser
 
 

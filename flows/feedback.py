@@ -56,7 +56,7 @@ def feedback_loop(profile: Profile = "cpu", data: str | None = None, force: bool
             raise NoChampion("no champion to tune; run the training pipeline first")
         events, until = new_feedback(cfg, champion)
         summary.new_events = events.height
-        if summary.new_events < cfg.feedback.trigger_events and not force:
+        if summary.new_events == 0 or (summary.new_events < cfg.feedback.trigger_events and not force):
             summary.aliases = registry.aliases()
             return summary
         snap, prepared = ingest_validate_prepare(cfg, run_id)

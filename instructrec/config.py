@@ -138,6 +138,16 @@ class ServeConfig(_Frozen):
     max_user_id_chars: int = 64
 
 
+class StackConfig(_Frozen):
+    """The local operations stack (`instructrec stack up`): Prefect server + worker, MLflow server."""
+
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    postgres_port: int = 5433
+    backend: Literal["sqlite", "postgres"] = "sqlite"  # MLflow's store; env MLFLOW_BACKEND
+    work_pool: str = "instructrec-pool"  # the pool every deployment in prefect.yaml names
+
+
 class ExportConfig(_Frozen):
     variants: bool = True  # build fused / int8 / fp16 graphs beside the plain fp32 export
     max_relative_loss: float = 0.01  # a variant losing more validation NDCG@10 than this never serves
@@ -185,6 +195,7 @@ class Config(_Frozen):
     gate: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()
     serve: ServeConfig = ServeConfig()
+    stack: StackConfig = StackConfig()
     experiment: str = "instructrec"
     progress: bool = True
 
@@ -243,6 +254,8 @@ def load_config(
     raw = _merge(_PROFILES[profile], overrides or {})
     if data:
         raw = _merge(raw, {"data": {"source": data}})
+    if env.get("MLFLOW_BACKEND"):
+        raw = _merge(raw, {"stack": {"backend": env["MLFLOW_BACKEND"]}})
     return Config(profile=profile, paths=PathsConfig(home=home, tracking_uri=tracking_uri), **raw)
 
 

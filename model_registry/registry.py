@@ -113,8 +113,18 @@ def mark_challenger(version: str, name: str = MODEL_NAME) -> None:
     client().set_registered_model_alias(name, CHALLENGER, version)
 
 
+MODEL_DESCRIPTION = (
+    "InstructRec scorer: a BERT encoder scores every catalogue item against a natural-language instruction "
+    "(the user's preference and intention). Each version is the ONNX graph of one pipeline run, with its "
+    "PyTorch checkpoint and serving bundle in the run's artifacts. Aliases: `champion` serves; `challenger` "
+    "gets an A/B share of traffic; `previous-champion` is the rollback target. Each version's description "
+    "gives its gate decision, check by check.")
+
+
 def describe(version: str, text: str, tags: dict[str, str], name: str = MODEL_NAME) -> None:
     c = client()
+    if not c.get_registered_model(name).description:
+        c.update_registered_model(name, description=MODEL_DESCRIPTION)
     c.update_model_version(name, version, description=text)
     for key, value in tags.items():
         c.set_model_version_tag(name, version, key, value)

@@ -8,7 +8,6 @@ or mixes a request. Every served list and every feedback event is on disk
 """
 
 import logging
-import os
 import threading
 import uuid
 from collections import OrderedDict, defaultdict
@@ -30,9 +29,9 @@ from instructrec.feedback import FEEDBACK_LOG, IMPRESSION_LOG, read_store
 from instructrec.recommend import Recommender
 from model_registry import registry
 from model_registry.serving import load_version
+from tasks import events
 
 log = logging.getLogger("instructrec.service")
-FINETUNE_EVENT = "instructrec.feedback.threshold"
 ITEM_KINDS = tuple(k for k in schema.FEEDBACK_KINDS if k != "instruction")
 Kind = Literal[schema.FEEDBACK_KINDS]  # the feedback suite checks the same set
 REMEMBERED_REQUESTS = 200_000
@@ -99,7 +98,7 @@ class Served:
 class FinetuneTrigger:
     """Emits the fine-tuning event each time `threshold` new events have been stored."""
 
-    def __init__(self, threshold: int, emit: Callable[[int], None]):
+    def __init__(self, threshold: int, emit: Callable[[int], object]):
         self.threshold, self.emit, self.pending = threshold, emit, 0
         self._lock = threading.Lock()
 
@@ -110,18 +109,6 @@ class FinetuneTrigger:
                 return
             n, self.pending = self.pending, 0
         threading.Thread(target=self.emit, args=(n,), daemon=True).start()
-
-
-def emit_prefect_event(n: int) -> None:
-    """A Prefect event that the fine-tuning deployment's trigger listens for (needs a Prefect server)."""
-    if not os.environ.get("PREFECT_API_URL"):
-        log.info("%d new feedback events; no PREFECT_API_URL, so no event emitted (run the fine-tuning flow on demand)", n)
-        return
-    from prefect.events import emit_event
-
-    emit_event(event=FINETUNE_EVENT, resource={"prefect.resource.id": "instructrec.feedback-store"},
-               payload={"new_events": n})
-    log.info("emitted %s (%d new feedback events)", FINETUNE_EVENT, n)
 
 
 def _models(cfg: Config):
@@ -156,8 +143,10 @@ def _models(cfg: Config):
     return RecommendRequest, FeedbackRequest
 
 
-def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int], None] = emit_prefect_event,
+def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int], object] | None = None,
                poll: bool = True) -> FastAPI:
+    """emit(n): called every feedback.trigger_events stored events (default: the Prefect event prefect.yaml's
+    fine-tuning trigger listens for)."""
     RecommendRequest, FeedbackRequest = _models(cfg)
     slots = slots or ModelSlots(cfg)
     store = read_store(cfg.paths.feedback)  # batch files too: a retried event id is refused wherever it is stored
@@ -165,7 +154,7 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
     impression_log = EventLog(cfg.paths.feedback, IMPRESSION_LOG)
     requests: OrderedDict[str, Served] = OrderedDict()
     judged: defaultdict[str, set[str]] = defaultdict(set)  # user -> items they reacted to (not shown again)
-    trigger = FinetuneTrigger(cfg.feedback.trigger_events, emit)
+    trigger = FinetuneTrigger(cfg.feedback.trigger_events, emit or (lambda n: events.feedback_threshold(n, cfg.profile)))
     requests_lock = threading.Lock()
 
     def remember(request_id: str, served: Served) -> None:

@@ -29,7 +29,7 @@ def ingest(cfg: Config) -> Snapshot:
     return snap
 
 
-@task(name="validate", cache_policy=NO_CACHE)
+@task(name="validate", task_run_name="validate-{snap.short}", cache_policy=NO_CACHE)
 def validate(cfg: Config, snap: Snapshot, run_id: str) -> Tables:
     """Read the snapshot and run the expectation suites; raise before training on failure.
 
@@ -66,7 +66,7 @@ def validate(cfg: Config, snap: Snapshot, run_id: str) -> Tables:
     return tables
 
 
-@task(name="prepare", cache_policy=NO_CACHE)
+@task(name="prepare", task_run_name="prepare-{snap.short}", cache_policy=NO_CACHE)
 def prepare_data(cfg: Config, tables: Tables, snap: Snapshot, run_id: str) -> Prepared:
     """Split, instructions and evaluation cases; lineage goes to MLflow."""
     prepared = prepare(cfg, tables.interactions.drop(schema.ROW), tables.items.drop(schema.ROW), tables.item_noun)
@@ -97,6 +97,7 @@ def ingest_validate_prepare(cfg: Config, run_id: str) -> tuple[Snapshot, Prepare
     """The data stages every training flow starts with, each timed in the flow's MLflow run."""
     with tracking.timed(run_id, "ingest"):
         snap = ingest(cfg)
+    tracking.name_runs(run_id, snap.short)
     tracking.log_json(run_id, {"snapshot": snap.hash, "origin": snap.origin, "new": snap.created}, "data/snapshot.json")
     with tracking.timed(run_id, "validate"):
         tables = validate(cfg, snap, run_id)

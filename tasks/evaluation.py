@@ -97,11 +97,44 @@ def _plot(reports: dict[str, EvalReport], run_id: str) -> None:
         ax2.bar(x2, [reports[name].slices[s]["ndcg@10"] for s in slices], width, label=name)
     ax1.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types)
     ax1.set(title="Test NDCG@10 (full ranking) by instruction type")
+    ax1.tick_params(axis="x", labelrotation=45, labelsize=7)
     ax2.set_xticks(np.arange(len(slices)) + 0.4 - width / 2, slices)
     ax2.set(title="Test NDCG@10 by slice")
     ax1.legend()
     fig.tight_layout()
     tracking.log_figure(run_id, fig, "evaluation/ndcg_by_type_and_slice.png")
+    plt.close(fig)
+
+
+def _plot_metrics(reports: dict[str, EvalReport], run_id: str) -> None:
+    """Every model side by side on every headline metric (overall, test split)."""
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    width = 0.8 / len(reports)
+    for i, (name, rep) in enumerate(reports.items()):
+        ax.bar(np.arange(len(TABLE_COLUMNS)) + i * width, [rep.overall[c] for c in TABLE_COLUMNS], width, label=name)
+    ax.set_xticks(np.arange(len(TABLE_COLUMNS)) + 0.4 - width / 2, TABLE_COLUMNS)
+    ax.set(title="Test metrics, overall: challenger vs champion vs baselines")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tracking.log_figure(run_id, fig, "evaluation/metrics_by_model.png")
+    plt.close(fig)
+
+
+def _plot_scores(scorers: dict[str, Scorer], case, run_id: str, rows: int = 256) -> None:
+    """Score histograms: the held-out target item against every other item (separation is what ranks)."""
+    texts, hist, target = case.texts[:rows], case.history[:rows], case.target[:rows]
+    fig, axes = plt.subplots(1, len(scorers), figsize=(5 * len(scorers), 3.5), squeeze=False)
+    for ax, (name, scorer) in zip(axes[0], scorers.items()):
+        scores = _batched(scorer, texts, hist)
+        hit = np.zeros_like(scores, dtype=bool)
+        hit[np.arange(len(target)), target] = True
+        known = np.isfinite(scores)  # items a mapped champion never saw score -inf
+        ax.hist(scores[~hit & known], bins=60, density=True, alpha=0.6, label="other items")
+        ax.hist(scores[hit & known], bins=30, density=True, alpha=0.6, label="held-out target")
+        ax.set(title=f"{name}: scores, {case.type} test", xlabel="score", ylabel="density")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tracking.log_figure(run_id, fig, "evaluation/score_histograms.png")
     plt.close(fig)
 
 
@@ -154,11 +187,12 @@ def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, sasrec
     logger = get_run_logger()
     ids = prepared.catalogue.item_ids
     args = (prepared.test_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share)
-    reports = {CHALLENGER: evaluate(TorchScorer(CHALLENGER, challenger.model, challenger.tokenizer, ids, ids,
-                                                cfg.train.device), *args)}
+    scorers = {CHALLENGER: TorchScorer(CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device)}
     champion = registry.get_alias(registry.CHAMPION)
     if champion is not None:
-        reports[CHAMPION] = evaluate(champion_scorer(cfg, champion, ids, logger), *args)
+        scorers[CHAMPION] = champion_scorer(cfg, champion, ids, logger)
+    reports = {name: evaluate(scorer, *args) for name, scorer in scorers.items()}
+    _plot_scores(scorers, prepared.test_cases[HEADLINE], run_id)
     reports[POPULARITY] = evaluate(PopularityScorer(prepared.split.popularity), *args)
     if sasrec is not None:
         reports[SASREC] = evaluate(SASRecScorer(sasrec), *args)
@@ -172,6 +206,7 @@ def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, sasrec
     tracking.log_text(run_id, markdown_table(reports), "evaluation/table.md")
     tracking.log_json(run_id, {n: r.to_dict() for n, r in reports.items()}, "evaluation/report.json")
     _plot(reports, run_id)
+    _plot_metrics(reports, run_id)
     return Evaluations(reports, champion)
 
 

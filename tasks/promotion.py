@@ -24,7 +24,7 @@ from instructrec.optimize import FP32  # noqa: E402
 from instructrec.prepare import Prepared  # noqa: E402
 from instructrec.recommend import write_bundle  # noqa: E402
 from model_registry import registry  # noqa: E402
-from tasks import tracking  # noqa: E402
+from tasks import events, tracking  # noqa: E402
 from tasks.evaluation import BASELINES, CHALLENGER, CHAMPION, Evaluations, Exported  # noqa: E402
 from tasks.training import Trained  # noqa: E402
 
@@ -76,12 +76,13 @@ def _log_candidate(cfg: Config, prepared: Prepared, challenger: Trained, exporte
     return str(info.registered_model_version)
 
 
-def _place(decision: Decision, version: str, champion: str | None, online_rollout: bool, lock_file: Path) -> dict[str, str]:
+def _place(decision: Decision, version: str, champion: str | None, online_rollout: bool, cfg: Config) -> dict[str, str]:
     """Move aliases for an offline decision: promote on a full pass (never in an online rollout); a candidate
     that fails only the offline "win" check, or any passing candidate of an online rollout, becomes the
     `challenger` and gets its traffic share until the online gate decides; anything else gets no alias."""
     if decision.promote and not online_rollout:
-        registry.promote(version, champion, lock_file)
+        registry.promote(version, champion, cfg.paths.home / "registry.lock")
+        events.champion_promoted(version, champion, cfg.profile)
         return {}
     if champion is not None and decision.passed(ignore=("win",)):
         registry.mark_challenger(version)
@@ -106,7 +107,7 @@ def gate_and_register(cfg: Config, prepared: Prepared, challenger: Trained, eval
 
     version = _log_candidate(cfg, prepared, challenger, exported, snapshot_hash, run_id)
     champion = champion_ref.version if champion_ref else None
-    placed = _place(decision, version, champion, online_rollout, cfg.paths.home / "registry.lock")
+    placed = _place(decision, version, champion, online_rollout, cfg)
     outcome = "challenger" if placed else decision.outcome  # a challenger waits for the online A/B test
     tags = {"gate_outcome": outcome, "snapshot_hash": snapshot_hash, "run_id": run_id, "profile": cfg.profile,
             "evaluated_against": champion or "none", "feedback_until": challenger.feedback_until or "", **placed}

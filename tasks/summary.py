@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from instructrec.config import Config
 from instructrec.snapshot import Snapshot
+from tasks import tracking
 from tasks.evaluation import Evaluations, Exported
 from tasks.promotion import GateResult
 
@@ -47,5 +48,7 @@ def summarise(cfg: Config, run_id: str, snap: Snapshot, evaluations: Evaluations
     for name, rep in evaluations.reports.items():
         metrics[name] = {t: {k: v[k] for k in TABLE_METRICS} for t, v in rep.by_type.items()}
         metrics[name]["overall"] = {k: rep.overall[k] for k in TABLE_METRICS}
-    return PipelineSummary(run_id, snap.short, gate.version, gate.decision.outcome, gate.aliases, metrics,
-                           str(exported.path), exported.provider, cfg.paths.tracking_uri, gate.decision.reasons)
+    summary = PipelineSummary(run_id, snap.short, gate.version, gate.decision.outcome, gate.aliases, metrics,
+                              str(exported.path), exported.provider, cfg.paths.tracking_uri, gate.decision.reasons)
+    tracking.describe_run(run_id, f"```\n{summary.render().strip()}\n```")
+    return summary

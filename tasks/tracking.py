@@ -56,9 +56,10 @@ def pipeline_run(cfg: Config, run_name: str, tags: dict[str, str]) -> Iterator[s
     """Open the flow's MLflow run; close it FINISHED, or FAILED on any exception."""
     experiment_id = configure(cfg)
     client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, **_flow_run_tags()})
     run_id = run.info.run_id
     client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in cfg.flat().items()])
+    log_json(run_id, cfg.model_dump(mode="json"), "config.json")  # the resolved config, whole
     try:
         yield run_id
     except BaseException:
@@ -67,6 +68,32 @@ def pipeline_run(cfg: Config, run_name: str, tags: dict[str, str]) -> Iterator[s
     finally:
         client.log_metric(run_id, LOGGING_TIME, _logging_seconds.pop(run_id, 0.0))
     client.set_terminated(run_id, "FINISHED")
+
+
+def _flow_run_tags() -> dict[str, str]:
+    """Link the MLflow run to the Prefect flow run that made it (none outside a flow)."""
+    from prefect.runtime import flow_run
+
+    return {"prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": flow_run.name} if flow_run.id else {}
+
+
+def name_runs(run_id: str, data_hash: str) -> str:
+    """Once the data is known, both UIs name the run by profile and data hash (e.g. train-cpu-1a2b3c4d)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    name = f"{MlflowClient().get_run(run_id).info.run_name}-{data_hash}"
+    MlflowClient().set_tag(run_id, "mlflow.runName", name)
+    if flow_run.id:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=name)
+    return name
+
+
+@_counted
+def describe_run(run_id: str, markdown: str) -> None:
+    """The run's Description in the MLflow UI (what a reviewer reads first)."""
+    MlflowClient().set_tag(run_id, "mlflow.note.content", markdown)
 
 
 @contextmanager

@@ -36,7 +36,7 @@ def test_batch_inference_deployment_runs_daily():
 def test_feedback_deployment_listens_for_the_service_event_and_checks_hourly():
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
-    from service.app import FINETUNE_EVENT
+    from tasks.events import FEEDBACK_RESOURCE, FINETUNE_EVENT
 
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     (loop,) = [d for d in spec["deployments"] if d["name"] == "feedback-finetune"]
@@ -44,4 +44,29 @@ def test_feedback_deployment_listens_for_the_service_event_and_checks_hourly():
     assert flow.name == "instructrec-feedback" and set(loop["parameters"]) <= set(flow.parameters.properties)
     (trigger,) = [DeploymentEventTrigger(**t) for t in loop["triggers"]]
     assert trigger.expect == {FINETUNE_EVENT} and set(trigger.parameters) <= set(flow.parameters.properties)
+    assert trigger.match.get("prefect.resource.id") == [FEEDBACK_RESOURCE]
+    assert trigger.parameters["profile"] == "{{ event.payload.profile }}"  # the service's profile, not a default
     assert CronSchedule(cron=loop["schedules"][0]["cron"], timezone="UTC").cron == "0 * * * *"
+
+
+def test_a_new_champion_triggers_batch_inference():
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    from tasks.events import CHAMPION_EVENT, MODEL_RESOURCE
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (batch,) = [d for d in spec["deployments"] if d["name"] == "daily-batch-inference"]
+    (trigger,) = [DeploymentEventTrigger(**t) for t in batch["triggers"]]
+    assert trigger.expect == {CHAMPION_EVENT} and trigger.match.get("prefect.resource.id") == [MODEL_RESOURCE]
+    assert set(trigger.parameters) <= set(load_flow(batch["entrypoint"]).parameters.properties)
+
+
+def test_every_deployment_uses_the_stacks_work_pool_and_the_notification_tag():
+    from instructrec.config import load_config
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    pool = load_config("tiny").stack.work_pool
+    for d in spec["deployments"]:
+        assert d["work_pool"]["name"] == pool, d["name"]
+        assert "instructrec" in d["tags"], d["name"]  # the failure automation matches this tag
+        assert d["concurrency_limit"] == 1, d["name"]

@@ -1,0 +1,238 @@
+"""The operations stack for real: a Prefect server, a process worker and an MLflow server on free local ports,
+every deployment of prefect.yaml, events between them, the failure automation, and both UIs in headless Chromium.
+
+Order matters within this module (one stack, one story): train -> the champion event runs batch inference ->
+the service's feedback event runs fine-tuning -> a failing run notifies -> a reviewer opens the UIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import polars as pl
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.automations import FAILURE_AUTOMATION
+from flows.stack import Stack, StackError, free_port
+from instructrec.config import load_config
+from instructrec.feedback import append_events
+from model_registry import registry
+from tests.flows.conftest import isolated_home
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = Path(os.environ.get("INSTRUCTREC_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "screenshots"
+TRAINING, BATCH, FEEDBACK = ("instructrec-training/weekly-training", "instructrec-batch-inference/daily-batch-inference",
+                             "instructrec-feedback/feedback-finetune")
+
+
+class WebhookListener:
+    """A local endpoint for the failure automation's webhook: the notifications it receives."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                received.append(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/notify"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    hook = WebhookListener()
+    with isolated_home(tmp_path_factory.mktemp("stack")) as (home, data, mp):
+        mp.setenv("INSTRUCTREC_NOTIFY_URL", hook.url)
+        cfg = load_config("tiny", overrides={"stack": {"prefect_port": free_port(), "mlflow_port": free_port()}})
+        ops = Stack(cfg)
+        try:
+            endpoints = ops.up()
+            mp.setenv("MLFLOW_TRACKING_URI", endpoints.mlflow)
+            registry.connect(endpoints.mlflow)
+            with temporary_settings({PREFECT_API_URL: endpoints.prefect_api}):
+                yield SimpleNamespace(ops=ops, endpoints=endpoints, home=home, data=data, hook=hook, runs={})
+        finally:
+            pids = ops.running()
+            ops.down()
+            hook.close()
+            mlflow.set_tracking_uri(None)
+    assert not Stack(cfg).running(), "stack processes outlived `down`"
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def runs_of(deployment: str):
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(deployment)
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+
+def wait_for_final_run(deployment: str, timeout: float = 420):
+    """The first run of `deployment` that reaches a final state (created by a trigger, not by this test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = [r for r in runs_of(deployment) if r.state and r.state.is_final()]
+        if done:
+            return done[0]
+        time.sleep(2)
+    raise AssertionError(f"no finished run of {deployment} within {timeout:.0f} s: {runs_of(deployment)}")
+
+
+def test_stack_is_up_with_every_deployment_and_the_failure_automation(stack):
+    with get_client(sync_client=True) as client:
+        names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
+        assert {TRAINING, BATCH, FEEDBACK} <= names
+        training = client.read_deployment_by_name(TRAINING)
+        assert training.work_pool_name == stack.ops.cfg.stack.work_pool
+        assert training.global_concurrency_limit.limit == 1  # one training at a time
+        assert "instructrec" in training.tags and training.schedules[0].schedule.cron == "0 3 * * 1"
+        assert FAILURE_AUTOMATION in {a.name for a in client.read_automations()}
+    assert set(stack.ops.running()) == {"mlflow", "prefect-server", "worker"}
+
+
+def test_training_deployment_runs_on_the_worker_and_registers_a_champion(stack):
+    run = run_deployment(TRAINING, parameters={"profile": "tiny", "data": str(stack.data)}, timeout=600)
+    assert run.state.is_completed(), run.state
+    assert run.name.startswith("train-tiny-")  # readable: profile and data hash
+    version = registry.get_alias(registry.CHAMPION)
+    assert version is not None and version.version == "1"
+    mlrun = registry.client().get_run(version.run_id)
+    assert mlrun.info.status == "FINISHED" and mlrun.data.params["profile"] == "tiny"
+    assert "test/challenger/ndcg_at_10" in mlrun.data.metrics
+    assert mlrun.data.tags["prefect.flow_run_id"] == str(run.id)
+    stack.runs["training"] = (run, mlrun)
+
+
+def test_new_champion_triggers_batch_inference(stack):
+    run = wait_for_final_run(BATCH)
+    assert run.state.is_completed(), run.state
+    assert run.parameters["profile"] == "tiny"  # from the event's payload
+    (written,) = (stack.home / "batch").glob("top10-v1-*.parquet")
+    table = pl.read_parquet(written)
+    assert {"user_id", "item_id", "rank", "model_version", "generated_at"} <= set(table.columns)
+    assert set(table["model_version"]) == {"1"}
+
+
+def test_feedback_event_from_the_service_runs_the_fine_tuning_deployment(stack):
+    append_events(stack.home / "feedback", pl.DataFrame({
+        "user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i8", "i3"], "kind": ["like", "dislike", "like"],
+        "text": [None] * 3, "model_version": ["1"] * 3, "arm": ["champion"] * 3, "request_id": ["r1", "r2", "r3"],
+        "timestamp": pl.Series([time.time()] * 3).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")}))
+    env = {**os.environ, "PREFECT_API_URL": stack.endpoints.prefect_api}
+    emit = "from tasks.events import feedback_threshold; assert feedback_threshold(500, 'tiny')"
+    subprocess.run([sys.executable, "-c", emit], env=env, cwd=ROOT, check=True, timeout=120)
+    run = wait_for_final_run(FEEDBACK)
+    assert run.state.is_completed(), run.state
+    assert run.parameters == {"force": True, "profile": "tiny"}
+    assert "2" in registry.versions()  # tuned from the champion, judged offline, registered
+    assert registry.tags("2")["evaluated_against"] == "1"
+
+
+def test_a_failed_flow_run_fires_the_notification_automation(stack):
+    run = run_deployment(TRAINING, parameters={"profile": "tiny", "data": str(stack.home / "missing")}, timeout=600)
+    assert run.state.is_failed(), run.state
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not stack.hook.received:
+        time.sleep(1)
+    assert stack.hook.received, "the failure automation did not call its webhook"
+    note = json.loads(stack.hook.received[-1])
+    assert note["flow_run_id"] == str(run.id) and note["state"] == "Failed"
+    assert run.name in note["text"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+    assert binary.exists() and driver.exists(), "Debian chromium + chromium-driver missing: run `make system-deps`"
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(binary)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1500,1000"):
+        options.add_argument(flag)
+    chrome = webdriver.Chrome(service=Service(str(driver)), options=options)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    yield chrome
+    chrome.quit()
+
+
+def page_shows(chrome, url: str, *texts: str, screenshot: str, timeout: float = 60) -> str:
+    """Open `url`, wait until the rendered page shows every text, save a screenshot; the page's text."""
+    chrome.get(url)
+    deadline, body = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        body = chrome.find_element("tag name", "body").text
+        if all(t in body for t in texts):
+            break
+        time.sleep(0.5)
+    chrome.save_screenshot(str(SCREENSHOTS / screenshot))
+    missing = [t for t in texts if t not in body]
+    assert not missing, f"{url} does not show {missing} (screenshot {SCREENSHOTS / screenshot})"
+    return body
+
+
+def test_reviewer_finds_metrics_plots_and_champion_in_mlflow_ui(stack, browser):
+    run, mlrun = stack.runs["training"]
+    base = f"{stack.endpoints.mlflow}/#/experiments/{mlrun.info.experiment_id}/runs/{mlrun.info.run_id}"
+    page_shows(browser, base, mlrun.info.run_name, "InstructRec pipeline finished", "Gate: PROMOTE",
+               "test/challenger/ndcg_at_10", "time_s/ingest", screenshot="mlflow-run.png")
+    page_shows(browser, f"{base}/artifacts/evaluation/ndcg_by_type_and_slice.png", "ndcg_by_type_and_slice.png",
+               screenshot="mlflow-plot.png")
+    images = [i for i in browser.find_elements("tag name", "img") if i.get_attribute("src").startswith("blob:")]
+    assert images and images[0].get_attribute("naturalWidth") not in (None, "0"), "the PNG artifact did not render"
+    page_shows(browser, f"{stack.endpoints.mlflow}/#/models/{registry.MODEL_NAME}", "@ champion", "Gate: PROMOTED",
+               screenshot="mlflow-registry.png")
+
+
+def test_reviewer_finds_the_completed_flow_run_in_prefect_ui(stack, browser):
+    run, _ = stack.runs["training"]
+    page_shows(browser, f"{stack.endpoints.prefect_ui}/runs/flow-run/{run.id}", run.name, "Completed",
+               screenshot="prefect-flow-run.png")
+
+
+def test_a_component_that_cannot_start_is_named_with_its_log_and_nothing_is_left_running(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTRUCTREC_HOME", str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = load_config("tiny", overrides={"stack": {"mlflow_port": taken.getsockname()[1]}})
+        ops = Stack(cfg)
+        with pytest.raises(StackError, match="mlflow"):
+            ops.up(prefect=False)
+    assert ops.down() == [] and not ops.running()
+
+
+def test_events_are_not_sent_without_a_server(monkeypatch):
+    from tasks.events import champion_promoted
+
+    with temporary_settings({PREFECT_API_URL: None}):
+        assert champion_promoted("3", "2", "tiny") is False
