@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from prefect import flow
 
-from instructrec.config import Profile, load_config
+from instructrec.config import Config, Profile, load_config
 from model_registry import registry
 from model_registry.serving import NoChampion
 from tasks import tracking
@@ -46,30 +46,36 @@ def feedback_loop(profile: Profile = "cpu", data: str | None = None, force: bool
     -> offline gate; a passing candidate becomes the challenger and gets its share of traffic."""
     cfg = load_config(profile, data=data or _champion_source(load_config(profile, overrides=overrides)), overrides=overrides)
     with tracking.pipeline_run(cfg, f"feedback-{cfg.profile}", {"profile": cfg.profile, "flow": "feedback"}) as run_id:
-        online = online_gate(cfg, run_id)
-        summary = LoopSummary(run_id, online.outcome, 0, reasons=online.decision.reasons if online.decision else [])
-        if online.outcome == "insufficient_data":  # keep the running test; collect more traffic first
-            summary.aliases = registry.aliases()
-            return summary
-        champion = registry.get_alias(registry.CHAMPION)
-        if champion is None:
-            raise NoChampion("no champion to tune; run the training pipeline first")
-        events, until = new_feedback(cfg, champion)
-        summary.new_events = events.height
-        if summary.new_events == 0 or (summary.new_events < cfg.feedback.trigger_events and not force):
-            summary.aliases = registry.aliases()
-            return summary
-        snap, prepared = ingest_validate_prepare(cfg, run_id)
-        with tracking.timed(run_id, "finetune_online_feedback"):
-            tuned = finetune_from_champion(cfg, prepared, champion, events, until, run_id)
-        with tracking.timed(run_id, "evaluate"):
-            evaluations = evaluate_models(cfg, prepared, tuned, None, run_id)
-        with tracking.timed(run_id, "export_onnx"):
-            exported = export_challenger(cfg, prepared, tuned, evaluations.champion, run_id)
-        with tracking.timed(run_id, "gate"):
-            gate = gate_and_register(cfg, prepared, tuned, evaluations, exported, snap.hash, run_id, online_rollout=True)
-        summary.registered, summary.offline_outcome, summary.aliases = gate.version, gate.decision.outcome, gate.aliases
+        summary = _loop(cfg, run_id, force)
+        tracking.describe_run(run_id, f"```\n{summary.render()}\n```")
         return summary
+
+
+def _loop(cfg: Config, run_id: str, force: bool) -> LoopSummary:
+    online = online_gate(cfg, run_id)
+    summary = LoopSummary(run_id, online.outcome, 0, reasons=online.decision.reasons if online.decision else [])
+    if online.outcome == "insufficient_data":  # keep the running test; collect more traffic first
+        summary.aliases = registry.aliases()
+        return summary
+    champion = registry.get_alias(registry.CHAMPION)
+    if champion is None:
+        raise NoChampion("no champion to tune; run the training pipeline first")
+    events, until = new_feedback(cfg, champion)
+    summary.new_events = events.height
+    if summary.new_events == 0 or (summary.new_events < cfg.feedback.trigger_events and not force):
+        summary.aliases = registry.aliases()
+        return summary
+    snap, prepared = ingest_validate_prepare(cfg, run_id)
+    with tracking.timed(run_id, "finetune_online_feedback"):
+        tuned = finetune_from_champion(cfg, prepared, champion, events, until, run_id)
+    with tracking.timed(run_id, "evaluate"):
+        evaluations = evaluate_models(cfg, prepared, tuned, None, run_id)
+    with tracking.timed(run_id, "export_onnx"):
+        exported = export_challenger(cfg, prepared, tuned, evaluations.champion, run_id)
+    with tracking.timed(run_id, "gate"):
+        gate = gate_and_register(cfg, prepared, tuned, evaluations, exported, snap.hash, run_id, online_rollout=True)
+    summary.registered, summary.offline_outcome, summary.aliases = gate.version, gate.decision.outcome, gate.aliases
+    return summary
 
 
 def _champion_source(cfg) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,17 +17,53 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from instructrec.config import Config
 
+log = logging.getLogger("instructrec.tracking")
 ARTIFACTS_DIR = "mlartifacts"
 LOGGING_TIME = "time_s/mlflow_logging"
 _logging_seconds: dict[str, float] = {}  # run_id -> seconds spent in MLflow writes (for bench/pipeline.py)
 
 
+WRITE_ATTEMPTS, RETRY_DELAY_S = 4, 1.0
+_TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED"}
+
+
+def transient(exc: BaseException) -> bool:
+    """Worth another try: a dropped connection, a timeout, a busy store (SQLite "database is locked", a 5xx)."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return True
+    if isinstance(exc, MlflowException):
+        return exc.error_code in _TRANSIENT_CODES or "database is locked" in str(exc)
+    return "database is locked" in str(exc)
+
+
+def retrying(fn, attempts: int = WRITE_ATTEMPTS, delay: float = RETRY_DELAY_S):
+    """Retry an idempotent MLflow write on transient errors, backing off (1, 2, 4 s); others raise at once."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for attempt in range(attempts):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if attempt == attempts - 1 or not transient(exc):
+                    raise
+                log.warning("%s: %s; retrying in %.0f s", fn.__name__, exc, delay * 2**attempt)
+                time.sleep(delay * 2**attempt)
+
+    return wrapper
+
+
 def _counted(fn):
-    """Charge the wrapped MLflow write to its run's logging time."""
+    """Charge the wrapped MLflow write to its run's logging time; retried on transient errors (every
+    write here is idempotent: same key, same value)."""
+    fn = retrying(fn)
 
     @functools.wraps(fn)
     def wrapper(run_id: str, *args, **kwargs):
@@ -116,7 +153,7 @@ def active(run_id: str) -> Iterator[None]:
 def timed(run_id: str, stage: str) -> Iterator[None]:
     t0 = time.perf_counter()
     yield
-    MlflowClient().log_metric(run_id, f"time_s/{stage}", time.perf_counter() - t0)
+    retrying(MlflowClient().log_metric)(run_id, f"time_s/{stage}", time.perf_counter() - t0)
 
 
 @_counted
