@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -143,7 +144,7 @@ def test_feedback_event_from_the_service_runs_the_fine_tuning_deployment(stack):
     append_events(stack.home / "feedback", pl.DataFrame({
         "user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i8", "i3"], "kind": ["like", "dislike", "like"],
         "text": [None] * 3, "model_version": ["1"] * 3, "arm": ["champion"] * 3, "request_id": ["r1", "r2", "r3"],
-        "timestamp": pl.Series([time.time()] * 3).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")}))
+        "timestamp": [datetime.now(UTC)] * 3}))
     env = {**os.environ, "PREFECT_API_URL": stack.endpoints.prefect_api}
     emit = "from tasks.events import feedback_threshold; assert feedback_threshold(500, 'tiny')"
     subprocess.run([sys.executable, "-c", emit], env=env, cwd=ROOT, check=True, timeout=120)
@@ -151,7 +152,9 @@ def test_feedback_event_from_the_service_runs_the_fine_tuning_deployment(stack):
     assert run.state.is_completed(), run.state
     assert run.parameters == {"force": True, "profile": "tiny"}
     assert "2" in registry.versions()  # tuned from the champion, judged offline, registered
-    assert registry.tags("2")["evaluated_against"] == "1"
+    tags = registry.tags("2")
+    assert tags["evaluated_against"] == "1"
+    assert datetime.fromisoformat(tags["feedback_until"]) > datetime.now(UTC) - timedelta(hours=1)  # tuned on these
 
 
 def test_a_failed_flow_run_fires_the_notification_automation(stack):
