@@ -122,6 +122,8 @@ class Stack:
             mlflow=f"http://127.0.0.1:{s.mlflow_port}",
             backend_store=(LocalPostgres(self.dir, s.postgres_port).uri if s.backend == "postgres"
                            else f"sqlite:///{cfg.paths.home / 'mlflow.db'}"))
+        if self.running():  # a stack that runs keeps its endpoints, whatever this config says
+            self.endpoints = Endpoints(**self.state()["endpoints"])
 
     # -- state ---------------------------------------------------------------------------------------------------
 

@@ -17,6 +17,15 @@ def test_environment_is_read_once_at_load(tmp_path):
     assert cfg.paths.tracking_uri == "postgresql://db/x" and cfg.paths.home == tmp_path.resolve()
 
 
+def test_mlflow_backend_picks_the_stacks_store_and_nothing_else(tmp_path):
+    env = {"INSTRUCTREC_HOME": str(tmp_path)}
+    assert load_config("cpu", environ=env).stack.backend == "sqlite"
+    cfg = load_config("cpu", environ={**env, "MLFLOW_BACKEND": "postgres"})
+    assert cfg.stack.backend == "postgres" and cfg.paths.tracking_uri.startswith("sqlite:")  # clients: MLFLOW_TRACKING_URI
+    with pytest.raises(ValidationError):
+        load_config("cpu", environ={**env, "MLFLOW_BACKEND": "mysql"})
+
+
 def test_overrides_are_typed_and_unknown_keys_rejected(tmp_path):
     env = {"INSTRUCTREC_HOME": str(tmp_path)}
     cfg = load_config("cpu", overrides=parse_overrides(["train.epochs=3", "gate.min_gain=0.01"]), environ=env)
