@@ -69,6 +69,8 @@ def stack(tmp_path_factory):
     hook = WebhookListener()
     with isolated_home(tmp_path_factory.mktemp("stack")) as (home, data, mp):
         mp.setenv("INSTRUCTREC_NOTIFY_URL", hook.url)
+        # schedules are declared and checked, but a cron firing mid-test (the hourly check) must not race the triggers
+        mp.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED", "false")
         cfg = load_config("tiny", overrides={"stack": {"prefect_port": free_port(), "mlflow_port": free_port()}})
         ops = Stack(cfg)
         try:
@@ -95,10 +97,12 @@ def runs_of(deployment: str):
 
 
 def wait_for_final_run(deployment: str, timeout: float = 420):
-    """The first run of `deployment` that reaches a final state (created by a trigger, not by this test)."""
+    """The first tiny-profile run of `deployment` that reaches a final state (created by a trigger, not by this
+    test; the profile comes from the event's payload)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = [r for r in runs_of(deployment) if r.state and r.state.is_final()]
+        done = [r for r in runs_of(deployment)
+                if r.state and r.state.is_final() and r.parameters.get("profile") == "tiny"]
         if done:
             return done[0]
         time.sleep(2)
