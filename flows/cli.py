@@ -15,21 +15,22 @@ from instructrec.errors import DataValidationError, SourceError
 EXIT_BAD_INPUT = 2
 
 
+ENV_DEFAULTS = {  # offline and quiet; the stack's server, worker and flow runs get them too
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "INFO",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
 def _environment_defaults() -> None:
     """Offline, quiet defaults; anything the user exported wins."""
     home = Path(os.environ.get("INSTRUCTREC_HOME", DEFAULT_HOME)).resolve()
-    defaults = {
-        "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "GX_ANALYTICS_ENABLED": "false",
-        "TOKENIZERS_PARALLELISM": "false",
-        "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    }
-    for key, value in defaults.items():
+    for key, value in {"PREFECT_HOME": str(home / "prefect"), **ENV_DEFAULTS}.items():
         os.environ.setdefault(key, value)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 

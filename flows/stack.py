@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from flows.cli import ENV_DEFAULTS
 from instructrec.config import Config
 from instructrec.io import atomic_path
 
@@ -143,15 +144,10 @@ class Stack:
     # -- processes -----------------------------------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**ENV_DEFAULTS, **os.environ}
         env.pop("PREFECT_API_URL", None)
-        env.update({
-            "PREFECT_HOME": str(self.dir / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "INSTRUCTREC_HOME": str(self.cfg.paths.home), "INSTRUCTREC_REPO": str(self.repo),
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "false",
-            "TOKENIZERS_PARALLELISM": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-            "MLFLOW_BACKEND": self.cfg.stack.backend,
-        })
+        env.update({"PREFECT_HOME": str(self.dir / "prefect"), "INSTRUCTREC_HOME": str(self.cfg.paths.home),
+                    "INSTRUCTREC_REPO": str(self.repo), "MLFLOW_BACKEND": self.cfg.stack.backend})
         return env
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:

@@ -19,7 +19,8 @@ from instructrec.model import load_scorer
 from instructrec.prepare import Prepared
 from instructrec.train import feedback_settings, fit
 from model_registry import registry
-from tasks import events, tracking
+from tasks import tracking
+from tasks.promotion import promote
 from tasks.training import EpochLogger, Trained, _summarise, fingerprint, newest_event, validator
 
 ONLINE_STAGE = "online_feedback"
@@ -64,8 +65,7 @@ def online_gate(cfg: Config, run_id: str) -> OnlineGateResult:
     tracking.log_json(run_id, {**decision.to_dict(), "champion": champ.version, "challenger": chal.version},
                       "gate/online_decision.json")
     if decision.outcome == "promote":
-        registry.promote(chal.version, champ.version, cfg.paths.home / "registry.lock")
-        events.champion_promoted(chal.version, champ.version, cfg.profile)
+        promote(cfg, chal.version, champ.version)
     elif decision.outcome == "reject":
         registry.remove_alias(registry.CHALLENGER)
     registry.describe(chal.version, "Online gate: " + decision.summary().removeprefix("Gate: "),

@@ -76,13 +76,19 @@ def _log_candidate(cfg: Config, prepared: Prepared, challenger: Trained, exporte
     return str(info.registered_model_version)
 
 
+def promote(cfg: Config, version: str, champion: str | None) -> None:
+    """Every promotion (offline gate or online A/B gate): the guarded alias move, then the event that
+    starts batch inference for the new champion."""
+    registry.promote(version, champion, cfg.paths.home / "registry.lock")
+    events.champion_promoted(version, champion, cfg.profile)
+
+
 def _place(decision: Decision, version: str, champion: str | None, online_rollout: bool, cfg: Config) -> dict[str, str]:
     """Move aliases for an offline decision: promote on a full pass (never in an online rollout); a candidate
     that fails only the offline "win" check, or any passing candidate of an online rollout, becomes the
     `challenger` and gets its traffic share until the online gate decides; anything else gets no alias."""
     if decision.promote and not online_rollout:
-        registry.promote(version, champion, cfg.paths.home / "registry.lock")
-        events.champion_promoted(version, champion, cfg.profile)
+        promote(cfg, version, champion)
         return {}
     if champion is not None and decision.passed(ignore=("win",)):
         registry.mark_challenger(version)

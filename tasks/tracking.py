@@ -36,7 +36,7 @@ def transient(exc: BaseException) -> bool:
     """Worth another try: a dropped connection, a timeout, a busy store (SQLite "database is locked", a 5xx)."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
-    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+    if isinstance(exc, OSError):  # ConnectionError, TimeoutError, requests' connection errors
         return True
     if isinstance(exc, MlflowException):
         return exc.error_code in _TRANSIENT_CODES or "database is locked" in str(exc)
