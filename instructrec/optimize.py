@@ -1,9 +1,11 @@
 """Optimised ONNX variants of the exported scorer, and which one a host serves.
 
 From the plain fp32 export:
-  fused  fp32 graph with ONNX Runtime's BERT fusions (attention, layer norm, GELU);
-  fp16   the fused graph in half precision, inputs/outputs kept int64/fp32 (GPU only);
-  int8   dynamic quantisation of the encoder's weights, from the plain graph (CPU).
+  fused  fp32 graph with the ONNX Runtime BERT fusions that pay on CPU (attention);
+  fp16   the graph with every BERT fusion (attention, skip layer norm, embedding layer
+         norm, bias GELU) in half precision, inputs/outputs kept int64/fp32 (GPU only);
+  int8   dynamic quantisation of the fused graph's encoder weights (CPU): QAttention
+         for the attention blocks, integer MatMuls for the dense layers.
 Each variant is checked against PyTorch (parity) and on the validation split
 (NDCG@10); one that loses more than `max_relative_loss` is never served.
 """
@@ -21,26 +23,37 @@ from instructrec.gate import Parity
 from instructrec.io import atomic_path
 
 FP32, FUSED, FP16, INT8 = "fp32", "fused", "fp16", "int8"
-# fastest first, per host kind; a variant missing from a host's list never serves there. On CPU the
-# plain graph beats the offline-fused one (ORT fuses it at session creation; bench/scorer.py: 449 vs
-# 374 instructions/s at batch 256 on 2 cores), so `fused` only feeds fp16 and GPU hosts.
-SERVING_PREFERENCE = {"cpu": (INT8, FP32), "cuda": (FP16, FUSED, FP32)}
+# fastest first, per host kind; a variant missing from a host's list never serves there
+SERVING_PREFERENCE = {"cpu": (INT8, FUSED, FP32), "cuda": (FP16, FUSED, FP32)}
 NEEDS_GPU = {FP16}
+# Fusions whose contrib CPU kernels are slower than the ops they replace (ORT 1.31, 2 cores, batch 256:
+# the fully fused graph ran 0.88x the attention-only one; SkipLayerNormalization alone took 13% of the
+# time). GPU graphs keep them all; export.make_session also turns their session-time passes off on CPU.
+CPU_SLOW_FUSIONS = ("enable_skip_layer_norm", "enable_bias_skip_layer_norm", "enable_embed_layer_norm",
+                    "enable_bias_gelu", "enable_gelu")
 
 
 def _save(model: onnx.ModelProto, target: Path) -> Path:
+    """Atomic; ORT's saver also declares the com.microsoft opset its fused operators need."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
     with atomic_path(target) as tmp:
-        onnx.save_model(model, str(tmp))
+        OnnxModel.save(model, str(tmp))
     return target
 
 
-def fuse(fp32: Path, target: Path, num_heads: int, hidden_size: int) -> tuple[Path, dict[str, int]]:
-    """BERT fusions by ORT's transformer optimizer; returns the fused-operator counts."""
+def fuse(fp32: Path, target: Path, num_heads: int, hidden_size: int, host: str = "cuda") -> tuple[Path, dict[str, int]]:
+    """BERT fusions by ORT's transformer optimizer, the set that pays on `host`; returns the fused-operator counts."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions("bert")
+    for name in CPU_SLOW_FUSIONS if host == "cpu" else ():
+        setattr(options, name, False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        opt = optimize_model(str(fp32), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=1)
+        opt = optimize_model(str(fp32), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                             optimization_options=options, opt_level=0)
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
     return _save(opt.model, target), stats
 
@@ -53,38 +66,41 @@ def to_fp16(fused: Path, target: Path) -> Path:
     return _save(model.model, target)
 
 
-def quantize_int8(base: Path, target: Path) -> Path:
+def quantize_int8(fused: Path, target: Path) -> Path:
     """Dynamic int8 quantisation of BERT's weights (activations quantised per call).
 
-    The base is the plain export, not the fused graph: on CPU the contrib
-    SkipLayerNormalization / BiasGelu kernels took over a third of the int8
-    graph's time, and int8 from the plain graph ran ~1.2x faster at equal parity.
+    The base is the CPU-fused graph: its Attention ops become QAttention (int8
+    QKV product, softmax inside one kernel), 1.2x faster than int8 over the
+    unfused attention's transposes and softmax at equal parity.
 
     Only the encoder's weight products are quantised: they hold nearly all the
-    FLOPs. Activation x activation products (unfused attention), the small
-    fusion head and the item-scoring product stay fp32, where int8 rounding
-    would move scores most for the least time saved.
+    FLOPs. The small history transformer, the fusion head and the item-scoring
+    product stay fp32, where int8 rounding would move scores most for the
+    least time saved.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    graph = onnx.load(str(base), load_external_data=False).graph
+    graph = onnx.load(str(fused), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
-    encoder = [n.name for n in graph.node
-               if n.op_type == "MatMul" and "/bert/" in n.name and any(i in weights for i in n.input)]
+    encoder = [n.name for n in graph.node if any(i in weights for i in n.input)
+               and (n.op_type == "Attention" or (n.op_type == "MatMul" and "/bert/" in n.name))]
     with atomic_path(target) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(base), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=encoder,
-                         op_types_to_quantize=["MatMul"],
+        quantize_dynamic(str(fused), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=encoder,
+                         op_types_to_quantize=["MatMul", "Attention"],
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return target
 
 
-def build_variants(fp32: Path, out_dir: Path, num_heads: int, hidden_size: int) -> tuple[dict[str, Path], dict[str, int]]:
+def build_variants(fp32: Path, out_dir: Path, num_heads: int, hidden_size: int
+                   ) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
+    """Every variant beside `fp32`; also the fused-operator counts of the CPU and GPU graphs."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    fused, stats = fuse(fp32, out_dir / "fused.onnx", num_heads, hidden_size)
-    paths = {FP32: fp32, FUSED: fused, INT8: quantize_int8(fp32, out_dir / "int8.onnx"),
-             FP16: to_fp16(fused, out_dir / "fp16.onnx")}
-    return paths, stats
+    fused, cpu_ops = fuse(fp32, out_dir / "fused.onnx", num_heads, hidden_size, host="cpu")
+    fused_gpu, gpu_ops = fuse(fp32, out_dir / "fused-gpu.onnx", num_heads, hidden_size, host="cuda")
+    paths = {FP32: fp32, FUSED: fused, INT8: quantize_int8(fused, out_dir / "int8.onnx"),
+             FP16: to_fp16(fused_gpu, out_dir / "fp16.onnx")}
+    return paths, {FUSED: cpu_ops, FP16: gpu_ops}
 
 
 @dataclass

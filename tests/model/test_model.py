@@ -154,14 +154,12 @@ def test_loaded_scorer_exports_fusable_attention(trained, prepared, tmp_path):
 
 def test_micro_batched_scoring_equals_one_padded_batch(trained, prepared, tmp_path):
     """Length buckets reorder work, never results."""
-    from instructrec import export
-
     model, tok, _ = trained
     session = make_session(export_onnx(model, tok, tmp_path / "m.onnx"))
     scorer = OnnxScorer("o", session, tok, model.config.max_text_tokens)
     texts = [t for c in prepared.test_cases.values() for t in c.texts] * 2
     hist = np.concatenate([c.history for c in prepared.test_cases.values()] * 2)
-    assert len(texts) > export.MICRO_BATCH
+    assert len(texts) > scorer.micro_batch
     bucketed = scorer.score(texts, hist)
     enc = tok(texts, padding=True, truncation=True, max_length=model.config.max_text_tokens, return_tensors="np")
     whole = session.run(enc["input_ids"], enc["attention_mask"], hist)
