@@ -27,7 +27,15 @@ sys.path.insert(0, str(ROOT))
 from instructrec.config import load_config  # noqa: E402
 from tasks import tracking  # noqa: E402
 
-STAGES = ("ingest", "validate", "prepare", "train_representation", "finetune_feedback", "evaluate", "export_onnx", "gate")
+# the flow's order, for printing; every `time_s/<stage>` metric of the run is counted, listed here or not
+ORDER = ("ingest", "validate", "prepare", "train_sasrec", "train_representation", "finetune_feedback", "evaluate",
+         "export_onnx", "gate")
+
+
+def stage_times(metrics: dict[str, float]) -> dict[str, float]:
+    timed = {k.removeprefix("time_s/"): v for k, v in metrics.items()
+             if k.startswith("time_s/") and k != tracking.LOGGING_TIME}
+    return {s: timed.pop(s) for s in ORDER if s in timed} | dict(sorted(timed.items()))
 
 
 def latest_run(cfg):
@@ -59,7 +67,7 @@ def main() -> None:
     m = run.data.metrics
     run_wall = (run.info.end_time - run.info.start_time) / 1000.0
     wall = process_wall or run_wall
-    stages = {s: m.get(f"time_s/{s}", 0.0) for s in STAGES}
+    stages = stage_times(m)
     logging_s = m.get(tracking.LOGGING_TIME)
     staged = sum(stages.values())
     compute = staged - (logging_s or 0.0)
