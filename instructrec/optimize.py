@@ -1,7 +1,8 @@
 """Optimised ONNX variants of the exported scorer, and which one a host serves.
 
 From the plain fp32 export:
-  fused  fp32 graph with the ONNX Runtime BERT fusions that pay on CPU (attention);
+  fused  fp32 graph with the ONNX Runtime BERT fusions that pay on CPU (attention,
+         layer norm, GELU);
   fp16   the graph with every BERT fusion (attention, skip layer norm, embedding layer
          norm, bias GELU) in half precision, inputs/outputs kept int64/fp32 (GPU only);
   int8   dynamic quantisation of the fused graph's encoder weights (CPU): QAttention
@@ -30,7 +31,7 @@ NEEDS_GPU = {FP16}
 # the fully fused graph ran 0.88x the attention-only one; SkipLayerNormalization alone took 13% of the
 # time). GPU graphs keep them all; export.make_session also turns their session-time passes off on CPU.
 CPU_SLOW_FUSIONS = ("enable_skip_layer_norm", "enable_bias_skip_layer_norm", "enable_embed_layer_norm",
-                    "enable_bias_gelu", "enable_gelu")
+                    "enable_bias_gelu")
 
 
 def _save(model: onnx.ModelProto, target: Path) -> Path:
