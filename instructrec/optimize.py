@@ -71,8 +71,8 @@ def quantize_int8(fused: Path, target: Path) -> Path:
     """Dynamic int8 quantisation of BERT's weights (activations quantised per call).
 
     The base is the CPU-fused graph: its Attention ops become QAttention (int8
-    QKV product, softmax inside one kernel), 1.2x faster than int8 over the
-    unfused attention's transposes and softmax at equal parity.
+    QKV product, softmax inside one kernel), ~6% faster than int8 over the
+    unfused attention's transposes and softmax, at equal parity.
 
     Only the encoder's weight products are quantised: they hold nearly all the
     FLOPs. The small history transformer, the fusion head and the item-scoring
