@@ -130,7 +130,8 @@ def make_session(path: Path, prefer: tuple[str, ...] = PREFERRED_PROVIDERS, thre
 
     available = set(ort.get_available_providers())
     wanted = [p for p in prefer if p in available and (p not in GPU_PROVIDERS or cuda_usable())]
-    if any(p in GPU_PROVIDERS for p in wanted) and hasattr(ort, "preload_dlls"):
+    on_gpu = any(p in GPU_PROVIDERS for p in wanted)
+    if on_gpu and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels of onnxruntime-gpu[cuda,cudnn]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -138,9 +139,8 @@ def make_session(path: Path, prefer: tuple[str, ...] = PREFERRED_PROVIDERS, thre
     if threads:
         options.intra_op_num_threads = threads
     providers = [(p, provider_options(p, engine_cache)) for p in wanted] or ["CPUExecutionProvider"]
-    on_cpu = not any(p in GPU_PROVIDERS for p in wanted)
     session = ort.InferenceSession(str(path), sess_options=options, providers=providers,
-                                   disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if on_cpu else None)
+                                   disabled_optimizers=None if on_gpu else list(CPU_DISABLED_OPTIMIZERS))
     return Session(session, session.get_providers()[0])
 
 
