@@ -34,7 +34,7 @@ def measure(profile: str, steps: int, home: Path) -> dict:
                       environ={"INSTRUCTREC_HOME": str(home)})
     snap = snapshot_raw(fetch_raw(cfg.data.source, cfg.paths.downloads), cfg.paths.snapshots)
     tables = read_tables(snap.kind, snap.raw_dir)
-    prepared = prepare(cfg, tables.interactions.drop("_row"), tables.items.drop("_row"), tables.item_noun)
+    prepared = prepare(cfg, tables.interactions, tables.items, tables.item_noun)
     model, tok = new_scorer(cfg, prepared.catalogue)
     n = min(len(prepared.examples), steps * cfg.train.batch_size)  # batches are history windows
     rows = np.random.default_rng(0).choice(len(prepared.examples), size=n, replace=False)

@@ -36,9 +36,9 @@ def build_world(cfg: Config, future_share: float) -> tuple[Path, dict[str, Futur
     tables = read_tables(snap.kind, snap.raw_dir)
     items = tables.items.drop(schema.ROW, strict=False)
     genre_of = {i: tuple(g or ()) for i, g in items.select(schema.ITEM, schema.GENRES).iter_rows()}
-    past, futures = split_world(tables.interactions.drop(schema.ROW, strict=False), genre_of, future_share)
+    past, futures = split_world(tables.interactions, genre_of, future_share)
     data = cfg.paths.home / WORLD / "data"
-    write_parquet(past, data / "interactions.parquet")
+    write_parquet(past.drop(schema.ROW), data / "interactions.parquet")  # in time order: its rows keep the tie order
     write_parquet(items, data / "items.parquet")
     write_json({u: {k: sorted(v) if isinstance(v, frozenset) else list(v) for k, v in f.__dict__.items()}
                 for u, f in futures.items()}, cfg.paths.home / WORLD / "futures.json")

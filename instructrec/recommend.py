@@ -16,7 +16,7 @@ from instructrec import schema
 from instructrec.export import OnnxScorer, Session, cuda_usable, make_session
 from instructrec.optimize import FP32
 from instructrec.instructions import Instruction, free_text_instruction, make_instruction, pad_histories, render
-from instructrec.split import Catalogue
+from instructrec.split import Catalogue, chronological
 
 BUNDLE_MANIFEST = "serving.json"
 VARIANTS_DIR = "variants"
@@ -133,5 +133,5 @@ def top_k_all(rec: Recommender, k: int = 10, batch_size: int = 256) -> pl.DataFr
 def user_histories(interactions: pl.DataFrame, catalogue: Catalogue) -> dict[str, np.ndarray]:
     known = interactions.filter(pl.col(schema.ITEM).is_in(pl.Series(catalogue.item_ids).implode()))
     grouped = (known.with_columns(pl.col(schema.ITEM).replace_strict(catalogue.index, return_dtype=pl.Int64).alias("idx"))
-               .sort(schema.USER, schema.TIMESTAMP, schema.ITEM).group_by(schema.USER, maintain_order=True).agg("idx"))
+               .pipe(chronological).group_by(schema.USER, maintain_order=True).agg("idx"))
     return {u: np.asarray(s, dtype=np.int64) for u, s in zip(grouped[schema.USER], grouped["idx"].to_list(), strict=True)}

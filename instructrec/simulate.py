@@ -22,6 +22,7 @@ import polars as pl
 
 from instructrec import schema
 from instructrec.metrics import ndcg_of_list
+from instructrec.split import chronological
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Future:
 def split_world(interactions: pl.DataFrame, genres: dict[str, tuple[str, ...]], future_share: float = 0.3,
                 min_past: int = 10, like_min: float = 4.0, dislike_max: float = 2.0) -> tuple[pl.DataFrame, dict[str, Future]]:
     """(past interactions, user -> Future); users too short to cut keep everything in the past."""
-    ranked = interactions.sort(schema.USER, schema.TIMESTAMP, schema.ITEM).with_columns(
+    ranked = chronological(interactions).with_columns(
         pl.int_range(pl.len()).over(schema.USER).alias("_pos"), pl.len().over(schema.USER).alias("_n"))
     cut = pl.max_horizontal(pl.lit(min_past), (pl.col("_n") * (1.0 - future_share)).ceil().cast(pl.Int64))
     is_future = pl.col("_pos") >= cut

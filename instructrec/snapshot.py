@@ -14,7 +14,6 @@ from pathlib import Path
 
 import polars as pl
 
-from instructrec import schema
 from instructrec.io import atomic_dir, content_hash, write_parquet
 from instructrec.sources import RawInput, Tables
 
@@ -72,11 +71,12 @@ def load_snapshot(root: Path) -> Snapshot:
 
 
 def write_tables(snapshot: Snapshot, tables: Tables) -> None:
-    """Keep the validated canonical tables (no-op when already there)."""
+    """Keep the validated canonical tables (no-op when already there), source row numbers included:
+    they order same-second events (split.chronological)."""
     if snapshot.has_tables():
         return
-    write_parquet(tables.interactions.drop(schema.ROW, strict=False), snapshot.tables_dir / TABLE_FILES["interactions"])
-    write_parquet(tables.items.drop(schema.ROW, strict=False), snapshot.tables_dir / TABLE_FILES["items"])
+    write_parquet(tables.interactions, snapshot.tables_dir / TABLE_FILES["interactions"])
+    write_parquet(tables.items, snapshot.tables_dir / TABLE_FILES["items"])
 
 
 def read_table(snapshot: Snapshot, table: str) -> pl.DataFrame:

@@ -1,8 +1,9 @@
 """Temporal leave-one-out split (DESIGN.md section 7) into index space.
 
-Per user, interactions are ordered by (timestamp, item_id); the last is the
-test target, the one before the validation target, the rest train. Items are
-indexed 1..N in catalogue order; 0 is padding.
+Per user, interactions are ordered by timestamp, ties kept in the source's
+row order (`chronological`); the last is the test target, the one before the
+validation target, the rest train. Items are indexed 1..N in catalogue order;
+0 is padding.
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def sample_users(interactions: pl.DataFrame, max_users: int | None, seed: int) -
     return interactions.filter(pl.col(schema.USER).is_in(keep.implode()))
 
 
+def chronological(interactions: pl.DataFrame) -> pl.DataFrame:
+    """Each user's events in time order, ties in the source's row order (DESIGN.md section 7).
+
+    The published convention (RecBole; the SASRec and BERT4Rec preprocessing) is a stable sort by
+    time: of two events in the same second, the later row of the file is the later event. The
+    row-order column carries that order through Parquet and Polars; a frame without it is taken
+    to be in source order already.
+    """
+    keys = [schema.USER, schema.TIMESTAMP] + ([schema.ROW] if schema.ROW in interactions.columns else [])
+    return interactions.sort(keys, maintain_order=True)
+
+
 def temporal_leave_one_out(interactions: pl.DataFrame, catalogue: Catalogue) -> SplitData:
     """Split by time per user; users with fewer than 3 events only train."""
     rating = (
@@ -98,7 +111,7 @@ def temporal_leave_one_out(interactions: pl.DataFrame, catalogue: Catalogue) -> 
             pl.col(schema.ITEM).replace_strict(catalogue.index, return_dtype=pl.Int64).alias("idx"),
             rating.fill_null(float("nan")).alias("r"),
         )
-        .sort(schema.USER, schema.TIMESTAMP, schema.ITEM)
+        .pipe(chronological)
         .group_by(schema.USER, maintain_order=True)
         .agg("idx", "r")
     )

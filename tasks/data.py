@@ -69,7 +69,7 @@ def validate(cfg: Config, snap: Snapshot, run_id: str) -> Tables:
 @task(name="prepare", task_run_name="prepare-{snap.short}", cache_policy=NO_CACHE)
 def prepare_data(cfg: Config, tables: Tables, snap: Snapshot, run_id: str) -> Prepared:
     """Split, instructions and evaluation cases; lineage goes to MLflow."""
-    prepared = prepare(cfg, tables.interactions.drop(schema.ROW), tables.items.drop(schema.ROW), tables.item_noun)
+    prepared = prepare(cfg, tables.interactions, tables.items, tables.item_noun)
     lineage = {"snapshot_hash": snap.hash, "source": snap.origin, **prepared.lineage(),
                "types": {t: len(c.users) for t, c in prepared.test_cases.items()}}
     tracking.log_json(run_id, lineage, "data/lineage.json")

@@ -19,7 +19,7 @@ def prepared(tiny_cfg, tmp_path_factory):
     root = write_dataset(tmp_path_factory.mktemp("data"))
     snap = snapshot_raw(fetch_raw(str(root), tiny_cfg.paths.downloads), tiny_cfg.paths.snapshots)
     tables = read_tables(snap.kind, snap.raw_dir)
-    return prepare(tiny_cfg, tables.interactions.drop("_row"), tables.items.drop("_row"), tables.item_noun)
+    return prepare(tiny_cfg, tables.interactions, tables.items, tables.item_noun)
 
 
 def build_model(cfg, prepared, seed=0):

@@ -4,7 +4,8 @@ import numpy as np
 import polars as pl
 
 from instructrec.evaluate import head_items
-from instructrec.split import Catalogue, sample_users, temporal_leave_one_out
+from instructrec import schema
+from instructrec.split import Catalogue, chronological, sample_users, temporal_leave_one_out
 
 CAT = Catalogue(["a", "b", "c", "d", "e"], list("ABCDE"), list("ABCDE"), [()] * 5)
 T0 = datetime(2021, 1, 1, tzinfo=UTC)
@@ -24,9 +25,22 @@ def test_last_is_test_second_last_is_valid_by_time_not_file_order():
     assert split.valid[0] == 3 and split.test[0] == 5  # c, e
 
 
-def test_equal_timestamps_break_ties_by_item_id():
+def test_equal_timestamps_keep_the_source_row_order():
+    """Same-second events: the later row of the file is the later event (stable sort, DESIGN.md section 7)."""
     split = temporal_leave_one_out(frame([("u", "d", 1), ("u", "b", 1), ("u", "a", 0), ("u", "c", 1)]), CAT)
-    assert split.train[0].tolist() == [1, 2] and split.valid[0] == 3 and split.test[0] == 4
+    assert split.train[0].tolist() == [1, 4] and split.valid[0] == 2 and split.test[0] == 3  # a, d | b | c
+
+
+def test_row_order_column_orders_ties_after_any_reshuffle():
+    """The source row number survives Parquet and Polars operations that do not keep row order."""
+    rows = frame([("u", "c", 1), ("u", "a", 1), ("u", "b", 1), ("v", "e", 2), ("v", "a", 2), ("v", "d", 2)])
+    rows = rows.with_row_index(schema.ROW, offset=1).with_columns(pl.col(schema.ROW).cast(pl.Int64))
+    shuffled = rows.sample(fraction=1.0, shuffle=True, seed=3)
+    assert shuffled[schema.ROW].to_list() != rows[schema.ROW].to_list()
+    split = temporal_leave_one_out(shuffled, CAT)
+    assert split.users == ["u", "v"]
+    assert split.test.tolist() == [2, 4] and split.valid.tolist() == [1, 1]  # b after a; d after a
+    assert chronological(shuffled)[schema.ITEM].to_list() == ["c", "a", "b", "e", "a", "d"]
 
 
 def test_short_users_only_train_and_are_not_evaluated():
