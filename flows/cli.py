@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pipeline", help="ingest, validate, train, fine-tune, evaluate, export and gate")
     p.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
-    p.add_argument("--data", default=None, help="'movielens-100k' (default) or a directory with interactions.* and items.*")
+    p.add_argument("--data", default=None, help="'movielens-100k' (default), 'movielens-1m', or a directory with interactions.* and items.*")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 --set train.seed=3 (repeatable)")
     p.set_defaults(run=_pipeline)

