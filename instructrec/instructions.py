@@ -1,7 +1,7 @@
 """InstructRec instructions: preference (P) x intention (I) x task form.
 
-P0 none, P1 implicit (history, most recent last, at most `max_history`
-items), P2 explicit (a stated taste: the history's dominant genres).
+P0 none, P1 implicit (history, most recent last: the model reads up to
+`max_history` items, the words show the 20 most recent titles), P2 explicit (a stated taste: the history's dominant genres).
 I0 none, I1 vague (the everyday mood of one of the target's genres, from a
 fixed lexicon: no LLM), I2 specific (all the target's genres, as the paper's
 category labels). Task forms: matching (rank the whole catalogue) and
@@ -26,6 +26,7 @@ import numpy as np
 from instructrec.split import Catalogue, SplitData
 
 HISTORY = "[history]"
+TITLES_SHOWN = 20  # history titles in an instruction's words, as the paper; the history tower may read more items
 CANDIDATES = "[candidates]"
 MATCHING, RERANKING = "matching", "reranking"
 
@@ -239,8 +240,8 @@ def free_text_instruction(text: str, history: np.ndarray, max_history: int, cata
 
 
 def render(instruction: Instruction, catalogue: Catalogue, candidates: tuple[int, ...] = ()) -> str:
-    """The instruction as a person reads it: titles instead of the placeholders."""
-    titles = "; ".join(catalogue.title(i) for i in instruction.history)
+    """The instruction as a person reads it: titles instead of the placeholders (the 20 most recent, as the paper)."""
+    titles = "; ".join(catalogue.title(i) for i in instruction.history[-TITLES_SHOWN:])
     text = instruction.text.replace(HISTORY, titles)
     return text.replace(CANDIDATES, "; ".join(catalogue.title(i) for i in candidates) or "(the candidates)")
 
