@@ -15,7 +15,8 @@ from tasks.training import finetune_on_feedback, train_baseline, train_represent
 
 @flow(name="instructrec-training", flow_run_name="train-{profile}", log_prints=True)
 def training_pipeline(profile: Profile = "cpu", data: str | None = None, overrides: dict | None = None) -> PipelineSummary:
-    """ingest -> validate -> prepare -> SASRec baseline -> train -> feedback fine-tune -> evaluate -> export -> gate."""
+    """ingest -> validate -> prepare -> SASRec baseline -> train (from SASRec) -> feedback fine-tune -> evaluate
+    -> export -> gate."""
     cfg = load_config(profile, data=data, overrides=overrides)
     tags = {"profile": cfg.profile, "source": cfg.data.source}
     with tracking.pipeline_run(cfg, f"train-{cfg.profile}", tags) as run_id:
@@ -23,11 +24,11 @@ def training_pipeline(profile: Profile = "cpu", data: str | None = None, overrid
         with tracking.timed(run_id, "train_sasrec"):
             sasrec = train_baseline(cfg, prepared, snap.hash, run_id)
         with tracking.timed(run_id, "train_representation"):
-            base = train_representation(cfg, prepared, snap.hash, run_id)
+            base = train_representation(cfg, prepared, snap.hash, run_id, sasrec)
         with tracking.timed(run_id, "finetune_feedback"):
             tuned = finetune_on_feedback(cfg, prepared, base, run_id)
         with tracking.timed(run_id, "evaluate"):
-            evaluations = evaluate_models(cfg, prepared, tuned, sasrec, run_id)
+            evaluations = evaluate_models(cfg, prepared, tuned, sasrec.model if sasrec else None, run_id)
         with tracking.timed(run_id, "export_onnx"):
             exported = export_challenger(cfg, prepared, tuned, evaluations.champion, run_id)
         with tracking.timed(run_id, "gate"):

@@ -204,16 +204,9 @@ class TorchScorer:
         # pass a shared cache only while BERT is frozen: its text vectors never change then
         self._text_cache: dict[str, torch.Tensor] = {} if text_cache is None else text_cache
 
-    def _text_vectors(self, texts: list[str]) -> torch.Tensor:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
-        if missing:
-            for t, v in zip(missing, self.model.embed_texts(self.tokenizer, missing), strict=True):
-                self._text_cache[t] = v
-        return torch.stack([self._text_cache[t] for t in texts])
-
     @torch.inference_mode()
     def score(self, texts: list[str], history: np.ndarray) -> np.ndarray:
         hist = torch.as_tensor(self.map.to_model[history], device=self.device)
         items = self.model.item_vectors()
-        q = self.model.query(self._text_vectors(texts).to(self.device), hist, items)
+        q = self.model.query(self.model.text_vectors(self.tokenizer, texts, self._text_cache).to(self.device), hist, items)
         return self.map.scores(self.model.scores(q, items).float().cpu().numpy())

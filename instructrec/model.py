@@ -32,6 +32,7 @@ class ScorerConfig:
     n_layers: int = 2  # fusion transformer depth
     n_heads: int = 4
     dropout: float = 0.2
+    attention_dropout: float = 0.0  # on the history encoder's attention weights
     text_dropout: float = 0.0  # dropout on the BERT vector of the words: robustness to unseen wordings
     max_text_tokens: int = 64
     bert: dict = field(default_factory=dict)  # BertConfig.to_dict() of the backbone
@@ -40,7 +41,7 @@ class ScorerConfig:
 class Block(nn.Module):
     """Pre-norm transformer block with explicit attention (exports cleanly to ONNX)."""
 
-    def __init__(self, dim: int, n_heads: int, dropout: float):
+    def __init__(self, dim: int, n_heads: int, dropout: float, attention_dropout: float = 0.0):
         super().__init__()
         self.n_heads = n_heads
         self.norm1 = nn.LayerNorm(dim)
@@ -49,13 +50,14 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
         self.drop = nn.Dropout(dropout)
+        self.attention_drop = nn.Dropout(attention_dropout)  # on the [B, heads, T, T] weights: costly on CPU
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """bias broadcasts to [B, heads, T, T]: 0 where a query may attend, a large negative where not."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         att = (q @ k.transpose(-1, -2)) * (d // self.n_heads) ** -0.5 + bias
-        y = (self.drop(att.softmax(-1)) @ v).transpose(1, 2).reshape(b, t, d)
+        y = (self.attention_drop(att.softmax(-1)) @ v).transpose(1, 2).reshape(b, t, d)
         x = x + self.drop(self.proj(y))
         return x + self.drop(self.mlp(self.norm2(x)))
 
@@ -75,11 +77,12 @@ class CausalEncoder(nn.Module):
     what it does not have (item text, the instruction's words).
     """
 
-    def __init__(self, dim: int, max_len: int, n_layers: int, n_heads: int, dropout: float):
+    def __init__(self, dim: int, max_len: int, n_layers: int, n_heads: int, dropout: float,
+                 attention_dropout: float = 0.0):
         super().__init__()
         self.dim = dim
         self.position = nn.Embedding(max_len, dim)
-        self.blocks = nn.ModuleList(Block(dim, n_heads, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(dim, n_heads, dropout, attention_dropout) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
@@ -108,10 +111,10 @@ class InstructRecScorer(nn.Module):
         self.item_text_proj = nn.Linear(text_dim, dim)
         self.item_bias = nn.Parameter(torch.zeros(n))
         self.text_proj = nn.Linear(text_dim, dim)
-        self.encoder = CausalEncoder(dim, config.max_history, config.n_layers, config.n_heads, config.dropout)
+        self.encoder = CausalEncoder(dim, config.max_history, config.n_layers, config.n_heads, config.dropout,
+                                     config.attention_dropout)
         self.no_history = nn.Parameter(torch.zeros(dim))  # the history state of P0/P2 instructions
         self.fuse = nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        self.out_norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(config.dropout)
         self.text_drop = nn.Dropout(config.text_dropout)
         nn.init.normal_(self.item_id.weight, std=0.02)
@@ -134,15 +137,22 @@ class InstructRecScorer(nn.Module):
         return self.encoder(items[history], history)
 
     def fuse_query(self, state: torch.Tensor, text_vec: torch.Tensor) -> torch.Tensor:
-        """History state + the instruction's words -> query (any leading shape)."""
+        """History state + the instruction's words -> query (any leading shape).
+
+        Residual: words that add nothing leave the history state as the query, so a history-only
+        request is scored as the history tower alone scores it (exactly so after `warm_start`).
+        """
         words = self.text_proj(self.text_drop(text_vec))
-        return self.out_norm(state + words + self.drop(self.fuse(torch.cat([state, words], dim=-1))))
+        return state + words + self.drop(self.fuse(torch.cat([state, words], dim=-1)))
 
     def query(self, text_vec: torch.Tensor, history: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """One query per instruction from its words and history -> [B, dim]."""
         items = self.item_vectors() if items is None else items
-        state = self.history_states(history, items)[:, -1]
-        state = torch.where((history[:, -1:] > 0), state, self.no_history)
+        has_history = history[:, -1:] > 0
+        if torch.jit.is_tracing() or bool(has_history.any()):  # P0/P2 batches skip the history encoder
+            state = torch.where(has_history, self.history_states(history, items)[:, -1], self.no_history)
+        else:
+            state = self.no_history.expand(len(history), -1)
         return self.fuse_query(state, text_vec)
 
     def window_queries(self, text_vec: torch.Tensor, states: torch.Tensor, seq: torch.Tensor, use_history: torch.Tensor,
@@ -182,6 +192,20 @@ class InstructRecScorer(nn.Module):
         self.train(was_training)
         return out
 
+    def text_vectors(self, tokenizer: BertTokenizerFast, texts: list[str],
+                     cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """[len(texts), text_dim] BERT vectors; `cache` (text -> vector) keeps them across calls and stages.
+
+        Pass a cache only while BERT is frozen: its vectors never change then, and a run's instruction
+        texts repeat (templates) across training, validation, evaluation and export.
+        """
+        if cache is None:
+            return self.embed_texts(tokenizer, texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            cache.update(zip(missing, self.embed_texts(tokenizer, missing), strict=True))
+        return torch.stack([cache[t] for t in texts])
+
     def set_catalogue(self, tokenizer: BertTokenizerFast, item_texts: list[str]) -> None:
         features = self.embed_texts(tokenizer, item_texts)
         with torch.no_grad():
@@ -194,7 +218,7 @@ class InstructRecScorer(nn.Module):
 
 
 # bump when parameter names or shapes change: checkpoints of another format are never resumed or reused
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 WEIGHTS, CONFIG, ITEMS, TOKENIZER = "weights.safetensors", "config.json", "item_ids.json", "tokenizer"
 
 
@@ -226,6 +250,72 @@ def _like_dislike(logp: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,
     return loss.sum() / weight.sum().clamp(min=1e-6)
 
 
+def bf16_capable(device: torch.device) -> bool:
+    """Whether bf16 products run on dedicated units here (AVX512-BF16/AMX CPUs, Ampere+ GPUs), i.e. pay off."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast for training where `enabled` and the hardware has bf16 units; fp32 otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and bf16_capable(device))
+
+
+class _CatalogueLogProb(torch.autograd.Function):
+    """log p(target) under a softmax over the whole catalogue, a chunk of rows at a time.
+
+    Never holds the [rows, items] logits: the forward pass keeps each row's log-sum-exp, the backward
+    pass recomputes a chunk's logits and turns them into its gradient in place (softmax minus one-hot),
+    so each chunk stays in cache. Products run in `dtype` (bf16 where the hardware has bf16 units),
+    softmax and accumulation in fp32. About 4x faster than log_softmax + gather on the 2-core CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, query, items, bias, target, dtype, chunk):
+        q, w = query.detach().to(dtype), items.detach().to(dtype)
+        b = bias.detach().float()
+        lse = torch.empty(len(q), dtype=torch.float32, device=q.device)
+        out = torch.empty_like(lse)
+        for s in range(0, len(q), chunk):
+            logits = (q[s : s + chunk] @ w.T).float().add_(b)
+            lse[s : s + chunk] = torch.logsumexp(logits, 1)
+            out[s : s + chunk] = logits.gather(1, target[s : s + chunk, None]).squeeze(1) - lse[s : s + chunk]
+        ctx.save_for_backward(q, w, b, target, lse)
+        ctx.chunk, ctx.dtypes = chunk, (query.dtype, items.dtype, bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, w, b, target, lse = ctx.saved_tensors
+        grad_q = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=q.device)
+        grad_b = torch.zeros_like(b)
+        for s in range(0, len(q), ctx.chunk):
+            rows, g = q[s : s + ctx.chunk], grad[s : s + ctx.chunk, None].float()
+            # d log p_t / d logits = onehot_t - softmax; times the incoming gradient
+            d = (rows @ w.T).float().add_(b).sub_(lse[s : s + ctx.chunk, None]).exp_().mul_(-g)
+            d.scatter_add_(1, target[s : s + ctx.chunk, None], g)
+            grad_b += d.sum(0)
+            d = d.to(q.dtype)
+            grad_q[s : s + ctx.chunk] = (d @ w).float()
+            grad_w += (d.T @ rows).float()
+        dq, dw, db = ctx.dtypes
+        return grad_q.to(dq), grad_w.to(dw), grad_b.to(db), None, None, None
+
+
+def catalogue_log_prob(query: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
+                       bias: torch.Tensor | None = None, low_precision: bool = False) -> torch.Tensor:
+    """[N] log-softmax of each query's target (0-based column of items [n, dim]) against every item.
+
+    low_precision: products in bf16 (fp32 softmax), for mixed-precision training.
+    """
+    bias = torch.zeros(len(items), device=items.device) if bias is None else bias
+    dtype = torch.bfloat16 if low_precision else torch.float32
+    chunk = 256 if query.device.type == "cpu" else 8192
+    return _CatalogueLogProb.apply(query, items, bias, target, dtype, chunk)
+
+
 def full_softmax_loss(
     model: InstructRecScorer,
     query: torch.Tensor,
@@ -234,10 +324,10 @@ def full_softmax_loss(
     weight: torch.Tensor,
     items: torch.Tensor,
     dislike_weight: float = 1.0,
+    low_precision: bool = False,
 ) -> torch.Tensor:
     """Softmax over the whole catalogue: exact, and cheap while the catalogue has thousands of items."""
-    logits = (query @ items[1:].T + model.item_bias[1:]).float()
-    logp = F.log_softmax(logits, dim=-1).gather(1, (target - 1).unsqueeze(1)).squeeze(1)
+    logp = catalogue_log_prob(query, items[1:], target - 1, model.item_bias[1:], low_precision)
     return _like_dislike(logp, label, weight, dislike_weight)
 
 

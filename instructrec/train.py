@@ -21,14 +21,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from instructrec.backbone import load_backbone
 from instructrec.config import Config
 from instructrec.instructions import Examples
 from instructrec.io import atomic_path
-from instructrec.model import InstructRecScorer, ScorerConfig, full_softmax_loss, sampled_softmax_loss
+from instructrec.model import (
+    InstructRecScorer,
+    ScorerConfig,
+    autocast,
+    bf16_capable,
+    catalogue_log_prob,
+    full_softmax_loss,
+    sampled_softmax_loss,
+)
+from instructrec.sasrec import SASRec
 from instructrec.split import Catalogue
 
 CHECKPOINT = "last.pt"
@@ -40,11 +48,33 @@ def new_scorer(cfg: Config, catalogue: Catalogue) -> tuple[InstructRecScorer, ob
     bert, tokenizer = load_backbone(cfg.model.backbone, seed=cfg.train.seed)
     m = cfg.model
     model = InstructRecScorer(ScorerConfig(n_items=catalogue.n_items, max_history=cfg.data.max_history, dim=m.dim,
-                                           n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout, text_dropout=m.text_dropout,
+                                           n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout,
+                                           attention_dropout=m.attention_dropout, text_dropout=m.text_dropout,
                                            max_text_tokens=m.max_text_tokens), bert)
     model.to(cfg.train.device)
     model.set_catalogue(tokenizer, catalogue.texts)
     return model, tokenizer
+
+
+def can_warm_start(model: InstructRecScorer, sasrec: SASRec) -> bool:
+    """Same catalogue, width, depth, heads and history length: SASRec's weights fit the history tower."""
+    a, b = model.config, sasrec.config
+    return (a.n_items, a.dim, a.n_layers, a.n_heads, a.max_history) == (b.n_items, b.dim, b.n_layers, b.n_heads, b.max_len)
+
+
+def warm_start(model: InstructRecScorer, sasrec: SASRec) -> None:
+    """Start the history tower from a trained SASRec (collaborative pre-training, as CoLLM or LLaRA inject a
+    sequential model's item embeddings): its encoder and item-id embeddings are copied, and the paths of the
+    words and of the item texts start at zero, so the untuned scorer already ranks a history-only request
+    much as SASRec does and training spends its epochs on what SASRec cannot read (text, requests)."""
+    if not can_warm_start(model, sasrec):
+        raise ValueError(f"SASRec {sasrec.config} does not fit the scorer's history tower {model.config}")
+    with torch.no_grad():
+        model.encoder.load_state_dict(sasrec.encoder.state_dict())
+        model.item_id.weight.copy_(sasrec.item.weight)
+        for layer in (model.item_text_proj, model.text_proj, model.fuse[-1]):
+            layer.weight.zero_()
+            layer.bias.zero_()
 
 
 @dataclass(frozen=True)
@@ -65,6 +95,7 @@ class FitSettings:
     logq_correction: bool = True
     full_softmax: bool = True  # else in-batch + `negatives` uniform samples (large catalogues)
     history_loss_weight: float = 0.0  # auxiliary next-item loss on the bare history states
+    eval_every: int = 1  # validate after every n-th epoch (and the last); patience still counts epochs
     select_best: bool = True  # keep the best-validation epoch; False: the last epoch (online feedback is about
     # the future, which the offline validation split cannot see; the gate's no-regression check guards it instead)
 
@@ -73,7 +104,7 @@ def representation_settings(cfg: Config) -> FitSettings:
     t = cfg.train
     return FitSettings("representation", t.epochs, t.batch_size, t.lr, t.bert_lr, t.weight_decay, t.sampled_negatives,
                        t.patience, cfg.model.train_bert, t.device, t.mixed_precision, t.seed, full_softmax=t.full_softmax,
-                       history_loss_weight=t.history_loss_weight)
+                       history_loss_weight=t.history_loss_weight, eval_every=t.eval_every)
 
 
 def feedback_settings(cfg: Config, online: bool = False) -> FitSettings:
@@ -102,13 +133,14 @@ OnEpoch = Callable[[dict], None]
 class _TextInputs:
     """Instruction text -> BERT vector: a frozen cache, or live BERT on the batch's unique texts."""
 
-    def __init__(self, model: InstructRecScorer, tokenizer, texts: list[str], live: bool, device: str):
+    def __init__(self, model: InstructRecScorer, tokenizer, texts: list[str], live: bool, device: str,
+                 cache: dict[str, torch.Tensor] | None = None):
         self.model, self.live = model, live
         if live:
             enc = tokenizer(texts, padding=True, truncation=True, max_length=model.config.max_text_tokens, return_tensors="pt")
             self.ids, self.mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         else:
-            self.table = model.embed_texts(tokenizer, texts)
+            self.table = model.text_vectors(tokenizer, texts, cache)
 
     def __call__(self, text_id: torch.Tensor) -> torch.Tensor:
         """[N] text ids (no -1) -> [N, text_dim]."""
@@ -129,16 +161,14 @@ def candidate_log_q(targets: np.ndarray, n_items: int, batch_size: int, negative
 
 
 def _history_loss(model: InstructRecScorer, states: torch.Tensor, seq: torch.Tensor, label: torch.Tensor,
-                  items: torch.Tensor) -> torch.Tensor:
+                  items: torch.Tensor, low_precision: bool = False) -> torch.Tensor:
     """Auxiliary next-item loss on the bare history states (SASRec's objective) at every real transition.
 
     Every slot of every window trains the history encoder, whatever instruction type the slot drew,
     so the history-only signal is as dense as SASRec's; dislikes are left out.
     """
     real = (seq[:, :-1] > 0) & (seq[:, 1:] > 0) & (label >= 0)
-    target = seq[:, 1:][real]
-    logits = (states[real] @ items[1:].T + model.item_bias[1:]).float()
-    return F.cross_entropy(logits, target - 1)
+    return -catalogue_log_prob(states[real], items[1:], seq[:, 1:][real] - 1, model.item_bias[1:], low_precision).mean()
 
 
 def _optimizer(model: InstructRecScorer, s: FitSettings) -> torch.optim.Optimizer:
@@ -165,8 +195,12 @@ def fit(
     fingerprint: str = "",
     on_epoch: OnEpoch | None = None,
     progress: bool = True,
+    text_cache: dict[str, torch.Tensor] | None = None,
 ) -> FitResult:
-    """Train in place; leaves the model holding its best-validation weights."""
+    """Train in place; leaves the model holding its best-validation weights.
+
+    text_cache: BERT vectors of texts already embedded (frozen BERT only; see InstructRecScorer.text_vectors).
+    """
     device = torch.device(s.device)
     model.to(device)
     optim = _optimizer(model, s)
@@ -192,13 +226,13 @@ def fit(
     if start_epoch >= s.epochs:  # a finished run with the same fingerprint: reuse it
         model.load_state_dict(best_state)
         return result
-    texts = _TextInputs(model, tokenizer, examples.texts, s.train_bert, s.device)
+    texts = _TextInputs(model, tokenizer, examples.texts, s.train_bert, s.device, None if s.train_bert else text_cache)
     tensors = {name: torch.as_tensor(getattr(examples, name), device=device)
                for name in ("seq", "text_id", "use_history", "label", "weight")}
     n_items = model.config.n_items
     log_q = candidate_log_q(examples.target, n_items, s.batch_size * examples.seq.shape[1], s.negatives).to(device) \
         if s.logq_correction and not s.full_softmax else None
-    amp = s.mixed_precision and device.type == "cuda"
+    low_precision = s.mixed_precision and bf16_capable(device)
     seen = 0
     started = time.perf_counter()
     for epoch in range(start_epoch, s.epochs):
@@ -215,19 +249,20 @@ def fit(
             seq, weight = tensors["seq"][rows], tensors["weight"][rows]
             at = weight > 0
             target, label, weight = seq[:, 1:][at], tensors["label"][rows][at], weight[at]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with autocast(device, s.mixed_precision):
                 items = model.item_vectors()
                 inputs = seq[:, :-1]
                 states = model.history_states(inputs, items)
                 q = model.window_queries(texts(tensors["text_id"][rows][at]), states, inputs, tensors["use_history"][rows],
                                          at)
                 if s.full_softmax:
-                    loss = full_softmax_loss(model, q, target, label, weight, items, s.dislike_weight)
+                    loss = full_softmax_loss(model, q, target, label, weight, items, s.dislike_weight, low_precision)
                 else:
                     negatives = torch.randint(1, n_items + 1, (s.negatives,), generator=gen).to(device)
                     loss = sampled_softmax_loss(model, q, target, label, weight, negatives, items, s.dislike_weight, log_q)
                 if s.history_loss_weight > 0:
-                    loss = loss + s.history_loss_weight * _history_loss(model, states, seq, tensors["label"][rows], items)
+                    loss = loss + s.history_loss_weight * _history_loss(model, states, seq, tensors["label"][rows], items,
+                                                                        low_precision)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -235,11 +270,14 @@ def fit(
             losses.append(loss.item())
             n_epoch += len(target)
         seen += n_epoch
-        metrics = validate(model)
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
-               **{f"val_{k}": v for k, v in metrics.items()}}
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
         result.history.append(row)
-        if metrics["ndcg@10"] > result.best_metric or not s.select_best:
+        if (epoch + 1) % s.eval_every and epoch + 1 < s.epochs:
+            metrics = None
+        else:
+            metrics = validate(model)
+            row.update({f"val_{k}": v for k, v in metrics.items()})
+        if metrics is not None and (metrics["ndcg@10"] > result.best_metric or not s.select_best):
             result.best_metric, result.best_epoch = metrics["ndcg@10"], epoch
             best_state = copy.deepcopy(model.state_dict())
         if ckpt:  # before the callback: a failing logger never loses a finished epoch

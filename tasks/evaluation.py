@@ -187,7 +187,8 @@ def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, sasrec
     logger = get_run_logger()
     ids = prepared.catalogue.item_ids
     args = (prepared.test_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share)
-    scorers = {CHALLENGER: TorchScorer(CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device)}
+    scorers = {CHALLENGER: TorchScorer(CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device,
+                                       challenger.text_cache)}
     champion = registry.get_alias(registry.CHAMPION)
     if champion is not None:
         scorers[CHAMPION] = champion_scorer(cfg, champion, ids, logger)
@@ -227,7 +228,8 @@ def _check_variants(cfg: Config, prepared: Prepared, challenger: Trained, paths:
     """Parity against PyTorch and validation NDCG@10 for every variant this host can run."""
     ids = prepared.catalogue.item_ids
     args = (prepared.valid_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share)
-    reference = evaluate(TorchScorer("eager", challenger.model, challenger.tokenizer, ids, ids, cfg.train.device),
+    reference = evaluate(TorchScorer("eager", challenger.model, challenger.tokenizer, ids, ids, cfg.train.device,
+                                     challenger.text_cache),
                          *args).overall["ndcg@10"]
     reports = {}
     for name, path in paths.items():
@@ -252,7 +254,7 @@ def export_challenger(cfg: Config, prepared: Prepared, challenger: Trained, cham
     session: Session = make_session(path)
     onnx = OnnxScorer(CHALLENGER, session, challenger.tokenizer, cfg.model.max_text_tokens)
     ids = prepared.catalogue.item_ids
-    eager = TorchScorer(CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device)
+    eager = TorchScorer(CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device, challenger.text_cache)
     texts, hist = _parity_inputs(prepared, cfg.export.parity_rows_per_type)
     reference_scores = _batched(eager, texts, hist)
     check = parity(reference_scores, _batched(onnx, texts, hist))

@@ -21,7 +21,7 @@ from instructrec.train import feedback_settings, fit
 from model_registry import registry
 from tasks import tracking
 from tasks.promotion import promote
-from tasks.training import EpochLogger, Trained, _summarise, fingerprint, newest_event, validator
+from tasks.training import EpochLogger, Trained, _summarise, fingerprint, newest_event, text_cache, validator
 
 ONLINE_STAGE = "online_feedback"
 
@@ -102,9 +102,10 @@ def finetune_from_champion(cfg: Config, prepared: Prepared, champion: registry.V
     tracking.log_metrics(run_id, {f"{ONLINE_STAGE}/{k}": v for k, v in stats.as_dict().items()})
     fp = fingerprint(ONLINE_STAGE, champion.version, champion.run_id, cfg.feedback, sorted(events[schema.EVENT_ID]))
     epochs = EpochLogger(run_id, ONLINE_STAGE)
-    result = fit(model, tokenizer, examples, feedback_settings(cfg, online=True), validator(prepared, tokenizer, cfg),
-                 cfg.paths.checkpoints / fp, fp, epochs, cfg.progress)
+    cache = text_cache(cfg)
+    result = fit(model, tokenizer, examples, feedback_settings(cfg, online=True),
+                 validator(prepared, tokenizer, cfg, cache), cfg.paths.checkpoints / fp, fp, epochs, cfg.progress, cache)
     logger.info("tuned v%s on %d new events (%s): validation NDCG@10 %.4f -> %.4f", champion.version, events.height,
                 stats.as_dict(), result.history[0]["val_ndcg@10"], result.best_metric)
     _summarise(run_id, ONLINE_STAGE, result, epochs)
-    return Trained(model, tokenizer, result, fp, newest_event(events) or until)
+    return Trained(model, tokenizer, result, fp, newest_event(events) or until, cache)

@@ -23,7 +23,15 @@ from instructrec.feedback import feedback_examples, read_store  # noqa: E402
 from instructrec.model import CHECKPOINT_FORMAT, InstructRecScorer  # noqa: E402
 from instructrec.prepare import Prepared  # noqa: E402
 from instructrec.sasrec import SASRec, SASRecConfig, SASRecScorer, SASRecSettings, fit_sasrec  # noqa: E402
-from instructrec.train import FitResult, feedback_settings, fit, new_scorer, representation_settings  # noqa: E402
+from instructrec.train import (  # noqa: E402
+    FitResult,
+    can_warm_start,
+    feedback_settings,
+    fit,
+    new_scorer,
+    representation_settings,
+    warm_start,
+)
 from tasks import tracking  # noqa: E402
 
 
@@ -34,16 +42,27 @@ class Trained:
     fit: FitResult
     fingerprint: str
     feedback_until: str | None = None  # timestamp of the newest stored feedback event it was tuned on
+    text_cache: dict | None = None  # its frozen BERT's vectors of this run's texts (None when BERT is tuned)
+
+
+@dataclass
+class Baseline:
+    model: SASRec
+    fingerprint: str  # of its data and config: what a scorer started from it depends on
 
 
 def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def validator(prepared: Prepared, tokenizer, cfg: Config):
+def text_cache(cfg: Config) -> dict | None:
+    """A run's store of instruction-text vectors, while BERT stays frozen (they never change then)."""
+    return None if cfg.model.train_bert else {}
+
+
+def validator(prepared: Prepared, tokenizer, cfg: Config, cache: dict | None):
     """Validation NDCG@10 (mean over instruction types) on the validation targets."""
     ids = prepared.catalogue.item_ids
-    cache: dict | None = None if cfg.model.train_bert else {}
 
     def run(model: InstructRecScorer) -> dict[str, float]:
         scorer = TorchScorer("valid", model, tokenizer, ids, ids, cfg.train.device, cache)
@@ -78,12 +97,13 @@ def _log_curves(run_id: str, stage: str, result: FitResult) -> None:
     rows = [r for r in result.history if r["epoch"] >= 0]
     if not rows:
         return
+    validated = [r for r in rows if "val_ndcg@10" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     epochs = [r["epoch"] + 1 for r in rows]
     ax1.plot(epochs, [r["loss"] for r in rows], marker="o")
     ax1.set(title=f"{stage}: training loss", xlabel="epoch")
-    for key in (k for k in rows[0] if k.startswith("val_") and k.endswith("ndcg@10")):
-        ax2.plot(epochs, [r[key] for r in rows], marker="o", label=key.removeprefix("val_"))
+    for key in (k for k in validated[0] if k.startswith("val_") and k.endswith("ndcg@10")):
+        ax2.plot([r["epoch"] + 1 for r in validated], [r[key] for r in validated], marker="o", label=key.removeprefix("val_"))
     ax2.set(title=f"{stage}: validation NDCG@10", xlabel="epoch")
     ax2.legend(fontsize=7)
     fig.tight_layout()
@@ -101,15 +121,16 @@ def _summarise(run_id: str, stage: str, result: FitResult, epochs: EpochLogger) 
 
 
 @task(name="train-sasrec-baseline", cache_policy=NO_CACHE)
-def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: str) -> SASRec | None:
+def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: str) -> Baseline | None:
     """SASRec on the same split: the ID-only sequential reference row (reused when data and config match)."""
     b = cfg.baseline
     if not b.enabled:
         return None
     logger = get_run_logger()
     torch.manual_seed(cfg.train.seed)  # the initial weights too: the same data and config give the same baseline
-    model = SASRec(SASRecConfig(prepared.catalogue.n_items, cfg.data.max_history, b.dim, b.n_layers, b.n_heads, b.dropout))
-    fp = fingerprint("sasrec", CHECKPOINT_FORMAT, snapshot_hash, cfg.data, b, cfg.train.seed)
+    model = SASRec(SASRecConfig(prepared.catalogue.n_items, cfg.data.max_history, b.dim, b.n_layers, b.n_heads, b.dropout,
+                                b.attention_dropout))
+    fp = fingerprint("sasrec", CHECKPOINT_FORMAT, snapshot_hash, cfg.data, b, cfg.train.seed, cfg.train.mixed_precision)
     path = cfg.paths.checkpoints / fp / "sasrec.pt"
     if path.exists():
         state = torch.load(path, map_location=cfg.train.device, weights_only=False)
@@ -119,7 +140,7 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
         history = state["history"]
     else:
         settings = SASRecSettings(b.epochs, b.batch_size, b.lr, 0.0, b.patience, b.eval_every, cfg.train.seed,
-                                  cfg.train.device)
+                                  cfg.train.device, cfg.train.mixed_precision)
         case = {HEADLINE: prepared.valid_cases[HEADLINE]}
 
         def validate(m: SASRec) -> float:
@@ -134,29 +155,42 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
     for row in history:
         tracking.log_metrics(run_id, {"sasrec/loss": row["loss"], "sasrec/val_ndcg@10": row["val_ndcg@10"]},
                              step=row["epoch"] + 1)
-    return model
+    return Baseline(model, fp)
 
 
 @task(name="train-representation", cache_policy=NO_CACHE)
-def train_representation(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: str) -> Trained:
-    """BERT two-tower training; resumes from its checkpoint after a crash."""
+def train_representation(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: str,
+                         baseline: Baseline | None = None) -> Trained:
+    """BERT two-tower training, its history tower started from SASRec where configured and it fits; resumes from
+    its checkpoint after a crash."""
     logger = get_run_logger()
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"profile {cfg.profile!r} trains on CUDA, but torch sees no GPU "
                            "(CPU-only torch build, or no device); use --profile cpu, or install the CUDA build of torch")
     model, tokenizer = new_scorer(cfg, prepared.catalogue)
+    init = baseline if cfg.train.init_from_baseline and baseline is not None else None
+    if init is not None and not can_warm_start(model, init.model):
+        logger.warning("SASRec %s does not fit the history tower %s: training from scratch", init.model.config,
+                       model.config)
+        init = None
+    if init is not None:
+        warm_start(model, init.model)
+        logger.info("history tower started from SASRec %s", init.fingerprint)
+    mlflow.MlflowClient().set_tag(run_id, "representation.init", f"sasrec {init.fingerprint}" if init else "scratch")
     settings = representation_settings(cfg)
-    fp = fingerprint("representation", CHECKPOINT_FORMAT, snapshot_hash, cfg.data, cfg.model, cfg.train)
+    fp = fingerprint("representation", CHECKPOINT_FORMAT, snapshot_hash, cfg.data, cfg.model, cfg.train,
+                     init.fingerprint if init else None)
     epochs = EpochLogger(run_id, "representation")
-    result = fit(model, tokenizer, prepared.examples, settings, validator(prepared, tokenizer, cfg),
-                 cfg.paths.checkpoints / fp, fp, epochs, cfg.progress)
+    cache = text_cache(cfg)
+    result = fit(model, tokenizer, prepared.examples, settings, validator(prepared, tokenizer, cfg, cache),
+                 cfg.paths.checkpoints / fp, fp, epochs, cfg.progress, cache)
     if result.reused:
         logger.info("reused the finished training of checkpoint %s (same data and config): nothing to train", fp)
     elif result.resumed_from is not None:
         logger.info("resumed representation training after epoch %d (checkpoint %s)", result.resumed_from + 1, fp)
     logger.info("representation: best validation NDCG@10 %.4f at epoch %d", result.best_metric, result.best_epoch + 1)
     _summarise(run_id, "representation", result, epochs)
-    return Trained(model, tokenizer, result, fp)
+    return Trained(model, tokenizer, result, fp, text_cache=cache)
 
 
 @task(name="finetune-feedback", cache_policy=NO_CACHE)
@@ -171,13 +205,14 @@ def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id:
     settings = feedback_settings(cfg)
     fp = fingerprint("feedback", base.fingerprint, cfg.feedback, sorted(store[schema.EVENT_ID].to_list()))
     epochs = EpochLogger(run_id, "feedback")
-    result = fit(base.model, base.tokenizer, examples, settings, validator(prepared, base.tokenizer, cfg),
-                 cfg.paths.checkpoints / fp, fp, epochs, cfg.progress)
+    cache = base.text_cache if not cfg.model.train_bert else None
+    result = fit(base.model, base.tokenizer, examples, settings, validator(prepared, base.tokenizer, cfg, cache),
+                 cfg.paths.checkpoints / fp, fp, epochs, cfg.progress, cache)
     before = result.history[0]["val_ndcg@10"]
     tracking.log_metrics(run_id, {"feedback/val_ndcg@10_before": before, "feedback/val_ndcg@10_after": result.best_metric})
     logger.info("feedback fine-tuning on %s: validation NDCG@10 %.4f -> %.4f", stats.as_dict(), before, result.best_metric)
     _summarise(run_id, "feedback", result, epochs)
-    return Trained(base.model, base.tokenizer, result, fp, newest_event(store))
+    return Trained(base.model, base.tokenizer, result, fp, newest_event(store), cache)
 
 
 def newest_event(store) -> str | None:

@@ -1,10 +1,12 @@
 """The SASRec baseline: causal, learns sequential structure, and plugs into the evaluation protocol."""
 
 import numpy as np
+import pytest
 import torch
 
-from instructrec.evaluate import PopularityScorer, evaluate
+from instructrec.evaluate import PopularityScorer, TorchScorer, evaluate
 from instructrec.sasrec import SASRec, SASRecConfig, SASRecScorer, SASRecSettings, fit_sasrec, training_windows
+from instructrec.train import can_warm_start, new_scorer, warm_start
 
 
 def test_windows_keep_every_transition_once():
@@ -46,3 +48,27 @@ def test_beats_popularity_on_the_synthetic_split(prepared):
     pop = evaluate(PopularityScorer(prepared.split.popularity), prepared.test_cases, prepared.split)
     assert set(ours.by_type) == set(prepared.test_cases)
     assert ours.by_type["P1/I0"]["ndcg@10"] > pop.by_type["P1/I0"]["ndcg@10"]
+
+
+def test_a_warm_started_scorer_ranks_history_only_requests_as_its_sasrec(tiny_cfg, prepared):
+    """warm_start copies SASRec into the history tower and zeroes the words' and texts' paths: before any tuning
+    the scorer's history-only scores are SASRec's, whatever the words say."""
+    model, tok = new_scorer(tiny_cfg, prepared.catalogue)
+    c = model.config
+    sasrec = SASRec(SASRecConfig(c.n_items, c.max_history, c.dim, c.n_layers, c.n_heads))
+    fit_sasrec(sasrec, prepared.split.train, SASRecSettings(epochs=3, eval_every=3), validate=lambda m: 0.0)
+    assert can_warm_start(model, sasrec)
+    warm_start(model, sasrec)
+    case = prepared.test_cases["P1/I0"]
+    ids = prepared.catalogue.item_ids
+    ours = TorchScorer("warm", model, tok, ids, ids).score(case.texts, case.history)
+    np.testing.assert_allclose(ours, SASRecScorer(sasrec).score(case.texts, case.history), rtol=1e-5, atol=1e-5)
+
+
+def test_warm_start_refuses_a_sasrec_of_another_shape(tiny_cfg, prepared):
+    model, _ = new_scorer(tiny_cfg, prepared.catalogue)
+    c = model.config
+    wider = SASRec(SASRecConfig(c.n_items, c.max_history, 2 * c.dim, c.n_layers, c.n_heads))
+    assert not can_warm_start(model, wider)
+    with pytest.raises(ValueError, match="does not fit"):
+        warm_start(model, wider)

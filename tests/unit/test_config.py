@@ -39,3 +39,14 @@ def test_overrides_are_typed_and_unknown_keys_rejected(tmp_path):
 def test_flat_params_cover_every_section(tmp_path):
     flat = load_config("cpu", environ={"INSTRUCTREC_HOME": str(tmp_path)}).flat()
     assert {"profile", "model.dim", "train.epochs", "gate.epsilon", "eval.types"} <= set(flat)
+
+
+def test_a_source_preset_sits_between_the_profile_and_overrides(tmp_path):
+    env = {"INSTRUCTREC_HOME": str(tmp_path)}
+    ml100k, ml1m = load_config("cpu", environ=env), load_config("cpu", data="movielens-1m", environ=env)
+    assert ml100k.data.max_history == 20 and ml1m.data.max_history == 200 and ml1m.data.window_stride is None
+    assert ml1m.model == ml100k.model  # sizes of data, not of the model
+    assert load_config("cpu", overrides={"data": {"source": "movielens-1m"}}, environ=env).data.max_history == 200
+    mine = load_config("cpu", data="movielens-1m", overrides={"data": {"max_history": 50}}, environ=env)
+    assert mine.data.max_history == 50 and mine.data.source == "movielens-1m"
+    assert load_config("tiny", data="movielens-1m", environ=env).data.max_history == 20  # tests keep tiny's sizes
