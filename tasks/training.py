@@ -205,7 +205,7 @@ def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id:
     settings = feedback_settings(cfg)
     fp = fingerprint("feedback", base.fingerprint, cfg.feedback, sorted(store[schema.EVENT_ID].to_list()))
     epochs = EpochLogger(run_id, "feedback")
-    cache = base.text_cache if not cfg.model.train_bert else None
+    cache = base.text_cache  # None already when BERT is tuned (text_cache)
     result = fit(base.model, base.tokenizer, examples, settings, validator(prepared, base.tokenizer, cfg, cache),
                  cfg.paths.checkpoints / fp, fp, epochs, cfg.progress, cache)
     before = result.history[0]["val_ndcg@10"]
