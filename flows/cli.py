@@ -74,18 +74,40 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def _recommend(args: argparse.Namespace) -> int:
+def _champion():
+    """(config, the champion's recommender); exits 1 with the next step when there is none yet."""
     from model_registry import registry
     from model_registry.serving import NoChampion, load_champion
 
     cfg = load_config()
     registry.connect(cfg.paths.tracking_uri)
     try:
-        rec = load_champion(cfg)
+        return cfg, load_champion(cfg)
     except NoChampion as exc:
         print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from instructrec.recommend import Adaptation
+
+    cfg, rec = _champion()
+    adapt = Adaptation(diversity=cfg.serve.diversity if args.diversity is None else args.diversity,
+                       cold_start_diversity=cfg.serve.cold_start_diversity, candidates=cfg.serve.rerank_candidates)
+    print(json.dumps(rec.recommend(args.user_id, args.instruction, args.k, adapt=adapt), indent=2))
+    return 0
+
+
+def _similar(args: argparse.Namespace) -> int:
+    _, rec = _champion()
+    try:
+        print(json.dumps(rec.similar(args.item_id, args.k), indent=2))
+    except KeyError:
+        print(f"error: unknown item id {args.item_id!r} (not in the champion v{rec.version}'s catalogue)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(rec.recommend(args.user_id, args.instruction, args.k), indent=2))
     return 0
 
 
@@ -180,7 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--user-id", required=True)
     r.add_argument("--instruction", default=None, help="free-text request, e.g. 'a funny animated film'")
     r.add_argument("-k", type=int, default=10)
+    r.add_argument("--diversity", type=float, default=None, help="MMR re-ranking weight, 0 to 1 (default serve.diversity)")
     r.set_defaults(run=_recommend)
+    si = sub.add_parser("similar", help="the champion's nearest items to one item (item tower), as JSON")
+    si.add_argument("--item-id", required=True)
+    si.add_argument("-k", type=int, default=10)
+    si.set_defaults(run=_similar)
     b = sub.add_parser("batch", help="top-k for every user from the champion, written as Parquet")
     b.add_argument("-k", type=int, default=10)
     b.set_defaults(run=_batch)

@@ -140,6 +140,16 @@ class ServeConfig(_Frozen):
     max_k: int = 100
     max_text_chars: int = 500
     max_user_id_chars: int = 64
+    # session adaptation: what a reaction does to the same user's next list (no retraining)
+    adapt_sessions: bool = True  # off: a reaction only hides the judged item
+    session_share: float = 1.0  # share of users (hashed, experiment "<experiment>-session") that get adaptation
+    demotion: float = 1.0  # score standard deviations a disliked item's nearest neighbour loses (0: off)
+    promotion: float = 0.5  # score standard deviations a liked item's nearest neighbour gains (0: off)
+    neighbours: int = 20  # neighbours moved per liked or disliked item
+    request_ttl_seconds: float = 1800.0  # a request in words stands this long, or until the user says another
+    diversity: float = 0.0  # MMR re-ranking weight, 0 (relevance only) to 1; a request may set its own
+    cold_start_diversity: float = 0.3  # MMR weight of the popular list for an unknown user without a request
+    rerank_candidates: int = 100  # items the re-ranking chooses from
 
 
 class StackConfig(_Frozen):

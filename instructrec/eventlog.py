@@ -67,6 +67,34 @@ class EventLog:
                 self._fh = None
 
 
+class LogTail:
+    """Reads what every process has appended to a log since the last call (complete lines only).
+
+    How several service processes share one state: each tails the same segment
+    files, so an event stored by any of them is seen by all, in segment order.
+    """
+
+    def __init__(self, directory: Path, prefix: str):
+        self.directory, self.prefix = directory, prefix
+        self._offsets: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def new_records(self) -> list[dict]:
+        out: list[dict] = []
+        with self._lock:
+            for path in sorted(self.directory.glob(f"{self.prefix}-*.jsonl")):
+                start = self._offsets.get(path, 0)
+                if path.stat().st_size <= start:
+                    continue
+                with path.open("rb") as fh:
+                    fh.seek(start)
+                    data = fh.read()
+                complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
+                out += [json.loads(line) for line in complete.splitlines() if line.strip()]
+                self._offsets[path] = start + len(complete)
+        return out
+
+
 def iter_records(directory: Path, prefix: str) -> Iterator[dict]:
     """Every complete record of every segment, oldest segment first."""
     for path in sorted(directory.glob(f"{prefix}-*.jsonl")):

@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -215,6 +216,12 @@ class InstructRecScorer(nn.Module):
     def tokenize(self, tokenizer: BertTokenizerFast, texts: list[str]) -> dict[str, torch.Tensor]:
         enc = tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_text_tokens, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+@torch.inference_mode()
+def item_tower(model: InstructRecScorer) -> np.ndarray:
+    """[n_items, dim] item vectors in catalogue order (padding row dropped), for similarity outside PyTorch."""
+    return model.item_vectors()[1:].float().cpu().numpy()
 
 
 # bump when parameter names or shapes change: checkpoints of another format are never resumed or reused

@@ -15,19 +15,23 @@ from transformers import BertTokenizerFast
 from instructrec import schema
 from instructrec.export import OnnxScorer, Session, cuda_usable, make_session
 from instructrec.optimize import FP32
-from instructrec.instructions import Instruction, free_text_instruction, make_instruction, pad_histories, render
+from instructrec.instructions import Instruction, free_text_instruction, make_instruction, pad_histories, plural, render
+from instructrec.lists import ItemSpace, cite, matched_words, mmr, top_columns
 from instructrec.split import Catalogue, chronological
 
 BUNDLE_MANIFEST = "serving.json"
 VARIANTS_DIR = "variants"
+ITEM_VECTORS = "item_vectors.npy"  # [n_items, dim] item-tower vectors, catalogue order
 DEFAULT_REQUEST = "P1/I0"
 
 
 def write_bundle(target: Path, tokenizer: BertTokenizerFast, catalogue: Catalogue, max_history: int,
                  max_text_tokens: int, snapshot_hash: str, serving: dict[str, str] | None = None,
-                 variant_files: dict[str, Path] | None = None) -> Path:
+                 variant_files: dict[str, Path] | None = None, item_vectors: np.ndarray | None = None) -> Path:
     """Everything besides the registered fp32 graph that serving needs, the chosen faster variants included."""
     target.mkdir(parents=True, exist_ok=True)
+    if item_vectors is not None:
+        np.save(target / ITEM_VECTORS, np.asarray(item_vectors, dtype=np.float32))
     tokenizer.save_pretrained(str(target / "tokenizer"))
     for name, path in (variant_files or {}).items():
         (target / VARIANTS_DIR).mkdir(exist_ok=True)
@@ -47,6 +51,18 @@ def serving_graph(fp32_file: Path, bundle: Path) -> tuple[Path, str]:
     return (path, name) if name != FP32 and path.exists() else (fp32_file, FP32)
 
 
+@dataclass(frozen=True)
+class Adaptation:
+    """How a session's reactions bend the next list (serve.* settings; see instructrec.session)."""
+
+    demotion: float = 1.0  # a disliked item's closest neighbour loses this many score standard deviations
+    promotion: float = 0.5  # a liked item's closest neighbour gains this many
+    neighbours: int = 20  # items moved per liked or disliked item (the most similar ones)
+    diversity: float = 0.0  # MMR weight of the re-ranking, 0 (off) to 1
+    cold_start_diversity: float = 0.3  # MMR weight of the popular list an unknown user without a request gets
+    candidates: int = 100  # items the re-ranking chooses from
+
+
 @dataclass
 class Recommender:
     session: Session
@@ -57,9 +73,12 @@ class Recommender:
     max_text_tokens: int
     version: str = "?"
     variant: str = FP32
+    space: ItemSpace | None = None  # item-tower vectors: similar items, demotion, reasons (absent in old bundles)
 
     def __post_init__(self) -> None:
         self.scorer = OnnxScorer(f"v{self.version}", self.session, self.tokenizer, self.max_text_tokens)
+        self.popularity = (self.space.popularity if self.space is not None
+                           else item_counts(self.histories, self.catalogue.n_items))
 
     @classmethod
     def load(cls, onnx_file: Path, bundle: Path, interactions: pl.DataFrame, version: str = "?") -> Recommender:
@@ -67,8 +86,13 @@ class Recommender:
         catalogue = Catalogue(m["item_ids"], m["titles"], [""] * len(m["item_ids"]), [tuple(g) for g in m["genres"]], m["noun"])
         tokenizer = BertTokenizerFast.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)
         graph, variant = serving_graph(onnx_file, bundle)
-        return cls(make_session(graph), tokenizer, catalogue, user_histories(interactions, catalogue),
-                   m["max_history"], m["max_text_tokens"], version, variant)
+        histories = user_histories(interactions, catalogue)
+        space = None
+        if (bundle / ITEM_VECTORS).exists():
+            space = ItemSpace.build(np.load(bundle / ITEM_VECTORS), catalogue.genres,
+                                    item_counts(histories, catalogue.n_items), len(histories))
+        return cls(make_session(graph), tokenizer, catalogue, histories, m["max_history"], m["max_text_tokens"], version,
+                   variant, space)
 
     def request(self, history: np.ndarray, instruction: str | None = None) -> Instruction:
         """The user's own words beside their history; history alone; or a cold-start request."""
@@ -78,28 +102,112 @@ class Recommender:
             return make_instruction(DEFAULT_REQUEST, 0, self.catalogue, history, None, self.max_history)
         return free_text_instruction(f"Recommend a popular {self.catalogue.noun}.", history, self.max_history, self.catalogue)
 
-    def recommend(self, user_id: str, instruction: str | None = None, k: int = 10, exclude: Iterable[str] = ()) -> dict:
-        """Top-k for the user, never an item of their history nor one in `exclude` (item ids already judged)."""
+    def indices(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Catalogue indices of the ids this model knows (others, e.g. items added since, are skipped)."""
+        return np.asarray([self.catalogue.index[i] for i in item_ids if i in self.catalogue.index], dtype=np.int64)
+
+    def recommend(self, user_id: str, instruction: str | None = None, k: int = 10, exclude: Iterable[str] = (),
+                  liked: Iterable[str] = (), disliked: Iterable[str] = (), adapt: Adaptation = Adaptation()) -> dict:
+        """Top-k for the user, never an item of their history nor one in `exclude` (item ids already judged).
+
+        liked: items the user liked this session, read as the newest part of their history, whose
+        neighbours gain up to `adapt.promotion` score standard deviations; disliked: items whose
+        neighbours lose up to `adapt.demotion`.
+        """
         if k < 1:
             raise ValueError("k must be at least 1")
-        history = self.histories.get(str(user_id), np.zeros(0, dtype=np.int64))
+        known = self.histories.get(str(user_id), np.zeros(0, dtype=np.int64))
+        fresh = self.indices(liked)
+        history = np.concatenate([known, fresh[~np.isin(fresh, known)]])
+        blocked = np.concatenate([history, self.indices(exclude)]) - 1
+        if not len(history) and not instruction and self.space is not None:
+            return self._popular(str(user_id), k, blocked, adapt)
         ins = self.request(history, instruction)
         scores = self.scorer.score([ins.text], pad_histories([ins.history], self.max_history))[0].astype(np.float64)
-        scores[history - 1] = -np.inf  # never recommend what the user already has
-        judged = [self.catalogue.index[i] for i in exclude if i in self.catalogue.index]
-        scores[np.asarray(judged, dtype=np.int64) - 1] = -np.inf
-        top = np.argsort(-scores, kind="stable")[: min(k, int(np.isfinite(scores).sum()))]
-        return {
-            "user_id": str(user_id),
-            "known_user": bool(len(history)),
-            "instruction": render(ins, self.catalogue),
-            "instruction_type": ins.type,
-            "model_version": self.version,
-            "provider": self.session.provider,
-            "variant": self.variant,
-            "items": [{"rank": r + 1, "item_id": self.catalogue.item_ids[c], "title": self.catalogue.titles[c],
-                       "score": round(float(scores[c]), 4)} for r, c in enumerate(top)],
-        }
+        scores[blocked] = -np.inf  # never recommend what the user already has or has judged
+        scores = self._nudge(scores, fresh - 1, adapt.promotion, adapt.neighbours)
+        scores = self._nudge(scores, self.indices(disliked) - 1, -adapt.demotion, adapt.neighbours)
+        top = self._pick(scores, k, adapt.diversity, adapt.candidates)
+        items = [self._item(c, scores[c], r, history, set(fresh.tolist()), instruction) for r, c in enumerate(top)]
+        return {**self._head(str(user_id), bool(len(known)), render(ins, self.catalogue), ins.type), "items": items}
+
+    def similar(self, item_id: str, k: int = 10, exclude: Iterable[str] = ()) -> dict:
+        """The k items closest to `item_id` in the item tower (cosine), never itself nor `exclude`."""
+        space = self._require_space()
+        if item_id not in self.catalogue.index:
+            raise KeyError(item_id)
+        col = self.catalogue.index[item_id] - 1
+        sims = (space.unit @ space.unit[col]).astype(np.float64)
+        sims[np.concatenate([[col], self.indices(exclude) - 1])] = -np.inf
+        top = self._pick(sims, k, 0.0, 0)
+        items = [{"rank": r + 1, "item_id": self.catalogue.item_ids[c], "title": self.catalogue.titles[c],
+                  "score": round(float(sims[c]), 4), "reason": f"like {self.catalogue.titles[col]}"}
+                 for r, c in enumerate(top)]
+        return {"item_id": item_id, "title": self.catalogue.titles[col], "model_version": self.version, "items": items}
+
+    # -- parts ----------------------------------------------------------------
+    def _require_space(self) -> ItemSpace:
+        if self.space is None:
+            raise LookupError(f"model v{self.version} was exported without item vectors (before similar items existed); "
+                              "serve a version trained since")
+        return self.space
+
+    def _nudge(self, scores: np.ndarray, reacted: np.ndarray, strength: float, neighbours: int) -> np.ndarray:
+        """Move the nearest neighbours of the `reacted` columns by up to `strength` score standard deviations.
+
+        Bounded: an item moves by strength x spread x its cosine to the closest reacted item, whatever
+        the number of reactions; only each reacted item's `neighbours` nearest items move at all.
+        """
+        if self.space is None or not len(reacted) or strength == 0:
+            return scores
+        sims = np.clip(self.space.unit @ self.space.unit[reacted].T, 0.0, 1.0)  # [n_items, n_reacted]
+        sims[reacted, np.arange(len(reacted))] = 0.0
+        for j in range(sims.shape[1]):
+            column = sims[:, j]
+            column[np.argsort(-column, kind="stable")[neighbours:]] = 0.0
+        finite = np.isfinite(scores)
+        spread = float(scores[finite].std()) if finite.sum() > 1 else 0.0
+        return scores + strength * spread * sims.max(axis=1)
+
+    def _pick(self, scores: np.ndarray, k: int, diversity: float, candidates: int) -> np.ndarray:
+        n = int(np.isfinite(scores).sum())
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        if diversity <= 0 or self.space is None:
+            return top_columns(scores[None], min(k, n))[0]
+        pool = top_columns(scores[None], min(max(candidates, k), n))[0]
+        return mmr(scores[pool], pool, self.space.unit, k, diversity)
+
+    def _popular(self, user_id: str, k: int, blocked: np.ndarray, adapt: Adaptation) -> dict:
+        """An unknown user without a request: popular items, re-ranked for diversity."""
+        scores = np.log1p(self.popularity)
+        scores[blocked] = -np.inf
+        top = self._pick(scores, k, adapt.cold_start_diversity, adapt.candidates)
+        items = [{"rank": r + 1, "item_id": self.catalogue.item_ids[c], "title": self.catalogue.titles[c],
+                  "score": round(float(scores[c]), 4), "reason": f"popular: {int(self.popularity[c])} people have it"}
+                 for r, c in enumerate(top)]
+        return {**self._head(user_id, False, f"popular {plural(self.catalogue.noun)}, varied", "P0/popular"), "items": items}
+
+    def _head(self, user_id: str, known: bool, instruction: str, type_: str) -> dict:
+        return {"user_id": user_id, "known_user": known, "instruction": instruction, "instruction_type": type_,
+                "model_version": self.version, "provider": self.session.provider, "variant": self.variant}
+
+    def _item(self, col: int, score: float, rank: int, history: np.ndarray, liked: set[int], request: str | None) -> dict:
+        """One listed item with the reason a person reads: the history item behind it, the words it matches."""
+        out = {"rank": rank + 1, "item_id": self.catalogue.item_ids[col], "title": self.catalogue.titles[col],
+               "score": round(float(score), 4)}
+        parts = []
+        cited = cite(col, history[-self.max_history:] - 1, self.space.unit) if self.space is not None else None
+        if cited is not None:
+            out["because"] = self.catalogue.item_ids[cited]
+            source = "which you liked" if cited + 1 in liked else "in your history"
+            parts.append(f"like {self.catalogue.titles[cited]}, {source}")
+        matches = matched_words(request, self.catalogue.genres[col])
+        if matches:
+            out["matches"] = matches
+            parts.append("matches: " + ", ".join(matches))
+        out["reason"] = "; ".join(parts) or f"a {self.catalogue.noun} for your request"
+        return out
 
 
 def top_k_all(rec: Recommender, k: int = 10, batch_size: int = 256) -> pl.DataFrame:
@@ -128,6 +236,11 @@ def top_k_all(rec: Recommender, k: int = 10, batch_size: int = 256) -> pl.DataFr
             rows["item_id"] += ids[order[r]].tolist()
             rows["score"] += scores[r, order[r]].tolist()
     return pl.DataFrame(rows, schema={"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "score": pl.Float32})
+
+
+def item_counts(histories: dict[str, np.ndarray], n_items: int) -> np.ndarray:
+    """[n_items] users per item (a history holds an item once)."""
+    return np.bincount(np.concatenate([np.zeros(0, np.int64), *histories.values()]), minlength=n_items + 1)[1:].astype(float)
 
 
 def user_histories(interactions: pl.DataFrame, catalogue: Catalogue) -> dict[str, np.ndarray]:

@@ -10,23 +10,24 @@ or mixes a request. Every served list and every feedback event is on disk
 import logging
 import threading
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import polars as pl
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from instructrec import schema
-from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, assign_arm
-from instructrec.config import Config
-from instructrec.eventlog import EventLog, iter_records
-from instructrec.feedback import FEEDBACK_LOG, IMPRESSION_LOG, read_store
-from instructrec.recommend import Recommender
+from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, assign_arm, bucket
+from instructrec.config import Config, ServeConfig
+from instructrec.eventlog import EventLog, LogTail
+from instructrec.feedback import FEEDBACK_LOG, IMPRESSION_LOG, STORE_GLOB, read_store
+from instructrec.recommend import Adaptation, Recommender
+from instructrec.session import SessionBook, UserSession
 from model_registry import registry
 from model_registry.serving import load_version
 from tasks import events
@@ -111,23 +112,93 @@ class FinetuneTrigger:
         threading.Thread(target=self.emit, args=(n,), daemon=True).start()
 
 
+class ListedItem(BaseModel):
+    rank: int
+    item_id: str
+    title: str
+    score: float = Field(description="the model's score (similar items: cosine; popular list: log popularity)")
+    reason: str = Field(description="why it is listed, in words a person reads")
+    because: str | None = Field(None, description="the history item that most supports it (item-tower similarity)")
+    matches: list[str] | None = Field(None, description="attributes of the item the request names")
+
+
+class RecommendResponse(BaseModel):
+    request_id: str = Field(description="quote it in /feedback")
+    arm: str
+    user_id: str
+    known_user: bool
+    instruction: str = Field(description="what the model read, titles in place of the history")
+    instruction_type: str
+    request_source: Literal["request", "session", "none", "more_like_this"]
+    session_adapted: bool = Field(description="whether this user's reactions this session shape their lists")
+    model_version: str
+    provider: str
+    variant: str
+    items: list[ListedItem]
+
+
+class SimilarResponse(BaseModel):
+    item_id: str
+    title: str
+    model_version: str
+    items: list[ListedItem]
+
+
+class FeedbackResponse(BaseModel):
+    event_id: str
+    stored: bool
+    duplicate: bool
+    arm: str
+    model_version: str
+
+
+class ModelInfo(BaseModel):
+    version: str
+    variant: str
+    provider: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "no_model"]
+    models: dict[str, ModelInfo]
+    experiment: str
+    challenger_share: float
+    feedback_events: int
+    sessions: int = Field(description="users with reactions this service knows of (all processes)")
+    reload_error: str | None
+
+
+def adaptation(s: ServeConfig, diversity: float | None = None) -> Adaptation:
+    return Adaptation(demotion=s.demotion, promotion=s.promotion, neighbours=s.neighbours,
+                      diversity=s.diversity if diversity is None else diversity,
+                      cold_start_diversity=s.cold_start_diversity, candidates=s.rerank_candidates)
+
+
+def adapts(s: ServeConfig, user_id: str) -> bool:
+    """Whether the user's session reactions shape their lists (an experiment of its own when session_share < 1)."""
+    return s.adapt_sessions and bucket(user_id, f"{s.experiment}-session") < s.session_share
+
+
 def _models(cfg: Config):
     s = cfg.serve
     UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=s.max_user_id_chars)]
     Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=s.max_text_chars)]
+    ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
     class RecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         user_id: UserId
         instruction: Text | None = Field(None, description="the user's own words, e.g. 'a funny animated film'")
         k: int = Field(10, ge=1, le=s.max_k)
+        like_item_id: ItemId | None = Field(None, description="more like this item: its nearest items, unseen ones")
+        diversity: float | None = Field(None, ge=0.0, le=1.0, description="MMR re-ranking weight (default serve.diversity)")
 
     class FeedbackRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         request_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
         user_id: UserId
         kind: Kind
-        item_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+        item_id: ItemId | None = None
         text: Text | None = None
         event_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
             None, description="client-chosen id: a retried event with the same id is stored once")
@@ -143,6 +214,43 @@ def _models(cfg: Config):
     return RecommendRequest, FeedbackRequest
 
 
+class SharedState:
+    """Requests served and sessions, as every process of the service sees them: folded from the logs they share."""
+
+    def __init__(self, cfg: Config):
+        self.feedback_dir = cfg.paths.feedback
+        self.ttl = timedelta(seconds=cfg.serve.request_ttl_seconds)
+        self.book = SessionBook()
+        self.requests: OrderedDict[str, Served] = OrderedDict()
+        self._events = LogTail(self.feedback_dir, FEEDBACK_LOG)
+        self._impressions = LogTail(self.feedback_dir, IMPRESSION_LOG)
+        self._lock = threading.Lock()
+        for f in sorted(self.feedback_dir.glob(STORE_GLOB)):  # batch files (imports) are never appended to
+            self.book.extend(pl.read_parquet(f).to_dicts())
+
+    def sync(self) -> None:
+        """Fold in what any process appended since the last call (a few stat calls when nothing did)."""
+        with self._lock:
+            self.book.extend(self._events.new_records())
+            for row in self._impressions.new_records():
+                self.requests[row[schema.REQUEST_ID]] = Served(row[schema.USER], row[schema.ARM], row[schema.MODEL_VERSION],
+                                                               frozenset(row["items"]))
+            while len(self.requests) > REMEMBERED_REQUESTS:
+                self.requests.popitem(last=False)
+
+    def remember(self, request_id: str, served: Served) -> None:
+        with self._lock:
+            self.requests[request_id] = served
+
+    def session(self, user_id: str) -> UserSession:
+        return self.book.get(user_id) or UserSession()
+
+    def served(self, request_id: str) -> Served | None:
+        if request_id not in self.requests:
+            self.sync()  # served by another process a moment ago
+        return self.requests.get(request_id)
+
+
 def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int], object] | None = None,
                poll: bool = True) -> FastAPI:
     """emit(n): called every feedback.trigger_events stored events (default: the Prefect event prefect.yaml's
@@ -152,22 +260,9 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
     store = read_store(cfg.paths.feedback)  # batch files too: a retried event id is refused wherever it is stored
     feedback_log = EventLog(cfg.paths.feedback, FEEDBACK_LOG, key=schema.EVENT_ID, seen=set(store[schema.EVENT_ID]))
     impression_log = EventLog(cfg.paths.feedback, IMPRESSION_LOG)
-    requests: OrderedDict[str, Served] = OrderedDict()
-    judged: defaultdict[str, set[str]] = defaultdict(set)  # user -> items they reacted to (not shown again)
+    shared = SharedState(cfg)
+    shared.sync()  # a restarted service knows every request served and every session's reactions
     trigger = FinetuneTrigger(cfg.feedback.trigger_events, emit or (lambda n: events.feedback_threshold(n, cfg.profile)))
-    requests_lock = threading.Lock()
-
-    def remember(request_id: str, served: Served) -> None:
-        with requests_lock:
-            requests[request_id] = served
-            while len(requests) > REMEMBERED_REQUESTS:
-                requests.popitem(last=False)
-
-    for row in iter_records(cfg.paths.feedback, IMPRESSION_LOG):  # a restarted service still knows its requests
-        remember(row[schema.REQUEST_ID], Served(row[schema.USER], row[schema.ARM], row[schema.MODEL_VERSION],
-                                                frozenset(row["items"])))
-    for user, item in store.filter(pl.col(schema.ITEM).is_not_null()).select(schema.USER, schema.ITEM).iter_rows():
-        judged[user].add(item)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:  # start-up blocks until the models are loaded
@@ -178,39 +273,77 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
         impression_log.close()
 
     app = FastAPI(title="InstructRec", version="1", lifespan=lifespan,
-                  description="Instruction-following recommendations, champion/challenger traffic split, feedback.")
+                  description="Instruction-following recommendations, champion/challenger traffic split, feedback "
+                              "that shapes the same user's next list.")
 
-    @app.get("/health")
-    def health() -> dict:
-        current = slots.current()
-        return {"status": "ok" if CHAMPION_ARM in current else "no_model",
-                "models": {arm: {"version": r.version, "variant": r.variant, "provider": r.session.provider}
-                           for arm, r in current.items()},
-                "experiment": cfg.serve.experiment,
-                "challenger_share": cfg.serve.challenger_share if CHALLENGER_ARM in current else 0.0,
-                "feedback_events": len(feedback_log), "reload_error": slots.last_error}
-
-    @app.post("/recommend")
-    def recommend(req: RecommendRequest) -> dict:
+    def champion_or_503() -> dict[str, Recommender]:
         current = slots.current()
         if CHAMPION_ARM not in current:
             raise HTTPException(503, "no champion model is registered yet; run the training pipeline first")
+        return current
+
+    @app.get("/health")
+    def health() -> HealthResponse:
+        current = slots.current()
+        return HealthResponse(
+            status="ok" if CHAMPION_ARM in current else "no_model",
+            models={arm: ModelInfo(version=r.version, variant=r.variant, provider=r.session.provider)
+                    for arm, r in current.items()},
+            experiment=cfg.serve.experiment,
+            challenger_share=cfg.serve.challenger_share if CHALLENGER_ARM in current else 0.0,
+            feedback_events=len(feedback_log), sessions=len(shared.book), reload_error=slots.last_error)
+
+    @app.post("/recommend")
+    def recommend(req: RecommendRequest) -> RecommendResponse:
+        current = champion_or_503()
         share = cfg.serve.challenger_share if CHALLENGER_ARM in current else 0.0
         arm = assign_arm(req.user_id, cfg.serve.experiment, share)
         rec = current[arm]
-        seen = tuple(judged.get(req.user_id, ()))  # a copy: feedback may add to the set meanwhile
-        out = rec.recommend(req.user_id, req.instruction, req.k, exclude=seen)
+        shared.sync()
+        adapted = adapts(cfg.serve, req.user_id)
+        session = shared.session(req.user_id)
+        seen = tuple(session.judged)  # reacted-to items are never shown again, in either session arm
+        if req.like_item_id is not None:
+            out = more_like_this(rec, req.user_id, req.like_item_id, req.k, seen)
+            instruction, source = None, "more_like_this"
+        else:
+            instruction, source = req.instruction, "request" if req.instruction else "none"
+            if instruction is None and adapted:
+                instruction = session.standing_request(datetime.now(UTC), shared.ttl)
+                source = "session" if instruction else "none"
+            out = rec.recommend(req.user_id, instruction, req.k, exclude=seen,
+                                liked=session.liked if adapted else (), disliked=session.disliked if adapted else (),
+                                adapt=adaptation(cfg.serve, req.diversity))
         request_id = uuid.uuid4().hex
         items = [row["item_id"] for row in out["items"]]
         impression_log.append({schema.REQUEST_ID: request_id, schema.USER: req.user_id, schema.ARM: arm,
-                               schema.MODEL_VERSION: rec.version, "items": items, "instruction": req.instruction,
-                               schema.TIMESTAMP: datetime.now(UTC).isoformat()})
-        remember(request_id, Served(req.user_id, arm, rec.version, frozenset(items)))
-        return {"request_id": request_id, "arm": arm, **out}
+                               schema.MODEL_VERSION: rec.version, "items": items, "instruction": instruction,
+                               "session_adapted": adapted, schema.TIMESTAMP: datetime.now(UTC).isoformat()})
+        shared.remember(request_id, Served(req.user_id, arm, rec.version, frozenset(items)))
+        return RecommendResponse(request_id=request_id, arm=arm, request_source=source, session_adapted=adapted, **out)
+
+    def nearest(rec: Recommender, item_id: str, k: int, exclude: tuple[str, ...] = ()) -> dict:
+        try:
+            return rec.similar(item_id, k, exclude)
+        except KeyError:
+            raise HTTPException(404, f"unknown item_id {item_id!r}: not in model v{rec.version}'s catalogue") from None
+        except LookupError as exc:
+            raise HTTPException(409, str(exc)) from None
+
+    def more_like_this(rec: Recommender, user_id: str, item_id: str, k: int, seen: tuple[str, ...]) -> dict:
+        history = tuple(rec.catalogue.item_ids[i - 1] for i in rec.histories.get(user_id, ()))
+        similar = nearest(rec, item_id, k, seen + history)
+        head = {"user_id": user_id, "known_user": user_id in rec.histories, "instruction_type": "more_like_this",
+                "instruction": f"more like {similar['title']}", "provider": rec.session.provider, "variant": rec.variant}
+        return {**head, "model_version": rec.version, "items": similar["items"]}
+
+    @app.get("/items/{item_id}/similar")
+    def similar(item_id: str, k: Annotated[int, Query(ge=1, le=cfg.serve.max_k)] = 10) -> SimilarResponse:
+        return SimilarResponse(**nearest(champion_or_503()[CHAMPION_ARM], item_id, k))
 
     @app.post("/feedback")
-    def feedback(ev: FeedbackRequest) -> dict:
-        served = requests.get(ev.request_id)
+    def feedback(ev: FeedbackRequest) -> FeedbackResponse:
+        served = shared.served(ev.request_id)
         if served is None:
             raise HTTPException(404, f"unknown request_id {ev.request_id!r}: feedback must answer a served /recommend")
         if served.user_id != ev.user_id:
@@ -223,12 +356,10 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
                                       schema.ARM: served.arm, schema.REQUEST_ID: ev.request_id,
                                       schema.TIMESTAMP: datetime.now(UTC).isoformat()})
         if stored:
-            if ev.item_id is not None:
-                judged[ev.user_id].add(ev.item_id)
+            shared.sync()  # the next /recommend of this user already reflects it
             trigger.add()
-        return {"event_id": event_id, "stored": stored, "duplicate": not stored, "arm": served.arm,
-                "model_version": served.model_version}
+        return FeedbackResponse(event_id=event_id, stored=stored, duplicate=not stored, arm=served.arm,
+                                model_version=served.model_version)
 
-    app.state.slots, app.state.feedback_log = slots, feedback_log
+    app.state.slots, app.state.feedback_log, app.state.shared = slots, feedback_log, shared
     return app
-

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from instructrec.config import Config  # noqa: E402
 from instructrec.evaluate import EvalReport  # noqa: E402
 from instructrec.gate import ArmEvaluation, Decision, decide, floor_baseline, paired_bootstrap  # noqa: E402
-from instructrec.model import save_scorer  # noqa: E402
+from instructrec.model import item_tower, save_scorer  # noqa: E402
 from instructrec.optimize import FP32  # noqa: E402
 from instructrec.prepare import Prepared  # noqa: E402
 from instructrec.recommend import write_bundle  # noqa: E402
@@ -66,7 +66,7 @@ def _log_candidate(cfg: Config, prepared: Prepared, challenger: Trained, exporte
     tracking.log_dir(run_id, work / registry.CHECKPOINT_ARTIFACT, registry.CHECKPOINT_ARTIFACT)
     chosen = {name: Path(exported.variants[name].path) for name in set(exported.serving.values()) if name != FP32}
     write_bundle(work / registry.SERVING_ARTIFACT, challenger.tokenizer, prepared.catalogue, cfg.data.max_history,
-                 cfg.model.max_text_tokens, snapshot_hash, exported.serving, chosen)
+                 cfg.model.max_text_tokens, snapshot_hash, exported.serving, chosen, item_tower(challenger.model))
     tracking.log_dir(run_id, work / registry.SERVING_ARTIFACT, registry.SERVING_ARTIFACT)
     with tracking.active(run_id):
         info = mlflow.onnx.log_model(onnx.load(str(exported.path)), name=registry.ONNX_MODEL,

@@ -97,3 +97,99 @@ def test_minimum_functionality_one_genre_history_gets_that_genre(scorer, prepare
         top = top10(scorer.score([ins.text], pad_histories([ins.history], 20)), [items])
         shares.append(genre_share(top, cat, genre)[0])
     assert np.mean(shares) >= 0.5, f"share of the history's genre in the top 10: {np.round(shares, 2)}"
+
+
+# -- session adaptation on the same trained scorer, served through its ONNX export ----------------------
+
+@pytest.fixture(scope="module")
+def served(scorer, prepared, tmp_path_factory):
+    """The trained scorer as the service runs it: ONNX graph + bundle with item-tower vectors."""
+    import polars as pl
+
+    from instructrec.export import export_onnx
+    from instructrec.model import item_tower
+    from instructrec.recommend import Recommender, write_bundle
+
+    tmp = tmp_path_factory.mktemp("served")
+    cat, split = prepared.catalogue, prepared.split
+    graph = export_onnx(scorer.model, scorer.tokenizer, tmp / "m.onnx")
+    bundle = write_bundle(tmp / "bundle", scorer.tokenizer, cat, 20, scorer.model.config.max_text_tokens, "hash",
+                          item_vectors=item_tower(scorer.model))
+    rows = [(split.users[u], cat.item_ids[i - 1], t) for u in split.eval_users
+            for t, i in enumerate(split.history_before_test(u))]
+    inter = pl.DataFrame(rows, schema=["user_id", "item_id", "t"], orient="row").with_columns(
+        pl.from_epoch("t").dt.replace_time_zone("UTC").alias("timestamp"), pl.lit(4.0).alias("rating"))
+    return Recommender.load(graph, bundle, inter, version="1")
+
+
+def _genre_count(out: dict, cat, genre: str) -> int:
+    return sum(genre in cat.genres_of(cat.index[i["item_id"]]) for i in out["items"])
+
+
+def test_a_like_raises_the_liked_genre_in_the_next_list(served, prepared):
+    """Liking items of a genre the user never favoured: more of that genre in the next top 10 (no retraining)."""
+    cat, split = served.catalogue, prepared.split
+    raised, lowered = 0, 0
+    for u in split.eval_users:
+        user = split.users[u]
+        favourite = GENRES[int(user.removeprefix("u")) % len(GENRES)]
+        other = GENRES[(GENRES.index(favourite) + 3) % len(GENRES)]
+        before = served.recommend(user, k=10)
+        shown = {i["item_id"] for i in before["items"]} | {cat.item_ids[i - 1] for i in served.histories[user]}
+        liked = [cat.item_ids[i - 1] for i in range(1, cat.n_items + 1)
+                 if cat.genres_of(i)[0] == other and cat.item_ids[i - 1] not in shown][:2]
+        after = served.recommend(user, k=10, liked=liked)
+        assert not {i["item_id"] for i in after["items"]} & set(liked)  # a liked item joins the history
+        delta = _genre_count(after, cat, other) - _genre_count(before, cat, other)
+        raised, lowered = raised + (delta > 0), lowered + (delta < 0)
+    assert raised >= 0.8 * len(split.eval_users) and lowered <= 0.05 * len(split.eval_users), (raised, lowered)
+
+
+def test_a_dislike_removes_the_item_and_demotes_its_nearest_neighbours(served, prepared):
+    cat, split = served.catalogue, prepared.split
+    user = split.users[split.eval_users[0]]
+    before = served.recommend(user, k=10)
+    top = before["items"][0]["item_id"]
+    neighbours = [i["item_id"] for i in served.similar(top, k=5)["items"]]
+    after = served.recommend(user, k=10, exclude=[top], disliked=[top])
+    rank_after = {i["item_id"]: i["rank"] for i in served.recommend(user, k=cat.n_items, exclude=[top], disliked=[top])["items"]}
+    rank_before = {i["item_id"]: i["rank"] for i in served.recommend(user, k=cat.n_items, exclude=[top])["items"]}
+    assert top not in {i["item_id"] for i in after["items"]}
+    moved = [rank_after[n] - rank_before[n] for n in neighbours if n in rank_before]
+    assert moved and all(m >= 0 for m in moved) and sum(moved) > 0, moved
+    # bounded: with no strength nothing moves
+    from instructrec.recommend import Adaptation
+
+    still = served.recommend(user, k=10, exclude=[top], disliked=[top], adapt=Adaptation(demotion=0.0))
+    assert [i["item_id"] for i in still["items"]] == [i["item_id"] for i in served.recommend(user, k=10, exclude=[top])["items"]]
+
+
+def test_similar_items_share_the_items_genre_and_explanations_cite_the_history(served, prepared):
+    cat = served.catalogue
+    shares = []
+    for i in range(1, cat.n_items + 1, 7):
+        genre = cat.genres_of(i)[0]
+        out = served.similar(cat.item_ids[i - 1], k=5)
+        assert cat.item_ids[i - 1] not in {r["item_id"] for r in out["items"]} and len(out["items"]) == 5
+        shares.append(np.mean([genre in cat.genres_of(cat.index[r["item_id"]]) for r in out["items"]]))
+    assert np.mean(shares) >= 0.6, np.round(shares, 2)
+    user = prepared.split.users[prepared.split.eval_users[0]]
+    history = set(served.histories[user].tolist())
+    out = served.recommend(user, "something with comedy", k=10)
+    assert all(cat.index[i["because"]] in history for i in out["items"] if "because" in i)
+    assert any("because" in i for i in out["items"]) and all(i["reason"] for i in out["items"])
+    assert all(i.get("matches") == ["comedy"] for i in out["items"] if "Comedy" in cat.genres_of(cat.index[i["item_id"]]))
+
+
+def test_an_unknown_user_without_a_request_gets_a_varied_popular_list(served):
+    from instructrec.lists import ild_genre
+    from instructrec.recommend import Adaptation
+
+    plain = served.recommend("nobody", k=10, adapt=Adaptation(cold_start_diversity=0.0))
+    varied = served.recommend("nobody", k=10)
+    assert plain["instruction_type"] == varied["instruction_type"] == "P0/popular"
+    cols = [[served.catalogue.index[i["item_id"]] - 1 for i in out["items"]] for out in (plain, varied)]
+    div = ild_genre(np.asarray(cols), served.space)
+    assert div[1] > div[0], div
+    top_popular = np.argsort(-served.popularity, kind="stable")[:10]
+    assert cols[0] == top_popular.tolist()
