@@ -15,6 +15,7 @@ import torch
 
 from instructrec import metrics
 from instructrec.instructions import HELD_OUT, make_instruction, pad_histories
+from instructrec.lists import ItemSpace, cite, ild_genre, ild_vector, list_metrics, mmr, top_columns
 from instructrec.model import InstructRecScorer
 from instructrec.split import SplitData
 
@@ -121,13 +122,14 @@ class EvalReport:
 
 
 def evaluate(scorer: Scorer, cases: dict[str, EvalCase], split: SplitData, cold_max_train: int = 20,
-             long_tail_share: float = 0.8, batch_size: int = 256) -> EvalReport:
+             long_tail_share: float = 0.8, batch_size: int = 256, space: ItemSpace | None = None) -> EvalReport:
+    """Every case's full-ranking and 1+9 metrics; with `space`, the top-10 lists' diversity, coverage, novelty too."""
     n_items = split.catalogue.n_items
     head = head_items(split.popularity, 1.0 - long_tail_share)
     cold = np.asarray([len(s) <= cold_max_train for s in split.train])
     by_type, per_user, users, pooled = {}, {}, {}, {"cold_users": [], "warm_users": [], "long_tail": [], "head_items": []}
     for type_, case in cases.items():
-        full_ranks, samp_ranks = [], []
+        full_ranks, samp_ranks, tops = [], [], []
         for start in range(0, len(case.users), batch_size):
             sl = slice(start, start + batch_size)
             scores = np.asarray(scorer.score(case.texts[sl], case.history[sl]), dtype=np.float64)
@@ -137,9 +139,13 @@ def evaluate(scorer: Scorer, cases: dict[str, EvalCase], split: SplitData, cold_
             tcol = case.target[sl] - 1
             full_ranks.append(metrics.target_ranks(scores, tcol, exclude))
             samp_ranks.append(metrics.sampled_ranks(scores, tcol, case.negatives[sl] - 1))
+            if space is not None:
+                tops.append(top_columns(np.where(exclude, -np.inf, scores), 10))
         full = metrics.per_row(np.concatenate(full_ranks), metrics.FULL_METRICS)
         samp = metrics.per_row(np.concatenate(samp_ranks), metrics.SAMPLED_METRICS, prefix="s_")
         by_type[type_] = {k: float(v.mean()) for k, v in {**full, **samp}.items()}
+        if space is not None:
+            by_type[type_].update(list_metrics(np.concatenate(tops), space))
         per_user[type_], users[type_] = full["ndcg@10"], case.users
         is_cold, is_head = cold[case.users], np.isin(case.target, head)
         for name, mask in (("cold_users", is_cold), ("warm_users", ~is_cold), ("long_tail", ~is_head), ("head_items", is_head)):
@@ -150,6 +156,79 @@ def evaluate(scorer: Scorer, cases: dict[str, EvalCase], split: SplitData, cold_
         slices[name] = {"ndcg@10": float(values.mean()) if len(values) else float("nan"), "n": int(len(values))}
     counts = {t: int(len(c.users)) for t, c in cases.items()}
     return EvalReport(scorer.name, by_type, slices, per_user, users, counts)
+
+
+def _ranked(scorer: Scorer, case: EvalCase, rows: np.ndarray, n_items: int) -> np.ndarray:
+    """[len(rows), n_items] scores of the case's rows, the user's earlier items at -inf (the protocol's exclusion)."""
+    scores = np.asarray(scorer.score([case.texts[r] for r in rows], case.history[rows]), dtype=np.float64)
+    for j, r in enumerate(rows):
+        scores[j, case.exclude[r] - 1] = -np.inf
+    return scores
+
+
+def diversity_tradeoff(scorer: Scorer, case: EvalCase, space: ItemSpace, weights: tuple[float, ...],
+                       candidates: int = 100, batch_size: int = 256) -> list[dict[str, float]]:
+    """NDCG@10 against diversity when the top `candidates` are MMR re-ranked with each weight (0: none)."""
+    n_items = space.n_items
+    lists: dict[float, list[np.ndarray]] = {w: [] for w in weights}
+    ranks: dict[float, list[int]] = {w: [] for w in weights}
+    for start in range(0, len(case.users), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(case.users)))
+        scores = _ranked(scorer, case, rows, n_items)
+        pools = top_columns(scores, min(candidates, n_items))
+        for j, r in enumerate(rows):
+            target = int(case.target[r]) - 1
+            for w in weights:
+                top = mmr(scores[j, pools[j]], pools[j], space.unit, 10, w)
+                lists[w].append(top)
+                hit = np.flatnonzero(top == target)
+                ranks[w].append(int(hit[0]) if len(hit) else 10)
+    out = []
+    for w in weights:
+        top = np.stack(lists[w])
+        out.append({"diversity": w, "ndcg@10": float(metrics.ndcg(np.asarray(ranks[w]), 10).mean()),
+                    "ild_vector@10": float(ild_vector(top, space).mean()), "ild_genre@10": float(ild_genre(top, space).mean()),
+                    "coverage@10": float(len(np.unique(top)) / n_items)})
+    return out
+
+
+def explanation_faithfulness(scorer: Scorer, case: EvalCase, space: ItemSpace, rows: int = 512, k: int = 10,
+                             seed: int = 0) -> dict[str, float]:
+    """Does the cited history item support the listed item? Remove it and re-score: the share that drops.
+
+    The same measure for a random history item is the chance level the citation should beat.
+    """
+    rng = np.random.default_rng(seed)
+    n_items = space.n_items
+    picked = np.flatnonzero((case.history > 0).sum(1) >= 2)[:rows]  # one item left after a removal
+    drops = {"cited": [], "random": []}
+    for start in range(0, len(picked), 32):
+        chunk = picked[start:start + 32]
+        base = _ranked(scorer, case, chunk, n_items)
+        texts, hists, asks = [], [], []  # one re-scored row per (user, removed item)
+        for j, r in enumerate(chunk):
+            hist = case.history[r]
+            real = hist[hist > 0] - 1
+            for c in top_columns(base[j:j + 1], k)[0]:
+                for kind, removed in (("cited", cite(int(c), real, space.unit)), ("random", int(rng.choice(real)))):
+                    if removed is None:
+                        continue
+                    kept = hist[hist != removed + 1]
+                    texts.append(case.texts[r])
+                    hists.append(np.concatenate([np.zeros(len(hist) - len(kept), dtype=hist.dtype), kept]))
+                    asks.append((kind, j, int(c)))
+        if not texts:
+            continue
+        rescored = np.asarray(scorer.score(texts, np.stack(hists)), dtype=np.float64)
+        for (kind, j, c), row in zip(asks, rescored, strict=True):
+            drops[kind].append(base[j, c] - row[c])
+    out = {"users": int(len(picked)), "k": k}
+    for kind, values in drops.items():
+        v = np.asarray(values)
+        out[f"{kind}_lowered_share"] = float((v > 0).mean()) if len(v) else float("nan")
+        out[f"{kind}_mean_drop"] = float(v.mean()) if len(v) else float("nan")
+        out[f"{kind}_n"] = int(len(v))
+    return out
 
 
 def head_items(popularity: np.ndarray, head_share: float) -> np.ndarray:

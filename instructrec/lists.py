@@ -96,6 +96,22 @@ def list_metrics(top: np.ndarray, space: ItemSpace) -> dict[str, float]:
             "coverage@10": coverage(top, space.n_items), "novelty@10": float(novelty(top, space).mean())}
 
 
+def served_list_metrics(lists: list[list[int]], space: ItemSpace) -> dict[str, float]:
+    """The LIST_METRICS over lists of any lengths (served impressions): per-list values averaged over lists."""
+    by_length: dict[int, list[list[int]]] = {}
+    for items in lists:
+        if len(items) >= 2:
+            by_length.setdefault(len(items), []).append(items)
+    if not by_length:
+        return dict.fromkeys(LIST_METRICS, float("nan"))
+    parts = [np.asarray(group) for group in by_length.values()]
+    flat = np.concatenate([p.ravel() for p in parts])
+    return {"ild_genre@10": float(np.concatenate([ild_genre(p, space) for p in parts]).mean()),
+            "ild_vector@10": float(np.concatenate([ild_vector(p, space) for p in parts]).mean()),
+            "coverage@10": coverage(flat, space.n_items),
+            "novelty@10": float(np.concatenate([novelty(p, space) for p in parts]).mean())}
+
+
 def top_columns(scores: np.ndarray, k: int) -> np.ndarray:
     """[B, k] columns of the k best finite scores, best first (ties in column order)."""
     k = min(k, scores.shape[1])
@@ -114,7 +130,8 @@ def mmr(relevance: np.ndarray, candidates: np.ndarray, unit: np.ndarray, k: int,
     """
     if not 0.0 <= diversity <= 1.0:
         raise ValueError(f"diversity must be in [0, 1], got {diversity}")
-    candidates = np.asarray(candidates)
+    keep = np.isfinite(relevance)  # excluded items (-inf) are never candidates
+    candidates, relevance = np.asarray(candidates)[keep], np.asarray(relevance)[keep]
     k = min(k, len(candidates))
     if diversity == 0.0 or k <= 1:
         return candidates[np.argsort(-relevance, kind="stable")][:k]

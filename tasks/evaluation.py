@@ -23,14 +23,17 @@ from instructrec.evaluate import (  # noqa: E402
     PopularityScorer,
     Scorer,
     TorchScorer,
+    diversity_tradeoff,
     evaluate,
+    explanation_faithfulness,
 )
+from instructrec.lists import LIST_METRICS, ItemSpace  # noqa: E402
 from instructrec.instructions import HELD_OUT  # noqa: E402
 from instructrec import optimize  # noqa: E402
 from instructrec.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity  # noqa: E402
 from instructrec.optimize import VariantReport  # noqa: E402
 from instructrec.gate import Parity, paired_bootstrap  # noqa: E402
-from instructrec.model import load_scorer  # noqa: E402
+from instructrec.model import item_tower, load_scorer  # noqa: E402
 from instructrec.sasrec import SASRec, SASRecScorer  # noqa: E402
 from instructrec.prepare import Prepared  # noqa: E402
 from instructrec.recommend import BUNDLE_MANIFEST  # noqa: E402
@@ -42,6 +45,9 @@ CHALLENGER, CHAMPION, POPULARITY, SASREC = "challenger", "champion", "popularity
 BASELINES = (POPULARITY, SASREC)
 # full ranking (the headline) and the paper's 1+9 protocol (s_ prefix)
 TABLE_COLUMNS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "s_hr@1", "s_ndcg@5")
+# beside accuracy, what the top-10 lists are like (instructrec.lists); item vectors: the challenger's item tower
+LIST_COLUMNS = LIST_METRICS
+DIVERSITY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 
 @dataclass
@@ -73,14 +79,14 @@ def _report_rows(reports: dict[str, EvalReport]) -> list[dict]:
     return rows
 
 
-def markdown_table(reports: dict[str, EvalReport], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
+def markdown_table(reports: dict[str, EvalReport], columns: tuple[str, ...] = TABLE_COLUMNS + LIST_COLUMNS) -> str:
     """Per (P, I) type and per held-out template set, one row per model: full-ranking and 1+9 columns."""
     lines = ["| type | model | " + " | ".join(columns) + " |", "|" + "---|" * (2 + len(columns))]
     for key in [*next(iter(reports.values())).by_type, "overall"]:
         for name, rep in reports.items():
             values = rep.overall if key == "overall" else rep.by_type.get(key)
             if values:
-                lines.append(f"| {key} | {name} | " + " | ".join(f"{values[c]:.4f}" for c in columns) + " |")
+                lines.append(f"| {key} | {name} | " + " | ".join(f"{values.get(c, float('nan')):.4f}" for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -181,12 +187,48 @@ def _compare_with_baseline(run_id: str, ours: EvalReport, baseline: EvalReport, 
                               head["delta_ndcg@10"], 100 * cfg.gate.confidence, head["ci_low"], head["ci_high"])
 
 
+def item_space(prepared: Prepared, challenger: Trained) -> ItemSpace:
+    split = prepared.split
+    return ItemSpace.build(item_tower(challenger.model), prepared.catalogue.genres, split.popularity[1:], len(split.users))
+
+
+def _plot_tradeoff(curve: list[dict[str, float]], run_id: str) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    x, y = [p["ild_vector@10"] for p in curve], [p["ndcg@10"] for p in curve]
+    ax.plot(x, y, "o-")
+    for p in curve:
+        ax.annotate(f"{p['diversity']:g}", (p["ild_vector@10"], p["ndcg@10"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=8)
+    ax.set(xlabel="intra-list diversity (1 - cosine, item tower)", ylabel=f"NDCG@10 ({HEADLINE}, test)",
+           title="MMR re-ranking: accuracy vs diversity (labels: weight)")
+    fig.tight_layout()
+    tracking.log_figure(run_id, fig, "evaluation/diversity_tradeoff.png")
+    plt.close(fig)
+
+
+def _lists_and_reasons(cfg: Config, prepared: Prepared, scorer: Scorer, space: ItemSpace, run_id: str) -> None:
+    """The challenger's accuracy/diversity trade-off under MMR, and how faithful its explanations are."""
+    case = prepared.test_cases[HEADLINE]
+    curve = diversity_tradeoff(scorer, case, space, DIVERSITY_WEIGHTS, cfg.serve.rerank_candidates)
+    tracking.log_table(run_id, curve, "evaluation/diversity_tradeoff.json")
+    _plot_tradeoff(curve, run_id)
+    faithful = explanation_faithfulness(scorer, case, space, seed=cfg.eval.seed)
+    tracking.log_json(run_id, faithful, "evaluation/explanation_faithfulness.json")
+    tracking.log_metrics(run_id, {f"explanations/{k}": v for k, v in faithful.items() if isinstance(v, float)})
+    get_run_logger().info("MMR trade-off (%s): %s; explanations: removing the cited history item lowers the item's "
+                          "score in %.1f%% of %d cases (a random history item: %.1f%%)", HEADLINE,
+                          ", ".join(f"w={p['diversity']:g} NDCG {p['ndcg@10']:.4f} ILD {p['ild_vector@10']:.3f}"
+                                    for p in curve),
+                          100 * faithful["cited_lowered_share"], faithful["cited_n"], 100 * faithful["random_lowered_share"])
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, sasrec: SASRec | None, run_id: str) -> Evaluations:
     """Challenger, the current champion (re-loaded, re-scored), popularity and SASRec on the test split."""
     logger = get_run_logger()
     ids = prepared.catalogue.item_ids
-    args = (prepared.test_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share)
+    space = item_space(prepared, challenger)
+    args = (prepared.test_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share, 256, space)
     scorers = {CHALLENGER: TorchScorer(CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device,
                                        challenger.text_cache)}
     champion = registry.get_alias(registry.CHAMPION)
@@ -199,8 +241,10 @@ def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, sasrec
         reports[SASREC] = evaluate(SASRecScorer(sasrec), *args)
     for name, rep in reports.items():
         _log_report(run_id, name, rep)
-        logger.info("%-11s NDCG@10 overall %.4f | %s", name, rep.overall["ndcg@10"],
-                    ", ".join(f"{t} {v['ndcg@10']:.4f}" for t, v in rep.by_type.items()))
+        o = rep.overall
+        logger.info("%-11s NDCG@10 overall %.4f | %s | lists: diversity %.3f (genres %.3f), coverage %.3f, novelty %.2f",
+                    name, o["ndcg@10"], ", ".join(f"{t} {v['ndcg@10']:.4f}" for t, v in rep.by_type.items()),
+                    o["ild_vector@10"], o["ild_genre@10"], o["coverage@10"], o["novelty@10"])
     if SASREC in reports:
         _compare_with_baseline(run_id, reports[CHALLENGER], reports[SASREC], cfg)
     tracking.log_table(run_id, _report_rows(reports), "evaluation/metrics_table.json")
@@ -208,6 +252,7 @@ def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, sasrec
     tracking.log_json(run_id, {n: r.to_dict() for n, r in reports.items()}, "evaluation/report.json")
     _plot(reports, run_id)
     _plot_metrics(reports, run_id)
+    _lists_and_reasons(cfg, prepared, scorers[CHALLENGER], space, run_id)
     return Evaluations(reports, champion)
 
 

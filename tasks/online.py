@@ -15,10 +15,12 @@ from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM
 from instructrec.config import Config
 from instructrec.feedback import feedback_examples, online_counts, read_impressions, read_store
 from instructrec.gate import Decision, OnlineEvidence, decide_online, decision_from_dict
+from instructrec.lists import served_list_metrics
 from instructrec.model import load_scorer
 from instructrec.prepare import Prepared
 from instructrec.train import feedback_settings, fit
 from model_registry import registry
+from model_registry.serving import load_version
 from tasks import tracking
 from tasks.promotion import promote
 from tasks.training import EpochLogger, Trained, _summarise, fingerprint, newest_event, text_cache, validator
@@ -62,6 +64,7 @@ def online_gate(cfg: Config, run_id: str) -> OnlineGateResult:
     tracking.log_metrics(run_id, {f"online/{arm}/{k}": v for arm, c in counts.items()
                                   for k, v in (("users", c.users), ("impressions", c.impressions), ("likes", c.likes),
                                                ("like_rate", c.like_rate))})
+    _log_served_lists(cfg, champ, impressions, {CHAMPION_ARM: champ.version, CHALLENGER_ARM: chal.version}, run_id)
     tracking.log_json(run_id, {**decision.to_dict(), "champion": champ.version, "challenger": chal.version},
                       "gate/online_decision.json")
     if decision.outcome == "promote":
@@ -73,6 +76,19 @@ def online_gate(cfg: Config, run_id: str) -> OnlineGateResult:
     logger.info("online gate for v%s vs champion v%s: %s (%s)", chal.version, champ.version, decision.outcome,
                 ", ".join(f"{arm} {c.likes}/{c.impressions} liked" for arm, c in counts.items()))
     return OnlineGateResult(decision.outcome, champ.version, chal.version, decision)
+
+
+def _log_served_lists(cfg: Config, champion: registry.VersionRef, impressions: pl.DataFrame, arms: dict[str, str],
+                      run_id: str) -> None:
+    """Diversity, coverage and novelty of what each arm served (item vectors and popularity: the champion's)."""
+    rec = load_version(cfg, champion)
+    if rec.space is None:
+        return
+    index = rec.catalogue.index
+    for arm, version in arms.items():
+        served = impressions.filter((pl.col(schema.ARM) == arm) & (pl.col(schema.MODEL_VERSION) == version))
+        lists = [[index[i] - 1 for i in items if i in index] for items in served["items"].to_list()]
+        tracking.log_metrics(run_id, {f"online/{arm}/{k}": v for k, v in served_list_metrics(lists, rec.space).items()})
 
 
 def new_feedback(cfg: Config, champion: registry.VersionRef) -> tuple[pl.DataFrame, str | None]:

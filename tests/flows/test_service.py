@@ -161,3 +161,85 @@ def test_feedback_loop_tunes_a_candidate_from_the_champion_on_served_feedback(cl
     assert registry.aliases()["champion"] == "1"  # an online rollout never promotes on offline numbers
     if "challenger_since" in tags:
         assert registry.aliases()["challenger"] == summary.registered
+
+
+def _react(client, out, user, kind, item=None, text=None):
+    r = client.post("/feedback", json={"request_id": out["request_id"], "user_id": user, "kind": kind,
+                                       "item_id": item, "text": text})
+    assert r.status_code == 200 and r.json()["stored"], r.text
+
+
+def test_reactions_shape_the_next_list_in_every_process_and_after_a_restart(client, world):
+    """Service A takes the reactions; B (another process's state, same home) and C (a restart) serve the same next list."""
+    user = "u7"
+    first = _recommend(client, user, k=10)
+    assert first["session_adapted"] and first["request_source"] == "none"
+    liked, disliked = first["items"][3]["item_id"], first["items"][0]["item_id"]
+    _react(client, first, user, "like", liked)
+    _react(client, first, user, "dislike", disliked)
+    after = _recommend(client, user, k=10)
+    shown = [i["item_id"] for i in after["items"]]
+    assert liked not in shown and disliked not in shown and shown != [i["item_id"] for i in first["items"]]
+    rec, session = client.app.state.slots.current()["champion"], client.app.state.shared.session(user)
+    assert session.liked[-1] == liked and session.disliked[-1] == disliked
+    expected = rec.recommend(user, None, 10, exclude=session.judged, liked=session.liked, disliked=session.disliked)
+    assert shown == [i["item_id"] for i in expected["items"]]  # exactly the adapted list, not just a filtered one
+    known = {rec.catalogue.item_ids[i - 1] for i in rec.histories[user]}
+    for i in after["items"]:  # reasons cite the history, or this session's likes as such
+        assert i.get("because") in known | set(session.liked) | {None}
+        assert ("which you liked" in i["reason"]) == (i.get("because") in set(session.liked) - known)
+    other = create_app(world["cfg"], emit=lambda n: None, poll=False)
+    with TestClient(other) as b:
+        assert [i["item_id"] for i in _recommend(b, user, k=10)["items"]] == shown
+        second = _recommend(b, user, k=5)
+        _react(b, second, user, "instruction", text="a scary horror movie")  # stored by B ...
+        _react(b, second, user, "like", second["items"][0]["item_id"])
+    asked = _recommend(client, user, k=10)  # ... and A reads it: the request stands for the session
+    assert asked["request_source"] == "session" and "scary horror" in asked["instruction"]
+    assert any(i.get("matches") == ["horror"] for i in asked["items"])
+    restarted = create_app(world["cfg"], emit=lambda n: None, poll=False)
+    with TestClient(restarted) as c:
+        again = _recommend(c, user, k=10)
+        assert again["request_source"] == "session" and [i["item_id"] for i in again["items"]] == \
+            [i["item_id"] for i in _recommend(client, user, k=10)["items"]]
+
+
+def test_more_like_this_and_similar_items(client):
+    out = _recommend(client, "u8", k=5)
+    item = out["items"][0]["item_id"]
+    similar = client.get(f"/items/{item}/similar", params={"k": 4})
+    assert similar.status_code == 200 and len(similar.json()["items"]) == 4
+    assert item not in {i["item_id"] for i in similar.json()["items"]}
+    more = _recommend(client, "u8", k=4, like_item_id=item)
+    assert more["request_source"] == "more_like_this" and item in more["instruction"] or more["instruction"].startswith("more like")
+    history = client.app.state.slots.current()["champion"].histories["u8"]
+    rec = client.app.state.slots.current()["champion"]
+    assert not {i["item_id"] for i in more["items"]} & {rec.catalogue.item_ids[i - 1] for i in history}
+    assert client.get("/items/no-such-item/similar").status_code == 404
+    assert client.post("/recommend", json={"user_id": "u8", "like_item_id": "no-such-item"}).status_code == 404
+    assert client.get(f"/items/{item}/similar", params={"k": 0}).status_code == 422
+
+
+def test_without_session_adaptation_a_reaction_only_hides_the_item(world):
+    cfg = world["cfg"].model_copy(update={"serve": world["cfg"].serve.model_copy(update={"session_share": 0.0})})
+    with TestClient(create_app(cfg, emit=lambda n: None, poll=False)) as c:
+        first = _recommend(c, "u9", k=10)
+        assert not first["session_adapted"]
+        liked = first["items"][2]["item_id"]
+        _react(c, first, "u9", "like", liked)
+        _react(c, first, "u9", "instruction", text="a scary horror movie")
+        after = _recommend(c, "u9", k=10)
+        assert after["request_source"] == "none" and liked not in [i["item_id"] for i in after["items"]]
+        assert [i["item_id"] for i in after["items"]] == [i["item_id"] for i in first["items"] if i["item_id"] != liked] + \
+            [i["item_id"] for i in after["items"]][9:]
+
+
+def test_every_endpoint_documents_its_response(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/recommend", "/feedback", "/health", "/items/{item_id}/similar"} <= set(spec["paths"])
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            schema = op["responses"]["200"]["content"]["application/json"]["schema"]
+            assert "$ref" in schema, (path, method, schema)
+    item = spec["components"]["schemas"]["ListedItem"]["properties"]
+    assert {"reason", "because", "matches"} <= set(item)

@@ -193,3 +193,19 @@ def test_an_unknown_user_without_a_request_gets_a_varied_popular_list(served):
     assert div[1] > div[0], div
     top_popular = np.argsort(-served.popularity, kind="stable")[:10]
     assert cols[0] == top_popular.tolist()
+
+
+def test_offline_lists_diversity_tradeoff_and_faithful_explanations(scorer, served, prepared):
+    from instructrec.evaluate import diversity_tradeoff, evaluate, explanation_faithfulness
+
+    case = prepared.test_cases["P1/I0"]
+    report = evaluate(scorer, {"P1/I0": case}, prepared.split, space=served.space)
+    row = report.by_type["P1/I0"]
+    assert 0 < row["coverage@10"] <= 1 and 0 < row["ild_vector@10"] <= 2 and row["novelty@10"] > 0
+    curve = diversity_tradeoff(scorer, case, served.space, (0.0, 0.5, 0.9))
+    assert curve[0]["ndcg@10"] == pytest.approx(row["ndcg@10"])  # weight 0 is the plain ranking
+    assert curve[0]["ild_vector@10"] == pytest.approx(row["ild_vector@10"], abs=1e-6)
+    assert curve[0]["ild_vector@10"] < curve[1]["ild_vector@10"] < curve[2]["ild_vector@10"]
+    faithful = explanation_faithfulness(scorer, case, served.space, rows=48)
+    assert faithful["cited_n"] > 100
+    assert faithful["cited_lowered_share"] > max(0.5, faithful["random_lowered_share"]), faithful
