@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo bench bench-gpu bench-service mlflow-ui clean
+.PHONY: run test setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo bench bench-gpu bench-service bench-session bench-new-items mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,14 @@ bench-gpu: setup-gpu
 # 50 concurrent clients for 60 s against the service (after `make run`): requests/s, p50/p99, no lost feedback
 bench-service: $(STAMP)
 	$(BIN)/python bench/service.py
+
+# Session adaptation A/B on the demo's simulated users (own home .instructrec-session-ab; trains once)
+bench-session: $(STAMP)
+	$(BIN)/python bench/session_ab.py --profile $(PROFILE)
+
+# Items held out of training, served through their text vectors: NDCG@10 on them vs popularity
+bench-new-items: $(STAMP)
+	$(BIN)/python bench/new_items.py --profile $(PROFILE)
 
 # Prefect server + worker + MLflow server, every deployment of prefect.yaml (schedules, triggers), the failure
 # automation; MLFLOW_BACKEND=postgres puts MLflow on a local PostgreSQL server. Stopped by recorded pid.

@@ -130,7 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
     from model_registry import registry
     from service.app import create_app
 
-    cfg = load_config(args.profile)
+    cfg = load_config(args.profile, overrides=parse_overrides(args.set))
     registry.connect(cfg.paths.tracking_uri)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.host or cfg.serve.host, args.port or cfg.serve.port
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
     sv.add_argument("--host", default=None, help="default: serve.host (127.0.0.1)")
     sv.add_argument("--port", type=int, default=None, help="default: serve.port (8000)")
+    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="e.g. --set serve.session_share=0.5 --set serve.diversity=0.2 (repeatable)")
     sv.set_defaults(run=_serve)
     ft = sub.add_parser("finetune", help="judge the running A/B test, then tune a challenger on new feedback")
     ft.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")

@@ -51,8 +51,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(profile: str, port: int, log_file: Path) -> subprocess.Popen:
+def start_service(profile: str, port: int, log_file: Path, settings: dict[str, object] | None = None) -> subprocess.Popen:
+    """`instructrec serve` in its own process; settings: config overrides, e.g. {"serve.session_share": 0.5}."""
     cmd = [sys.executable, "-m", "flows.cli", "serve", "--profile", profile, "--port", str(port)]
+    cmd += [arg for key, value in (settings or {}).items() for arg in ("--set", f"{key}={value}")]
     return subprocess.Popen(cmd, stdout=log_file.open("ab"), stderr=subprocess.STDOUT, env=dict(os.environ))
 
 

@@ -224,6 +224,23 @@ def item_tower(model: InstructRecScorer) -> np.ndarray:
     return model.item_vectors()[1:].float().cpu().numpy()
 
 
+def extend_catalogue(model: InstructRecScorer, tokenizer: BertTokenizerFast, texts: list[str]) -> InstructRecScorer:
+    """A copy that also scores len(texts) new items, without training: each new item's vector is its
+    text's BERT features through the trained projection, with no id embedding (zero) and the median
+    item bias. Its indices follow the old ones (n_items + 1, ...)."""
+    n, m = model.config.n_items, len(texts)
+    config = ScorerConfig(**{**asdict(model.config), "n_items": n + m})
+    grown = InstructRecScorer(config, bert=BertModel(model.bert.config, add_pooling_layer=False))
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    features = model.embed_texts(tokenizer, texts).to(state["item_text"])
+    state["item_text"] = torch.cat([state["item_text"], features])
+    state["item_id.weight"] = torch.cat([state["item_id.weight"], state["item_id.weight"].new_zeros(m, config.dim)])
+    bias = state["item_bias"]
+    state["item_bias"] = torch.cat([bias, bias[1:].median().expand(m)])
+    grown.load_state_dict(state)
+    return grown.to(model.item_text.device).eval()
+
+
 # bump when parameter names or shapes change: checkpoints of another format are never resumed or reused
 CHECKPOINT_FORMAT = 3
 WEIGHTS, CONFIG, ITEMS, TOKENIZER = "weights.safetensors", "config.json", "item_ids.json", "tokenizer"

@@ -162,9 +162,9 @@ class Recommender:
             return scores
         sims = np.clip(self.space.unit @ self.space.unit[reacted].T, 0.0, 1.0)  # [n_items, n_reacted]
         sims[reacted, np.arange(len(reacted))] = 0.0
-        for j in range(sims.shape[1]):
-            column = sims[:, j]
-            column[np.argsort(-column, kind="stable")[neighbours:]] = 0.0
+        if neighbours < len(sims):  # keep each column's `neighbours` largest, zero the rest
+            far = np.argpartition(-sims, neighbours, axis=0)[neighbours:]
+            np.put_along_axis(sims, far, 0.0, axis=0)
         finite = np.isfinite(scores)
         spread = float(scores[finite].std()) if finite.sum() > 1 else 0.0
         return scores + strength * spread * sims.max(axis=1)

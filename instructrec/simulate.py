@@ -11,6 +11,7 @@ very items it was told about.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -143,19 +144,94 @@ def play_user(client: httpx.Client, user: str, future: Future, genre_of: dict[st
     return stats
 
 
-def play_round(base_url: str, futures: dict[str, Future], users: list[str], genre_of: dict[str, tuple[str, ...]],
-               policy: Policy, seed: int, concurrency: int = 8) -> RoundStats:
-    """Every user once, `concurrency` at a time; each user's dice depend only on (seed, user)."""
-    total = RoundStats()
+def _each_user(base_url: str, users: list[str], seed: int, concurrency: int, play) -> list:
+    """play(client, user, rng) for every user, `concurrency` at a time; each user's dice depend only on (seed, user)."""
 
-    def one(user: str) -> RoundStats:
+    def one(user: str):
         rng = np.random.default_rng([seed, int(hashlib.sha256(user.encode()).hexdigest()[:12], 16)])
         with httpx.Client(base_url=base_url, timeout=60.0) as client:
-            return play_user(client, user, futures[user], genre_of, policy, rng)
+            return play(client, user, rng)
 
     with ThreadPoolExecutor(concurrency) as pool:
-        for stats in pool.map(one, users):
-            total.merge(stats)
+        return list(pool.map(one, users))
+
+
+def play_round(base_url: str, futures: dict[str, Future], users: list[str], genre_of: dict[str, tuple[str, ...]],
+               policy: Policy, seed: int, concurrency: int = 8) -> RoundStats:
+    """Every user once (see play_user)."""
+    total = RoundStats()
+    for stats in _each_user(base_url, users, seed, concurrency,
+                            lambda c, u, rng: play_user(c, u, futures[u], genre_of, policy, rng)):
+        total.merge(stats)
+    return total
+
+
+@dataclass
+class SessionStats:
+    """Per session arm ("adapted" / "static"): impressions and likes by page, and next-list latencies."""
+
+    impressions: Counter = field(default_factory=Counter)  # (arm, page) -> items shown
+    likes: Counter = field(default_factory=Counter)
+    users: Counter = field(default_factory=Counter)  # arm -> users
+    next_list_ms: list[float] = field(default_factory=list)  # /recommend right after a reaction was stored
+    failures: int = 0
+
+    def merge(self, other: SessionStats) -> None:
+        for name in ("impressions", "likes", "users"):
+            getattr(self, name).update(getattr(other, name))
+        self.next_list_ms += other.next_list_ms
+        self.failures += other.failures
+
+    def counts(self, arm: str, pages) -> tuple[int, int]:
+        """(likes, impressions) of the arm on the given pages (0-based)."""
+        return sum(self.likes[(arm, p)] for p in pages), sum(self.impressions[(arm, p)] for p in pages)
+
+
+def play_session(client: httpx.Client, user: str, future: Future, genre_of: dict[str, tuple[str, ...]], policy: Policy,
+                 rng: np.random.Generator, pages: int) -> SessionStats:
+    """One user asks for `pages` lists in a row, reacting to each before asking again.
+
+    After the first list the user may say what they want in words once (in that request, as in
+    `play_user`); whether later lists still honour it, and what the reactions change, is the
+    service's session adaptation, which is what the arms differ in.
+    """
+    stats = SessionStats()
+    text = None
+    for page in range(pages):
+        body = {"user_id": user, "k": policy.k}
+        if page == 1 and text:
+            body["instruction"] = text
+        t0 = time.perf_counter()
+        response = client.post("/recommend", json=body)
+        elapsed = (time.perf_counter() - t0) * 1000.0
+        if response.status_code != 200:
+            stats.failures += 1
+            return stats
+        listing = response.json()
+        arm = "adapted" if listing["session_adapted"] else "static"
+        if page == 0:
+            stats.users[arm] += 1
+        else:
+            stats.next_list_ms.append(elapsed)
+        round_stats = RoundStats()
+        _react(client, user, listing, future, genre_of, policy, rng, round_stats)
+        stats.impressions[(arm, page)] += len(listing["items"])
+        stats.likes[(arm, page)] += round_stats.likes[listing["arm"]]
+        stats.failures += round_stats.failures
+        if page == 0 and future.genres and rng.random() < policy.request:
+            text = request_text(future.genres, rng)
+            _send(client, {"request_id": listing["request_id"], "user_id": user, "kind": "instruction", "text": text},
+                  round_stats)
+    return stats
+
+
+def play_sessions(base_url: str, futures: dict[str, Future], users: list[str], genre_of: dict[str, tuple[str, ...]],
+                  policy: Policy, seed: int, pages: int, concurrency: int = 10) -> SessionStats:
+    """Every user plays one session of `pages` lists (see play_session)."""
+    total = SessionStats()
+    for stats in _each_user(base_url, users, seed, concurrency,
+                            lambda c, u, rng: play_session(c, u, futures[u], genre_of, policy, rng, pages)):
+        total.merge(stats)
     return total
 
 
