@@ -15,6 +15,8 @@ arm on the lists after the first (where the arms can differ) and on the first
 (where they cannot: a sanity check), the two-proportion z-test, the smallest
 relative lift this many impressions detect (80% power, two-sided 5%), and the
 latency of the next /recommend after a reaction at --concurrency clients.
+Each run starts from an empty feedback log (an earlier run's is kept beside
+it as feedback-before-<time>/), since sessions are rebuilt from the log.
 Writes bench/results/session_ab.json.
 """
 
@@ -69,6 +71,8 @@ def main() -> int:
     ap.add_argument("--home", default=str(ROOT / ".instructrec-session-ab"))
     ap.add_argument("--pages", type=int, default=8, help="lists per session (7 later lists x 10 items: ~30k impressions per arm on ML-100k)")
     ap.add_argument("--concurrency", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=1, help="service processes (serve.workers)")
+    ap.add_argument("--onnx-threads", type=int, default=0, help="ONNX Runtime threads per model (serve.onnx_threads)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--future-share", type=float, default=0.3)
     args = ap.parse_args()
@@ -83,10 +87,13 @@ def main() -> int:
     champion = registry.get_alias(registry.CHAMPION)
     if champion is None:
         raise SystemExit("the model trained on the past did not pass the gate; nothing to serve")
+    if cfg.paths.feedback.exists():  # sessions are rebuilt from the log: each A/B starts from no reactions
+        cfg.paths.feedback.rename(cfg.paths.home / f"feedback-before-{time.strftime('%Y%m%dT%H%M%S')}")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    experiment = f"session-ab-{args.seed}-{time.time_ns()}"  # fresh users' sessions: a new experiment, new segments
-    settings = {"serve.session_share": 0.5, "serve.experiment": experiment, "serve.challenger_share": 0.0}
+    experiment = f"session-ab-{args.seed}"
+    settings = {"serve.session_share": 0.5, "serve.experiment": experiment, "serve.challenger_share": 0.0,
+                "serve.workers": args.workers, "serve.onnx_threads": args.onnx_threads}
     service = start_service(args.profile, port, cfg.paths.home / "service.log", settings)
     try:
         wait_for(url)
@@ -100,7 +107,7 @@ def main() -> int:
     ms = np.asarray(stats.next_list_ms)
     result = {
         "profile": args.profile, "model_version": champion.version, "users": len(users), "pages": args.pages,
-        "concurrency": args.concurrency, "seed": args.seed, "failures": stats.failures, "elapsed_s": elapsed,
+        "concurrency": args.concurrency, "workers": args.workers, "onnx_threads": args.onnx_threads, "seed": args.seed, "failures": stats.failures, "elapsed_s": elapsed,
         "later_lists": arm_table(stats, range(1, args.pages)), "first_list": arm_table(stats, range(1)),
         "by_page": {arm: [stats.likes[(arm, p)] / max(stats.impressions[(arm, p)], 1) for p in range(args.pages)]
                     for arm in ("static", "adapted")},
@@ -118,7 +125,7 @@ def main() -> int:
               f"(detectable: {100 * t['detectable_relative_lift']:.1f}%)")
     print(f"  by page: {json.dumps({a: [round(v, 4) for v in r] for a, r in result['by_page'].items()})}")
     lat = result["next_list_latency_ms"]
-    print(f"  next list after a reaction, {args.concurrency} clients: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms "
+    print(f"  next list after a reaction, {args.concurrency} clients, {args.workers} service process(es): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms "
           f"(target p99 < 50 ms) over {lat['n']} requests")
     significant = later["p_two_sided"] < 0.05
     verdict = ("no significant difference" if not significant else

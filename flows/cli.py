@@ -128,12 +128,18 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from model_registry import registry
-    from service.app import create_app
+    from service.app import SERVE_ENV, create_app
 
-    cfg = load_config(args.profile, overrides=parse_overrides(args.set))
-    registry.connect(cfg.paths.tracking_uri)
+    overrides = parse_overrides(args.set)
+    cfg = load_config(args.profile, overrides=overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.host or cfg.serve.host, args.port or cfg.serve.port
+    if cfg.serve.workers > 1:  # processes share sessions and requests through the event logs (service.app.SharedState)
+        os.environ[SERVE_ENV] = json.dumps({"profile": args.profile, "overrides": overrides})
+        uvicorn.run("service.app:app_from_environment", factory=True, workers=cfg.serve.workers, host=host, port=port,
+                    log_level="warning")
+        return 0
+    registry.connect(cfg.paths.tracking_uri)
     uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
     return 0
 

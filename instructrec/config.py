@@ -134,6 +134,8 @@ class ServeConfig(_Frozen):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = 1  # service processes (uvicorn workers); they share sessions through the event logs
+    onnx_threads: int = 0  # ONNX Runtime intra-op threads per model (0: one per core)
     experiment: str = "ab-1"  # salt of the user -> arm hash; a new experiment reshuffles users
     challenger_share: float = 0.5  # traffic share of the challenger while one is registered
     reload_seconds: float = 5.0  # how often aliases are re-read (hot reload)

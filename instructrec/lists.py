@@ -40,6 +40,27 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     return v / np.where(norms > 0, norms, 1.0)
 
 
+def nearest_neighbours(unit: np.ndarray, n: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """([items, n] columns, [items, n] cosines) of each item's n most similar others, most similar first.
+
+    Computed once per model (a chunked catalogue x catalogue product), so that moving a reacted item's
+    neighbours costs a lookup per request, not a product with the catalogue.
+    """
+    items = len(unit)
+    n = min(n, items - 1)
+    idx = np.zeros((items, n), dtype=np.int64)
+    sims = np.zeros((items, n), dtype=np.float32)
+    for start in range(0, items, chunk):
+        block = unit[start:start + chunk] @ unit.T
+        rows = np.arange(len(block))
+        block[rows, rows + start] = -np.inf  # never its own neighbour
+        part = np.argpartition(-block, n - 1, axis=1)[:, :n] if n < items else np.argsort(-block, axis=1)[:, :n]
+        order = np.argsort(-np.take_along_axis(block, part, 1), axis=1, kind="stable")
+        idx[start:start + chunk] = np.take_along_axis(part, order, 1)
+        sims[start:start + chunk] = np.take_along_axis(block, idx[start:start + chunk], 1)
+    return idx, sims
+
+
 def genre_matrix(genres: list[tuple[str, ...]]) -> np.ndarray:
     names = sorted({g for gs in genres for g in gs})
     col = {g: j for j, g in enumerate(names)}

@@ -16,13 +16,14 @@ from instructrec import schema
 from instructrec.export import OnnxScorer, Session, cuda_usable, make_session
 from instructrec.optimize import FP32
 from instructrec.instructions import Instruction, free_text_instruction, make_instruction, pad_histories, plural, render
-from instructrec.lists import ItemSpace, cite, matched_words, mmr, top_columns
+from instructrec.lists import ItemSpace, cite, matched_words, mmr, nearest_neighbours, top_columns
 from instructrec.split import Catalogue, chronological
 
 BUNDLE_MANIFEST = "serving.json"
 VARIANTS_DIR = "variants"
 ITEM_VECTORS = "item_vectors.npy"  # [n_items, dim] item-tower vectors, catalogue order
 DEFAULT_REQUEST = "P1/I0"
+NEIGHBOUR_TABLE = 50  # nearest items kept per item: the most a reaction can move (serve.neighbours is capped here)
 
 
 def write_bundle(target: Path, tokenizer: BertTokenizerFast, catalogue: Catalogue, max_history: int,
@@ -79,9 +80,11 @@ class Recommender:
         self.scorer = OnnxScorer(f"v{self.version}", self.session, self.tokenizer, self.max_text_tokens)
         self.popularity = (self.space.popularity if self.space is not None
                            else item_counts(self.histories, self.catalogue.n_items))
-
+        self._neighbours: tuple[np.ndarray, np.ndarray] | None = None  # built on the first reaction
     @classmethod
-    def load(cls, onnx_file: Path, bundle: Path, interactions: pl.DataFrame, version: str = "?") -> Recommender:
+    def load(cls, onnx_file: Path, bundle: Path, interactions: pl.DataFrame, version: str = "?",
+             threads: int | None = None) -> Recommender:
+        """threads: ONNX Runtime intra-op threads (None: one per core)."""
         m = json.loads((bundle / BUNDLE_MANIFEST).read_text())
         catalogue = Catalogue(m["item_ids"], m["titles"], [""] * len(m["item_ids"]), [tuple(g) for g in m["genres"]], m["noun"])
         tokenizer = BertTokenizerFast.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)
@@ -91,8 +94,11 @@ class Recommender:
         if (bundle / ITEM_VECTORS).exists():
             space = ItemSpace.build(np.load(bundle / ITEM_VECTORS), catalogue.genres,
                                     item_counts(histories, catalogue.n_items), len(histories))
-        return cls(make_session(graph), tokenizer, catalogue, histories, m["max_history"], m["max_text_tokens"], version,
-                   variant, space)
+        rec = cls(make_session(graph, threads=threads), tokenizer, catalogue, histories, m["max_history"], m["max_text_tokens"], version,
+                  variant, space)
+        if space is not None:  # before the first request, not during it
+            rec._neighbours = nearest_neighbours(space.unit, NEIGHBOUR_TABLE)
+        return rec
 
     def request(self, history: np.ndarray, instruction: str | None = None) -> Instruction:
         """The user's own words beside their history; history alone; or a cold-start request."""
@@ -160,14 +166,15 @@ class Recommender:
         """
         if self.space is None or not len(reacted) or strength == 0:
             return scores
-        sims = np.clip(self.space.unit @ self.space.unit[reacted].T, 0.0, 1.0)  # [n_items, n_reacted]
-        sims[reacted, np.arange(len(reacted))] = 0.0
-        if neighbours < len(sims):  # keep each column's `neighbours` largest, zero the rest
-            far = np.argpartition(-sims, neighbours, axis=0)[neighbours:]
-            np.put_along_axis(sims, far, 0.0, axis=0)
+        if self._neighbours is None:
+            self._neighbours = nearest_neighbours(self.space.unit, NEIGHBOUR_TABLE)
+        idx, sims = self._neighbours
+        near, cos = idx[reacted, :neighbours].ravel(), np.clip(sims[reacted, :neighbours], 0.0, 1.0).ravel()
+        moved = np.zeros(len(scores))
+        np.maximum.at(moved, near, cos)
         finite = np.isfinite(scores)
         spread = float(scores[finite].std()) if finite.sum() > 1 else 0.0
-        return scores + strength * spread * sims.max(axis=1)
+        return scores + strength * spread * moved
 
     def _pick(self, scores: np.ndarray, k: int, diversity: float, candidates: int) -> np.ndarray:
         n = int(np.isfinite(scores).sum())

@@ -36,6 +36,7 @@ log = logging.getLogger("instructrec.service")
 ITEM_KINDS = tuple(k for k in schema.FEEDBACK_KINDS if k != "instruction")
 Kind = Literal[schema.FEEDBACK_KINDS]  # the feedback suite checks the same set
 REMEMBERED_REQUESTS = 200_000
+SERVE_ENV = "INSTRUCTREC_SERVE"  # {"profile", "overrides"} for each worker process (`instructrec serve` sets it)
 
 
 class ModelSlots:
@@ -363,3 +364,16 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
 
     app.state.slots, app.state.feedback_log, app.state.shared = slots, feedback_log, shared
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process of `instructrec serve` with serve.workers > 1 (uvicorn factory)."""
+    import json
+    import os
+
+    from instructrec.config import load_config
+
+    spec = json.loads(os.environ[SERVE_ENV])
+    cfg = load_config(spec["profile"], overrides=spec["overrides"])
+    registry.connect(cfg.paths.tracking_uri)
+    return create_app(cfg)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from instructrec.config import Config
 from instructrec.snapshot import Snapshot
 from tasks import tracking
-from tasks.evaluation import Evaluations, Exported
+from tasks.evaluation import LIST_COLUMNS, Evaluations, Exported
 from tasks.promotion import GateResult
 
 TABLE_METRICS = ("ndcg@10", "hr@10", "mrr@10", "s_hr@1", "s_ndcg@5")
@@ -34,6 +34,12 @@ class PipelineSummary:
                  "Test NDCG@10, full ranking (all items, history excluded):", "  " + head]
         for t in types:
             lines.append("  " + f"{t:<16}" + "".join(f"{self.metrics[m][t]['ndcg@10']:>15.4f}" for m in models))
+        lines += ["", "Top-10 lists, overall (diversity: genres / item vectors; coverage of the catalogue; novelty, bits):"]
+        for m in models:
+            o = self.metrics[m]["overall"]
+            if all(c in o for c in LIST_COLUMNS):
+                lines.append(f"  {m[:14]:<16}diversity {o['ild_genre@10']:.3f} / {o['ild_vector@10']:.3f}   "
+                             f"coverage {o['coverage@10']:.3f}   novelty {o['novelty@10']:.2f}")
         lines += ["", f"Gate: {self.outcome.upper()} -> instructrec-scorer v{self.version}"]
         lines += [f"  - {r}" for r in self.reasons]
         lines += [f"Aliases: {self.aliases}", f"ONNX: {self.onnx_path} (provider {self.provider})", "",
@@ -47,7 +53,7 @@ def summarise(cfg: Config, run_id: str, snap: Snapshot, evaluations: Evaluations
     metrics = {}
     for name, rep in evaluations.reports.items():
         metrics[name] = {t: {k: v[k] for k in TABLE_METRICS} for t, v in rep.by_type.items()}
-        metrics[name]["overall"] = {k: rep.overall[k] for k in TABLE_METRICS}
+        metrics[name]["overall"] = {k: rep.overall[k] for k in TABLE_METRICS + LIST_COLUMNS if k in rep.overall}
     summary = PipelineSummary(run_id, snap.short, gate.version, gate.decision.outcome, gate.aliases, metrics,
                               str(exported.path), exported.provider, cfg.paths.tracking_uri, gate.decision.reasons)
     tracking.describe_run(run_id, f"```\n{summary.render().strip()}\n```")

@@ -93,6 +93,24 @@ def test_recommend_answers_from_the_champion_onnx_as_json(runs, capsys):
     assert main(["recommend", "--user-id", "stranger", "--instruction", "something scary", "-k", "3"]) == 0
     cold = json.loads(capsys.readouterr().out)
     assert cold["known_user"] is False and len(cold["items"]) == 3
+    assert main(["similar", "--item-id", out["items"][0]["item_id"], "-k", "4"]) == 0
+    similar = json.loads(capsys.readouterr().out)
+    assert len(similar["items"]) == 4 and out["items"][0]["item_id"] not in {i["item_id"] for i in similar["items"]}
+    assert main(["similar", "--item-id", "no-such-item"]) == 2 and "unknown item id" in capsys.readouterr().err
+
+
+def test_every_evaluation_reports_list_quality_tradeoff_and_faithfulness(runs):
+    client = registry.client()
+    run = client.get_run(runs["first"].run_id)
+    for model in ("challenger", "popularity"):
+        assert 0 < run.data.metrics[f"test/{model}/coverage@10"] <= 1
+        assert run.data.metrics[f"test/{model}/novelty@10"] > 0
+    # popularity gives everyone nearly the same list: far less of the catalogue than the scorer
+    assert run.data.metrics["test/popularity/coverage@10"] < run.data.metrics["test/challenger/coverage@10"]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/diversity_tradeoff.png", "evaluation/explanation_faithfulness.json"} <= arts
+    faithful = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/evaluation/explanation_faithfulness.json")
+    assert faithful["cited_n"] > 0 and 0 <= faithful["cited_lowered_share"] <= 1
 
 
 @pytest.mark.parametrize("breakage,expected", [
