@@ -103,10 +103,10 @@ def test_every_evaluation_reports_list_quality_tradeoff_and_faithfulness(runs):
     client = registry.client()
     run = client.get_run(runs["first"].run_id)
     for model in ("challenger", "popularity"):
-        assert 0 < run.data.metrics[f"test/{model}/coverage@10"] <= 1
-        assert run.data.metrics[f"test/{model}/novelty@10"] > 0
+        assert 0 < run.data.metrics[f"test/{model}/coverage_at_10"] <= 1  # MLflow spells @ as _at_
+        assert run.data.metrics[f"test/{model}/novelty_at_10"] > 0
     # popularity gives everyone nearly the same list: far less of the catalogue than the scorer
-    assert run.data.metrics["test/popularity/coverage@10"] < run.data.metrics["test/challenger/coverage@10"]
+    assert run.data.metrics["test/popularity/coverage_at_10"] < run.data.metrics["test/challenger/coverage_at_10"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/diversity_tradeoff.png", "evaluation/explanation_faithfulness.json"} <= arts
     faithful = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/evaluation/explanation_faithfulness.json")
