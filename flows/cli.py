@@ -24,6 +24,8 @@ ENV_DEFAULTS = {  # offline and quiet; the stack's server, worker and flow runs 
     "TOKENIZERS_PARALLELISM": "false",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # the ephemeral API migrates a fresh database first; Prefect's 20 s ran out on a loaded 2-core machine
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
 
