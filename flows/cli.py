@@ -28,6 +28,8 @@ ENV_DEFAULTS = {  # offline and quiet; the stack's server, worker and flow runs 
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
+SERVE_MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
 
 def _environment_defaults() -> None:
     """Offline, quiet defaults; anything the user exported wins."""
@@ -134,6 +136,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.set)
     cfg = load_config(args.profile, overrides=overrides)
+    for key, value in SERVE_MLFLOW_DEFAULTS.items():  # an outage shows in /health in seconds, not after minutes of retries
+        os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.host or cfg.serve.host, args.port or cfg.serve.port
     if cfg.serve.workers > 1:  # processes share sessions and requests through the event logs (service.app.SharedState)

@@ -30,6 +30,27 @@ class PromotionConflict(RuntimeError):
     """The champion moved while this candidate was being evaluated."""
 
 
+class RegistryUnavailable(RuntimeError):
+    """The registry could not answer (unreachable, failing): never to be read as "nothing is registered"."""
+
+
+def _absent(exc: MlflowException) -> bool:
+    """Whether MLflow said "no such model / alias" (as opposed to failing to answer)."""
+    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+        exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
+
+
+def _lookup(ask, missing, what: str):
+    """ask(); `missing` when the registry says there is no such thing; RegistryUnavailable when it cannot say."""
+    try:
+        return ask()
+    except MlflowException as exc:
+        if _absent(exc):
+            return missing
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise RegistryUnavailable(f"the MLflow registry at {mlflow.get_tracking_uri()} did not answer ({what}): {first}") from exc
+
+
 @dataclass(frozen=True)
 class VersionRef:
     version: str
@@ -43,10 +64,7 @@ def connect(tracking_uri: str) -> None:
 
 
 def remove_alias(alias: str, name: str = MODEL_NAME) -> None:
-    try:
-        client().delete_registered_model_alias(name, alias)
-    except MlflowException:
-        pass
+    _lookup(lambda: client().delete_registered_model_alias(name, alias), None, f"remove alias {alias}")
 
 
 def tags(version: str, name: str = MODEL_NAME) -> dict[str, str]:
@@ -58,25 +76,20 @@ def client() -> MlflowClient:
 
 
 def get_alias(alias: str, name: str = MODEL_NAME) -> VersionRef | None:
-    try:
-        mv: ModelVersion = client().get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-    return VersionRef(str(mv.version), mv.run_id, mv.source)
+    """The version the alias points at; None when the model or alias does not exist; RegistryUnavailable when
+    the registry cannot be asked."""
+    mv: ModelVersion | None = _lookup(lambda: client().get_model_version_by_alias(name, alias), None, f"alias {alias}")
+    return None if mv is None else VersionRef(str(mv.version), mv.run_id, mv.source)
 
 
 def aliases(name: str = MODEL_NAME) -> dict[str, str]:
-    try:
-        return {alias: str(v) for alias, v in client().get_registered_model(name).aliases.items()}
-    except MlflowException:
-        return {}
+    model = _lookup(lambda: client().get_registered_model(name), None, "aliases")
+    return {} if model is None else {alias: str(v) for alias, v in model.aliases.items()}
 
 
 def versions(name: str = MODEL_NAME) -> list[str]:
-    try:
-        return sorted((str(mv.version) for mv in client().search_model_versions(f"name='{name}'")), key=int)
-    except MlflowException:
-        return []
+    found = _lookup(lambda: client().search_model_versions(f"name='{name}'"), [], "versions")
+    return sorted((str(mv.version) for mv in found), key=int)
 
 
 @contextmanager

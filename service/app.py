@@ -49,6 +49,7 @@ class ModelSlots:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self.registry_reachable = True  # False while the registry cannot be asked (the loaded models keep serving)
 
     def current(self) -> dict[str, Recommender]:
         return self._slots  # replaced whole by refresh(), never mutated
@@ -57,15 +58,18 @@ class ModelSlots:
         """Load what the aliases point at now; on any failure keep serving what is loaded. True if anything moved."""
         try:
             champion, challenger = registry.get_alias(registry.CHAMPION), registry.get_alias(registry.CHALLENGER)
+            self.registry_reachable = True
             wanted = {CHAMPION_ARM: champion}
             if challenger is not None and champion is not None and challenger.version != champion.version:
                 wanted[CHALLENGER_ARM] = challenger
             have = {arm: rec.version for arm, rec in self._slots.items()}
             if {arm: ref.version for arm, ref in wanted.items() if ref} == have:
+                self.last_error = None
                 return False
             loaded = {rec.version: rec for rec in self._slots.values()}
             slots = {arm: loaded.get(ref.version) or self._load(ref) for arm, ref in wanted.items() if ref}
         except Exception as exc:  # registry unreachable, download failed: keep the loaded models
+            self.registry_reachable = not isinstance(exc, registry.RegistryUnavailable)
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("model reload failed, still serving %s: %s", self.versions(), self.last_error)
             return False
@@ -166,6 +170,7 @@ class HealthResponse(BaseModel):
     challenger_share: float
     feedback_events: int
     sessions: int = Field(description="users with reactions this service knows of (all processes)")
+    registry: Literal["ok", "unreachable"] = Field(description="unreachable: serving the models loaded before")
     reload_error: str | None
 
 
@@ -292,7 +297,8 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
                     for arm, r in current.items()},
             experiment=cfg.serve.experiment,
             challenger_share=cfg.serve.challenger_share if CHALLENGER_ARM in current else 0.0,
-            feedback_events=len(feedback_log), sessions=len(shared.book), reload_error=slots.last_error)
+            feedback_events=len(feedback_log), sessions=len(shared.book),
+            registry="ok" if slots.registry_reachable else "unreachable", reload_error=slots.last_error)
 
     @app.post("/recommend")
     def recommend(req: RecommendRequest) -> RecommendResponse:

@@ -243,3 +243,61 @@ def test_every_endpoint_documents_its_response(client):
             assert "$ref" in schema, (path, method, schema)
     item = spec["components"]["schemas"]["ListedItem"]["properties"]
     assert {"reason", "because", "matches"} <= set(item)
+
+
+def _mlflow_server(store: str, port: int):
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError("mlflow server did not start")
+
+
+def test_a_registry_outage_keeps_the_loaded_models_serving_and_shows_in_health(world, monkeypatch):
+    """A real MLflow server, stopped and started again: unreachable is not "no champion"."""
+    import socket
+
+    import mlflow
+
+    from service.app import ModelSlots
+
+    registry.remove_alias(registry.CHALLENGER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    previous, store = mlflow.get_tracking_uri(), world["cfg"].paths.tracking_uri
+    server = _mlflow_server(store, port)
+    try:
+        registry.connect(f"http://127.0.0.1:{port}")
+        slots = ModelSlots(world["cfg"])
+        with TestClient(create_app(world["cfg"], slots=slots, emit=lambda n: None, poll=False)) as c:
+            assert c.get("/health").json()["registry"] == "ok" and slots.versions() == {"champion": "1"}
+            server.terminate()
+            server.wait(timeout=30)
+            assert slots.refresh() is False
+            health = c.get("/health").json()
+            assert health["status"] == "ok" and health["registry"] == "unreachable"
+            assert health["models"]["champion"]["version"] == "1" and "did not answer" in health["reload_error"]
+            assert _recommend(c, "u3", k=3)["model_version"] == "1"  # still serving
+            server = _mlflow_server(store, port)
+            slots.refresh()
+            health = c.get("/health").json()
+            assert health["registry"] == "ok" and health["reload_error"] is None and slots.versions() == {"champion": "1"}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        mlflow.set_tracking_uri(previous)
