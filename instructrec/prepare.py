@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from instructrec.config import Config
+from instructrec.errors import DataValidationError, Violation
 from instructrec.evaluate import EvalCase, build_cases
 from instructrec.instructions import Examples, training_examples
 from instructrec.split import Catalogue, SplitData, sample_users, temporal_leave_one_out
@@ -36,6 +37,7 @@ def prepare(cfg: Config, interactions: pl.DataFrame, items: pl.DataFrame, noun: 
     d, e = cfg.data, cfg.eval
     catalogue = Catalogue.from_items(items, noun)
     split = temporal_leave_one_out(sample_users(interactions, d.max_users, d.seed), catalogue)
+    require_evaluable(split)
     examples = training_examples(split, d.max_history, d.seed, d.instruction_mix, d.window_stride)
     valid = build_cases(split, e.types, d.max_history, e.seed + VALID_SEED_OFFSET, e.sampled_negatives, target="valid")
     test = build_cases(split, e.types, d.max_history, e.seed, e.sampled_negatives, target="test")
@@ -43,3 +45,13 @@ def prepare(cfg: Config, interactions: pl.DataFrame, items: pl.DataFrame, noun: 
         test |= build_cases(split, e.types, d.max_history, e.seed + HELD_OUT_SEED_OFFSET, e.sampled_negatives,
                             target="test", held_out=True)
     return Prepared(split, examples, valid, test)
+
+
+def require_evaluable(split: SplitData) -> None:
+    """The protocol needs users with a past, a validation and a test event; say so instead of failing later."""
+    if len(split.eval_users):
+        return
+    most = max((len(t) for t in split.train), default=0)
+    rule = (f"too little data to split: at least one user needs 3 interactions (train, validation, test in time); "
+            f"the most any of the {len(split.users)} users has is {most}")
+    raise DataValidationError("the interactions table", [Violation("interactions", "user_id", rule)])

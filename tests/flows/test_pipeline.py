@@ -209,3 +209,14 @@ def test_a_champion_this_code_cannot_load_is_scored_through_its_onnx_graph(runs,
     a, b = torch_scorer.score(texts, history), onnx_scorer.score(texts, history)
     assert np.isneginf(a[:, -1]).all() and np.isneginf(b[:, -1]).all()
     np.testing.assert_allclose(a[:, :-1], b[:, :-1], atol=1e-4)
+
+
+def test_too_little_data_to_split_is_a_plain_message_not_a_crash(runs, tmp_path, capsys):
+    bad = write_dataset(tmp_path / "short")
+    df = pl.read_csv(bad / "interactions.csv", infer_schema=False)
+    df.group_by("user_id", maintain_order=True).head(2).write_csv(bad / "interactions.csv")  # nobody has 3
+    before = registry.versions(), registry.aliases()
+    assert main(["pipeline", "--profile", "tiny", "--data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "too little data to split" in err and "needs 3 interactions" in err and err.count("\n") == 1
+    assert (registry.versions(), registry.aliases()) == before
