@@ -19,40 +19,67 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 
+class StoreWriteError(OSError):
+    """An event could not be stored (disk full, I/O error); nothing of it was kept."""
+
+
 class EventLog:
     def __init__(self, directory: Path, prefix: str, key: str | None = None, seen: set[str] | None = None):
         """seen: keys already stored (default: read from this log's segments)."""
         self.directory, self.prefix, self.key = directory, prefix, key
         self._lock = threading.Lock()
-        self._fh = None
+        self._fd: int | None = None
+        self._path: Path | None = None
         self._seen: set[str] = set()
         if key is not None:
             self._seen = seen if seen is not None else {str(r[key]) for r in self.read() if r.get(key) is not None}
 
-    def _segment(self):
-        if self._fh is None:
+    def _segment(self) -> int:
+        if self._fd is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-            path = self.directory / f"{self.prefix}-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}.jsonl"
-            self._fh = path.open("ab")
+            self._path = self.directory / f"{self.prefix}-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}.jsonl"
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             _fsync_dir(self.directory)  # the new file's name is durable too
-        return self._fh
+        return self._fd
 
     def append(self, record: dict) -> bool:
-        """Write one record durably; False (and nothing written) when its key was seen before."""
+        """Write one record durably; False (and nothing written) when its key was seen before.
+
+        Unbuffered: when a write or fsync fails (disk full), the segment is cut back to its last
+        complete record and StoreWriteError is raised, so nothing unacknowledged is kept and nothing
+        is left to be flushed later; the next append starts a new segment.
+        """
         line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
         with self._lock:
             if self.key is not None:
                 key = str(record[self.key])
                 if key in self._seen:
                     return False
-            fh = self._segment()
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+            fd = self._segment()
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as exc:
+                self._cut_back(fd, start)
+                raise StoreWriteError(exc.errno, f"could not store the event in {self._path}: {exc.strerror}; "
+                                                 "nothing of it was kept") from exc
             if self.key is not None:
                 self._seen.add(key)
         return True
+
+    def _cut_back(self, fd: int, size: int) -> None:
+        """Drop a partial record; a segment that cannot be cut keeps a torn tail, which readers skip."""
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        except OSError:
+            pass
+        os.close(fd)
+        self._fd = None
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -62,9 +89,9 @@ class EventLog:
 
     def close(self) -> None:
         with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 class LogTail:

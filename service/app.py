@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from instructrec import schema
 from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, assign_arm, bucket
 from instructrec.config import Config, ServeConfig
-from instructrec.eventlog import EventLog, LogTail
+from instructrec.eventlog import EventLog, LogTail, StoreWriteError
 from instructrec.feedback import FEEDBACK_LOG, IMPRESSION_LOG, STORE_GLOB, read_store
 from instructrec.recommend import Adaptation, Recommender
 from instructrec.session import SessionBook, UserSession
@@ -323,11 +323,20 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
                                 adapt=adaptation(cfg.serve, req.diversity))
         request_id = uuid.uuid4().hex
         items = [row["item_id"] for row in out["items"]]
-        impression_log.append({schema.REQUEST_ID: request_id, schema.USER: req.user_id, schema.ARM: arm,
-                               schema.MODEL_VERSION: rec.version, "items": items, "instruction": instruction,
-                               "session_adapted": adapted, schema.TIMESTAMP: datetime.now(UTC).isoformat()})
+        stored(impression_log, {schema.REQUEST_ID: request_id, schema.USER: req.user_id, schema.ARM: arm,
+                                schema.MODEL_VERSION: rec.version, "items": items, "instruction": instruction,
+                                "session_adapted": adapted, schema.TIMESTAMP: datetime.now(UTC).isoformat()})
         shared.remember(request_id, Served(req.user_id, arm, rec.version, frozenset(items)))
         return RecommendResponse(request_id=request_id, arm=arm, request_source=source, session_adapted=adapted, **out)
+
+    def stored(event_log: EventLog, record: dict) -> bool:
+        """Append durably, or answer 503: a list or event that is not on disk is never acknowledged."""
+        try:
+            return event_log.append(record)
+        except StoreWriteError as exc:
+            log.error("%s", exc)
+            raise HTTPException(503, f"the service could not store this on disk ({exc.strerror}); nothing was "
+                                     "kept - retry later with the same event_id") from None
 
     def nearest(rec: Recommender, item_id: str, k: int, exclude: tuple[str, ...] = ()) -> dict:
         try:
@@ -358,14 +367,14 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
         if ev.item_id is not None and ev.item_id not in served.items:
             raise HTTPException(422, f"item {ev.item_id!r} was not recommended in request {ev.request_id}")
         event_id = ev.event_id or uuid.uuid4().hex
-        stored = feedback_log.append({schema.EVENT_ID: event_id, schema.USER: ev.user_id, schema.ITEM: ev.item_id,
-                                      schema.KIND: ev.kind, schema.TEXT: ev.text, schema.MODEL_VERSION: served.model_version,
-                                      schema.ARM: served.arm, schema.REQUEST_ID: ev.request_id,
-                                      schema.TIMESTAMP: datetime.now(UTC).isoformat()})
-        if stored:
+        is_new = stored(feedback_log, {schema.EVENT_ID: event_id, schema.USER: ev.user_id, schema.ITEM: ev.item_id,
+                                       schema.KIND: ev.kind, schema.TEXT: ev.text, schema.MODEL_VERSION: served.model_version,
+                                       schema.ARM: served.arm, schema.REQUEST_ID: ev.request_id,
+                                       schema.TIMESTAMP: datetime.now(UTC).isoformat()})
+        if is_new:
             shared.sync()  # the next /recommend of this user already reflects it
             trigger.add()
-        return FeedbackResponse(event_id=event_id, stored=stored, duplicate=not stored, arm=served.arm,
+        return FeedbackResponse(event_id=event_id, stored=is_new, duplicate=not is_new, arm=served.arm,
                                 model_version=served.model_version)
 
     app.state.slots, app.state.feedback_log, app.state.shared = slots, feedback_log, shared

@@ -301,3 +301,67 @@ def test_a_registry_outage_keeps_the_loaded_models_serving_and_shows_in_health(w
         server.terminate()
         server.wait(timeout=30)
         mlflow.set_tracking_uri(previous)
+
+
+def test_a_full_disk_answers_503_and_stores_nothing_it_did_not_acknowledge(world):
+    """The real service process under a file-size limit (the OS refuses writes past 4 kB per file, as a full disk)."""
+    import json
+    import os
+    import resource
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from flows.demo import wait_for
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    from model_registry.serving import load_version
+
+    load_version(world["cfg"], registry.get_alias(registry.CHAMPION))  # downloaded before the limit: only logs grow
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "INSTRUCTREC_HOME": str(world["home"]), "MLFLOW_TRACKING_URI": world["cfg"].paths.tracking_uri}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--profile", "tiny", "--port", str(port)],
+                            env=env, preexec_fn=limit_files, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    acked, refused, codes = [], [], []
+    try:
+        try:
+            wait_for(url, timeout=120)
+        except TimeoutError:
+            proc.kill()
+            raise AssertionError(proc.communicate()[1][-3000:]) from None
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for n in range(80):
+                out = c.post("/recommend", json={"user_id": f"u{n % 40}", "k": 10})
+                codes.append(out.status_code)
+                if out.status_code != 200:
+                    assert out.status_code == 503 and "could not store" in out.text
+                    continue
+                event = {"request_id": out.json()["request_id"], "user_id": f"u{n % 40}", "kind": "like",
+                         "item_id": out.json()["items"][0]["item_id"], "event_id": f"disk-{n}"}
+                r = c.post("/feedback", json=event)
+                if r.status_code == 200:
+                    acked.append(event["event_id"])
+                else:
+                    assert r.status_code == 503 and "nothing was kept" in r.text, r.text
+                    refused.append(event)
+            retried = [e["event_id"] for e in refused if c.post("/feedback", json=e).status_code == 200]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert 503 in codes and 200 in codes  # writes failed, and the service went on serving
+    assert refused and retried  # a refused event, retried once space is there (a fresh segment), is accepted
+    feedback_dir = world["cfg"].paths.feedback
+    for segment in feedback_dir.glob("*.jsonl"):  # no torn or half-written line anywhere
+        assert not segment.read_bytes() or segment.read_bytes().endswith(b"\n")
+        [json.loads(line) for line in segment.read_text().splitlines()]
+    stored = read_store(feedback_dir).filter(read_store(feedback_dir)["event_id"].str.starts_with("disk-"))
+    assert sorted(stored["event_id"].to_list()) == sorted(acked + retried)  # acknowledged ones, each once

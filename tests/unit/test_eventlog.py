@@ -96,3 +96,40 @@ def test_online_counts_count_shown_items_and_likes_per_arm_and_version(tmp_path)
     assert (counts["champion"].impressions, counts["champion"].likes, counts["champion"].users) == (3, 1, 1)
     assert (counts["challenger"].impressions, counts["challenger"].likes) == (2, 0)
     assert json.loads(next(tmp_path.glob("impressions-*.jsonl")).read_text().splitlines()[0])["items"] == ["a", "b", "c"]
+
+
+FULL_DISK = r"""
+import json, resource, signal, sys
+from pathlib import Path
+from instructrec.eventlog import EventLog, StoreWriteError
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+log = EventLog(Path(sys.argv[1]), "events", key="event_id")
+resource.setrlimit(resource.RLIMIT_FSIZE, (200, resource.RLIM_INFINITY))  # no file may grow past 200 bytes
+acked, failed = [], []
+for i in range(12):
+    try:
+        if log.append({"event_id": str(i), "pad": "x" * 30}):
+            acked.append(str(i))
+    except StoreWriteError as exc:
+        failed.append(str(i))
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space freed
+retried = [i for i in failed if log.append({"event_id": i, "pad": "x" * 30})]
+again = [i for i in failed if log.append({"event_id": i, "pad": "x" * 30})]
+print(json.dumps({"acked": acked, "failed": failed, "retried": retried, "again": again}))
+"""
+
+
+def test_a_failed_write_keeps_the_log_valid_and_stores_only_what_was_acknowledged(tmp_path):
+    """A real write failure (the OS's file-size limit, as a full disk), in a child process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path)], capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout)
+    assert r["failed"] and r["acked"] and r["retried"] == r["failed"] and r["again"] == []
+    for segment in tmp_path.glob("events-*.jsonl"):  # every line whole: the failed writes left nothing behind
+        assert segment.read_bytes().endswith(b"\n") or segment.stat().st_size == 0
+        [json.loads(line) for line in segment.read_text().splitlines()]
+    stored = [rec["event_id"] for rec in iter_records(tmp_path, "events")]
+    assert sorted(stored, key=int) == sorted(r["acked"] + r["retried"], key=int)  # each acknowledged once, nothing else
