@@ -28,6 +28,7 @@ ENV_DEFAULTS = {  # offline and quiet; the stack's server, worker and flow runs 
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 SERVE_MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
@@ -140,6 +141,10 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.host or cfg.serve.host, args.port or cfg.serve.port
+    if host not in LOCAL_HOSTS and not os.environ.get(cfg.serve.api_token_env):
+        print(f"error: serving on {host} (beyond this machine) needs an API token: export {cfg.serve.api_token_env}="
+              "<a long random string> and send 'Authorization: Bearer <it>' with every request", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if cfg.serve.workers > 1:  # processes share sessions and requests through the event logs (service.app.SharedState)
         os.environ[SERVE_ENV] = json.dumps({"profile": args.profile, "overrides": overrides})
         uvicorn.run("service.app:app_from_environment", factory=True, workers=cfg.serve.workers, host=host, port=port,

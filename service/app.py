@@ -8,6 +8,8 @@ or mixes a request. Every served list and every feedback event is on disk
 """
 
 import logging
+import os
+import secrets
 import threading
 import uuid
 from collections import OrderedDict
@@ -18,7 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import polars as pl
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from instructrec import schema
@@ -281,6 +284,26 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
     app = FastAPI(title="InstructRec", version="1", lifespan=lifespan,
                   description="Instruction-following recommendations, champion/challenger traffic split, feedback "
                               "that shapes the same user's next list.")
+
+    token = os.environ.get(cfg.serve.api_token_env) or None
+    open_paths = {"/health"}
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """Every endpoint but /health needs the API token when one is set; bodies are bounded before reading."""
+        if token is not None and request.url.path not in open_paths:
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return JSONResponse({"detail": f"missing or wrong API token: send 'Authorization: Bearer <token>' "
+                                               f"(the service's token is in ${cfg.serve.api_token_env})"}, 401)
+        if request.method in ("POST", "PUT", "PATCH"):
+            length = request.headers.get("content-length")
+            if length is None:
+                return JSONResponse({"detail": "a request body needs a Content-Length"}, 411)
+            if int(length) > cfg.serve.max_body_bytes:
+                return JSONResponse({"detail": f"request body of {length} bytes is over the limit of "
+                                               f"{cfg.serve.max_body_bytes} (serve.max_body_bytes)"}, 413)
+        return await call_next(request)
 
     def champion_or_503() -> dict[str, Recommender]:
         current = slots.current()

@@ -365,3 +365,26 @@ def test_a_full_disk_answers_503_and_stores_nothing_it_did_not_acknowledge(world
         [json.loads(line) for line in segment.read_text().splitlines()]
     stored = read_store(feedback_dir).filter(read_store(feedback_dir)["event_id"].str.starts_with("disk-"))
     assert sorted(stored["event_id"].to_list()) == sorted(acked + retried)  # acknowledged ones, each once
+
+
+def test_a_token_guards_every_endpoint_but_health_and_bodies_are_bounded(world, monkeypatch):
+    monkeypatch.setenv("INSTRUCTREC_API_TOKEN", "s3cret-token")
+    with TestClient(create_app(world["cfg"], emit=lambda n: None, poll=False)) as c:
+        assert c.get("/health").status_code == 200
+        body = {"user_id": "u1", "k": 3}
+        assert c.post("/recommend", json=body).status_code == 401
+        wrong = c.post("/recommend", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "INSTRUCTREC_API_TOKEN" in wrong.text
+        auth = {"Authorization": "Bearer s3cret-token"}
+        assert c.post("/recommend", json=body, headers=auth).status_code == 200
+        assert c.get("/items/i1/similar", headers={}).status_code == 401
+        big = c.post("/recommend", content=b"{" + b" " * 20_000 + b"}", headers={**auth, "content-type": "application/json"})
+        assert big.status_code == 413 and "max_body_bytes" in big.text
+
+
+def test_serving_beyond_localhost_without_a_token_is_refused(monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.delenv("INSTRUCTREC_API_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
+    assert "needs an API token" in capsys.readouterr().err
