@@ -112,7 +112,7 @@ def _violations(table: str, total: int, results) -> list[Violation]:
         if is_existence:
             out.append(Violation(table, column, f"{rule} ({cfg.type}): column is missing"))
             continue
-        examples = tuple(repr(_plain(v)) for v in res.get("partial_unexpected_list", []) or [])
+        examples = tuple(_shown(v) for v in res.get("partial_unexpected_list", []) or [])
         if not examples and "observed_value" in res:
             examples = (f"observed {_plain(res['observed_value'])!r}",)
         rows = tuple(_row_number(entry) for entry in res.get("partial_unexpected_index_list", []) or [])
@@ -128,6 +128,12 @@ def _violations(table: str, total: int, results) -> list[Violation]:
             )
         )
     return out
+
+
+def _shown(value, limit: int = 60) -> str:
+    """An offending value as the message shows it: a 10 MB title is cut, with its length said."""
+    text = repr(_plain(value))
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value)):,} characters)"
 
 
 def _row_number(entry) -> int:

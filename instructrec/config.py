@@ -30,6 +30,8 @@ class DataConfig(_Frozen):
     instruction_mix: dict[str, float] | None = None  # share of each (P, I) type in training; None: instructions.TRAIN_MIX
     cold_user_max_train: int = 20  # "cold" slice: at most this many train interactions
     long_tail_share: float = 0.8  # items outside the most popular 20% of interactions
+    max_title_chars: int = 1_000  # longer titles / item texts are refused in validation, before any heavy work
+    max_text_chars: int = 20_000
     seed: int = 7
 
 

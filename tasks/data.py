@@ -49,7 +49,8 @@ def validate(cfg: Config, snap: Snapshot, run_id: str) -> Tables:
 
     store = read_store(cfg.paths.feedback)
     try:
-        check("items", tables.items, tables.files["items"])
+        check("items", tables.items, tables.files["items"],
+              {"max_title_chars": cfg.data.max_title_chars, "max_text_chars": cfg.data.max_text_chars})
         check("interactions", tables.interactions, tables.files["interactions"],
               {"catalogue": tables.items[schema.ITEM].drop_nulls().to_list()})
         if store.height:
