@@ -243,7 +243,8 @@ def fit(
         order = torch.randperm(len(examples), generator=gen).to(device)
         losses, t0, n_epoch = [], time.perf_counter(), 0
         batches = range(0, len(order), s.batch_size)
-        for b in tqdm(batches, desc=f"{s.stage} epoch {epoch + 1}/{s.epochs}", disable=not progress, leave=False,
+        # disable=None: bars only on a terminal (a log file would get one line of carriage returns per stage)
+        for b in tqdm(batches, desc=f"{s.stage} epoch {epoch + 1}/{s.epochs}", disable=None if progress else True, leave=False,
                       mininterval=2.0):
             rows = order[b : b + s.batch_size]
             seq, weight = tensors["seq"][rows], tensors["weight"][rows]

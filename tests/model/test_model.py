@@ -164,3 +164,10 @@ def test_micro_batched_scoring_equals_one_padded_batch(trained, prepared, tmp_pa
     enc = tok(texts, padding=True, truncation=True, max_length=model.config.max_text_tokens, return_tensors="np")
     whole = session.run(enc["input_ids"], enc["attention_mask"], hist)
     np.testing.assert_allclose(bucketed, whole, atol=1e-4)
+
+
+def test_progress_bars_stay_off_a_log_file(tiny_cfg, prepared, capfd):
+    """Asked for bars (the cpu profile's default) with stderr not a terminal: no carriage-return lines."""
+    model, tok = build_model(tiny_cfg, prepared)
+    fit(model, tok, prepared.examples, settings(epochs=1), validator(prepared, tok), progress=True)
+    assert "\r" not in capfd.readouterr().err
