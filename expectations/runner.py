@@ -18,10 +18,14 @@ from pathlib import Path
 import polars as pl
 
 from instructrec import schema
+from instructrec.config import DataConfig
 from instructrec.errors import DataValidationError, Violation
 
 SUITE_DIR = Path(__file__).parent
 SUITES = ("interactions", "items", "feedback")
+# suite parameters a caller may leave out: the config's defaults (the pipeline passes its config's values)
+DEFAULT_PARAMETERS = {"items": {"max_title_chars": DataConfig().max_title_chars,
+                                "max_text_chars": DataConfig().max_text_chars}}
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ def validate_table(
             result_format=result_format,
         )
     )
-    params = {"now": datetime.now(UTC), **(parameters or {})}
+    params = {"now": datetime.now(UTC), **DEFAULT_PARAMETERS.get(table, {}), **(parameters or {})}
     run = checkpoint.run(batch_parameters={"dataframe": _to_pandas(df)}, expectation_parameters=params)
     (validation,) = run.run_results.values()
     violations = _violations(table, df.height, validation.results)
