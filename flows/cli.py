@@ -97,8 +97,7 @@ def _recommend(args: argparse.Namespace) -> int:
     from instructrec.recommend import Adaptation
 
     cfg, rec = _champion()
-    adapt = Adaptation(diversity=cfg.serve.diversity if args.diversity is None else args.diversity,
-                       cold_start_diversity=cfg.serve.cold_start_diversity, candidates=cfg.serve.rerank_candidates)
+    adapt = Adaptation.of(cfg.serve, args.diversity)
     print(json.dumps(rec.recommend(args.user_id, args.instruction, args.k, adapt=adapt), indent=2))
     return 0
 

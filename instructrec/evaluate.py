@@ -15,7 +15,7 @@ import torch
 
 from instructrec import metrics
 from instructrec.instructions import HELD_OUT, make_instruction, pad_histories
-from instructrec.lists import ItemSpace, cite, ild_genre, ild_vector, list_metrics, mmr, top_columns
+from instructrec.lists import ItemSpace, cite, list_metrics, mmr, top_columns
 from instructrec.model import InstructRecScorer
 from instructrec.split import SplitData
 
@@ -187,8 +187,7 @@ def diversity_tradeoff(scorer: Scorer, case: EvalCase, space: ItemSpace, weights
     for w in weights:
         top = np.stack(lists[w])
         out.append({"diversity": w, "ndcg@10": float(metrics.ndcg(np.asarray(ranks[w]), 10).mean()),
-                    "ild_vector@10": float(ild_vector(top, space).mean()), "ild_genre@10": float(ild_genre(top, space).mean()),
-                    "coverage@10": float(len(np.unique(top)) / n_items)})
+                    **list_metrics(top, space)})
     return out
 
 

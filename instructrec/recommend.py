@@ -13,6 +13,7 @@ import polars as pl
 from transformers import BertTokenizerFast
 
 from instructrec import schema
+from instructrec.config import ServeConfig
 from instructrec.export import OnnxScorer, Session, cuda_usable, make_session
 from instructrec.optimize import FP32
 from instructrec.instructions import Instruction, free_text_instruction, make_instruction, pad_histories, plural, render
@@ -62,6 +63,13 @@ class Adaptation:
     diversity: float = 0.0  # MMR weight of the re-ranking, 0 (off) to 1
     cold_start_diversity: float = 0.3  # MMR weight of the popular list an unknown user without a request gets
     candidates: int = 100  # items the re-ranking chooses from
+
+    @classmethod
+    def of(cls, serve: ServeConfig, diversity: float | None = None) -> Adaptation:
+        """From the serve.* settings; `diversity` (a request's own) overrides serve.diversity."""
+        return cls(demotion=serve.demotion, promotion=serve.promotion, neighbours=serve.neighbours,
+                   diversity=serve.diversity if diversity is None else diversity,
+                   cold_start_diversity=serve.cold_start_diversity, candidates=serve.rerank_candidates)
 
 
 @dataclass

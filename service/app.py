@@ -177,12 +177,6 @@ class HealthResponse(BaseModel):
     reload_error: str | None
 
 
-def adaptation(s: ServeConfig, diversity: float | None = None) -> Adaptation:
-    return Adaptation(demotion=s.demotion, promotion=s.promotion, neighbours=s.neighbours,
-                      diversity=s.diversity if diversity is None else diversity,
-                      cold_start_diversity=s.cold_start_diversity, candidates=s.rerank_candidates)
-
-
 def adapts(s: ServeConfig, user_id: str) -> bool:
     """Whether the user's session reactions shape their lists (an experiment of its own when session_share < 1)."""
     return s.adapt_sessions and bucket(user_id, f"{s.experiment}-session") < s.session_share
@@ -343,7 +337,7 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
                 source = "session" if instruction else "none"
             out = rec.recommend(req.user_id, instruction, req.k, exclude=seen,
                                 liked=session.liked if adapted else (), disliked=session.disliked if adapted else (),
-                                adapt=adaptation(cfg.serve, req.diversity))
+                                adapt=Adaptation.of(cfg.serve, req.diversity))
         request_id = uuid.uuid4().hex
         items = [row["item_id"] for row in out["items"]]
         stored(impression_log, {schema.REQUEST_ID: request_id, schema.USER: req.user_id, schema.ARM: arm,
