@@ -29,18 +29,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from instructrec import schema
+from instructrec.config import load_config
+from instructrec.evaluate import EvalCase, PopularityScorer, TorchScorer, evaluate
+from instructrec.model import extend_catalogue
+from instructrec.prepare import prepare
+from instructrec.snapshot import snapshot_raw
+from instructrec.sources import fetch_raw, read_tables
+from instructrec.train import fit, new_scorer, representation_settings
+from ops.cli import parse_overrides
 
-from flows.cli import parse_overrides  # noqa: E402
-from instructrec import schema  # noqa: E402
-from instructrec.config import load_config  # noqa: E402
-from instructrec.evaluate import EvalCase, PopularityScorer, TorchScorer, evaluate  # noqa: E402
-from instructrec.model import extend_catalogue  # noqa: E402
-from instructrec.prepare import prepare  # noqa: E402
-from instructrec.snapshot import snapshot_raw  # noqa: E402
-from instructrec.sources import fetch_raw, read_tables  # noqa: E402
-from instructrec.train import fit, new_scorer, representation_settings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TYPES = ("P1/I0", "P1/I2", "P0/I2")
 

@@ -5,7 +5,7 @@
 
 Shares of the process wall time:
   compute        stage time minus the MLflow writes made inside the stages;
-  mlflow logging time spent in MLflow writes (counted by tasks/tracking.py);
+  mlflow logging time spent in MLflow writes (counted by adapters/tracking.py);
   orchestration  everything else: Prefect's engine and API (task/flow state
                  round trips, the ephemeral server's start and stop with --run).
 Writes bench/results/pipeline.json.
@@ -21,11 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from adapters import tracking
+from instructrec.config import load_config
 
-from instructrec.config import load_config  # noqa: E402
-from tasks import tracking  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # the flow's order, for printing; every `time_s/<stage>` metric of the run is counted, listed here or not
 ORDER = ("ingest", "validate", "prepare", "train_sasrec", "train_representation", "finetune_feedback", "evaluate",

@@ -29,12 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from instructrec import optimize  # noqa: E402
-from instructrec.config import load_config  # noqa: E402
-from instructrec.export import (  # noqa: E402
+from instructrec import optimize
+from instructrec.config import load_config
+from instructrec.export import (
     WITH_TENSORRT,
     OnnxScorer,
     cuda_usable,
@@ -43,7 +40,9 @@ from instructrec.export import (  # noqa: E402
     make_session,
     parity,
 )
-from instructrec.model import InstructRecScorer, load_scorer  # noqa: E402
+from instructrec.model import InstructRecScorer, load_scorer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BATCHES = (1, 32, 256)
 MICRO_BATCHES = (16, 32, 64, 128, 256)
@@ -52,8 +51,8 @@ PEAK_TARGET = {"cpu": 0.60, "cuda": 0.25}
 
 
 def champion_scorer(cfg) -> tuple[InstructRecScorer, object, Path]:
+    from adapters import tracking
     from model_registry import registry
-    from tasks import tracking
 
     tracking.configure(cfg)
     ref = registry.get_alias(registry.CHAMPION)

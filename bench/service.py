@@ -26,14 +26,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from instructrec.config import load_config
+from instructrec.feedback import read_store
+from model_registry import registry
+from model_registry.serving import load_champion
+from ops.demo import free_port, wait_for
 
-from flows.demo import free_port, wait_for  # noqa: E402
-from instructrec.config import load_config  # noqa: E402
-from instructrec.feedback import read_store  # noqa: E402
-from model_registry.serving import load_champion  # noqa: E402
-from model_registry import registry  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def client(url: str, users: list[str], stop_at: float, feedback: float, run: str, seed: int, out: dict) -> None:
@@ -94,7 +93,7 @@ def main() -> None:
     port, run = free_port(), f"bench-{uuid.uuid4().hex[:8]}"
     url = f"http://127.0.0.1:{port}"
     log = (cfg.paths.home / "bench-service.log").open("ab")
-    service = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--port", str(port)], stdout=log,
+    service = subprocess.Popen([sys.executable, "-m", "ops.cli", "serve", "--port", str(port)], stdout=log,
                                stderr=subprocess.STDOUT, env=dict(os.environ), cwd=ROOT)
     try:
         health = wait_for(url)

@@ -32,14 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from instructrec.abtest import ArmCounts, two_proportion_z
+from instructrec.config import load_config
+from instructrec.simulate import Policy, play_sessions
+from model_registry import registry
+from ops.demo import build_world, free_port, start_service, wait_for
 
-from flows.demo import build_world, free_port, start_service, wait_for  # noqa: E402
-from instructrec.abtest import ArmCounts, two_proportion_z  # noqa: E402
-from instructrec.config import load_config  # noqa: E402
-from instructrec.simulate import Policy, play_sessions  # noqa: E402
-from model_registry import registry  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def detectable_lift(rate: float, n_per_arm: int, z_alpha: float = 1.96, z_power: float = 0.8416) -> float:

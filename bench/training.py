@@ -15,25 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
-from pathlib import Path
-
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from instructrec.config import load_config
+from instructrec.model import bf16_capable, catalogue_log_prob
+from instructrec.prepare import prepare
+from instructrec.snapshot import snapshot_raw
+from instructrec.sources import fetch_raw, read_tables
+from instructrec.train import fit, new_scorer, representation_settings
 
-from instructrec.config import load_config  # noqa: E402
-from instructrec.model import bf16_capable, catalogue_log_prob  # noqa: E402
-from instructrec.prepare import prepare  # noqa: E402
-from instructrec.snapshot import snapshot_raw  # noqa: E402
-from instructrec.sources import fetch_raw, read_tables  # noqa: E402
-from instructrec.train import fit, new_scorer, representation_settings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(profile: str, steps: int, home: Path) -> dict:

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 from prefect import flow
 
+from adapters import tracking
 from instructrec.config import Config, Profile, load_config
 from model_registry import registry
 from model_registry.serving import NoChampion
-from tasks import tracking
 from tasks.data import ingest_validate_prepare
 from tasks.evaluation import evaluate_models, export_challenger
-from tasks.online import online_gate, new_feedback, finetune_from_champion
+from tasks.online import finetune_from_champion, new_feedback, online_gate
 from tasks.promotion import gate_and_register
 
 

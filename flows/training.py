@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
+from adapters import tracking
 from instructrec.config import Profile, load_config
-from tasks import tracking
 from tasks.data import ingest_validate_prepare
 from tasks.evaluation import evaluate_models, export_challenger
 from tasks.promotion import gate_and_register

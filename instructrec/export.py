@@ -42,6 +42,8 @@ class _Exported(torch.nn.Module):
 
 
 def export_onnx(model: InstructRecScorer, tokenizer, target: Path, opset: int = 17) -> Path:
+    """The scorer as one ONNX graph (tokens + history -> scores over the whole catalogue, item tower folded in),
+    dynamic in batch and token length, written atomically; the caller's model is left untouched."""
     model = copy.deepcopy(model).eval().cpu()  # the caller's model stays on its device
     sample = model.tokenize(tokenizer, ["an example instruction", "a second, longer example instruction text"])
     history = torch.zeros(2, model.config.max_history, dtype=torch.long)
@@ -103,10 +105,12 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def cuda_usable() -> bool:
+    """Whether torch sees a GPU (ONNX Runtime's CUDA provider is checked separately, at session creation)."""
     return torch.cuda.is_available()
 
 
 def provider_options(provider: str, cache_dir: Path | None) -> dict:
+    """Per-provider ONNX Runtime options: fp16 and an engine cache for TensorRT, device and cuDNN search for CUDA."""
     if provider == "TensorrtExecutionProvider":
         options = {"trt_fp16_enable": True}
         if cache_dir is not None:
@@ -176,6 +180,8 @@ class OnnxScorer:
 
 
 def parity(torch_scores: np.ndarray, onnx_scores: np.ndarray, k: int = 10) -> Parity:
+    """How far the exported graph's scores are from PyTorch's: the largest absolute difference and the mean
+    overlap of the two top-k lists (what the gate's ONNX-parity check compares with its thresholds)."""
     diff = float(np.max(np.abs(torch_scores - onnx_scores)))
     top_t = np.argsort(-torch_scores, axis=1)[:, :k]
     top_o = np.argsort(-onnx_scores, axis=1)[:, :k]

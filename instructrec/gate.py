@@ -115,6 +115,9 @@ def decide(
     champion: ArmEvaluation | None = None,
     parity: Parity | None = None,
 ) -> Decision:
+    """The offline gate: beat the floor baseline (and keep ONNX parity); with a champion, also the paired bootstrap
+    no-regression bound, the minimum gain, every slice and the latency guardrail. Every check is kept, passed or
+    not, so a rejected version says why."""
     m = policy.metric
     checks: list[Check] = []
     numbers: dict = {"metric": m, "challenger": challenger.mean, "baseline": baseline.mean, "baseline_name": baseline.name}
@@ -216,4 +219,5 @@ def decide_online(offline: Decision, evidence: OnlineEvidence, policy: GateConfi
 
 
 def decision_from_dict(raw: dict) -> Decision:
+    """The inverse of Decision.to_dict, for a decision read back from a run's gate/decision.json."""
     return Decision(raw["outcome"], [Check(**c) for c in raw["checks"]], raw["numbers"])

@@ -15,9 +15,9 @@ from transformers import BertTokenizerFast
 from instructrec import schema
 from instructrec.config import ServeConfig
 from instructrec.export import OnnxScorer, Session, cuda_usable, make_session
-from instructrec.optimize import FP32
 from instructrec.instructions import Instruction, free_text_instruction, make_instruction, pad_histories, plural, render
 from instructrec.lists import ItemSpace, cite, matched_words, mmr, nearest_neighbours, top_columns
+from instructrec.optimize import FP32
 from instructrec.split import Catalogue, chronological
 
 BUNDLE_MANIFEST = "serving.json"

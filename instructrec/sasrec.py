@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from instructrec.config import Config
 from instructrec.instructions import pad_histories, windows
 from instructrec.model import CausalEncoder, autocast, bf16_capable, catalogue_log_prob
 
@@ -73,6 +74,20 @@ class SASRecSettings:
     seed: int = 7
     device: str = "cpu"
     mixed_precision: bool = False  # bf16 autocast where the hardware has bf16 units
+
+
+def baseline_config(cfg: Config, n_items: int) -> SASRecConfig:
+    """SASRec's shape from `baseline`, its history length from `data` (the scorer's, so one split serves both)."""
+    b = cfg.baseline
+    return SASRecConfig(n_items=n_items, max_len=cfg.data.max_history, dim=b.dim, n_layers=b.n_layers,
+                        n_heads=b.n_heads, dropout=b.dropout, attention_dropout=b.attention_dropout)
+
+
+def baseline_settings(cfg: Config) -> SASRecSettings:
+    """SASRec's fit from `baseline`; seed, device and precision follow `train` so both models see one machine."""
+    b, t = cfg.baseline, cfg.train
+    return SASRecSettings(epochs=b.epochs, batch_size=b.batch_size, lr=b.lr, weight_decay=0.0, patience=b.patience,
+                          eval_every=b.eval_every, seed=t.seed, device=t.device, mixed_precision=t.mixed_precision)
 
 
 @dataclass

@@ -42,15 +42,19 @@ from instructrec.split import Catalogue
 CHECKPOINT = "last.pt"
 
 
+def scorer_config(cfg: Config, n_items: int) -> ScorerConfig:
+    """The scorer's shape from `model`, its history length from `data`."""
+    m = cfg.model
+    return ScorerConfig(n_items=n_items, max_history=cfg.data.max_history, dim=m.dim, n_layers=m.n_layers,
+                        n_heads=m.n_heads, dropout=m.dropout, attention_dropout=m.attention_dropout,
+                        text_dropout=m.text_dropout, max_text_tokens=m.max_text_tokens)
+
+
 def new_scorer(cfg: Config, catalogue: Catalogue) -> tuple[InstructRecScorer, object]:
     """A fresh scorer on the configured backbone, its item tower fed the catalogue's texts."""
     torch.manual_seed(cfg.train.seed)
     bert, tokenizer = load_backbone(cfg.model.backbone, seed=cfg.train.seed)
-    m = cfg.model
-    model = InstructRecScorer(ScorerConfig(n_items=catalogue.n_items, max_history=cfg.data.max_history, dim=m.dim,
-                                           n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout,
-                                           attention_dropout=m.attention_dropout, text_dropout=m.text_dropout,
-                                           max_text_tokens=m.max_text_tokens), bert)
+    model = InstructRecScorer(scorer_config(cfg, catalogue.n_items), bert)
     model.to(cfg.train.device)
     model.set_catalogue(tokenizer, catalogue.texts)
     return model, tokenizer
@@ -101,19 +105,23 @@ class FitSettings:
 
 
 def representation_settings(cfg: Config) -> FitSettings:
+    """The representation stage's fit, from `train` and `model` (every field by name: a new one cannot slip by)."""
     t = cfg.train
-    return FitSettings("representation", t.epochs, t.batch_size, t.lr, t.bert_lr, t.weight_decay, t.sampled_negatives,
-                       t.patience, cfg.model.train_bert, t.device, t.mixed_precision, t.seed, full_softmax=t.full_softmax,
-                       history_loss_weight=t.history_loss_weight, eval_every=t.eval_every)
+    return FitSettings(stage="representation", epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, bert_lr=t.bert_lr,
+                       weight_decay=t.weight_decay, negatives=t.sampled_negatives, patience=t.patience,
+                       train_bert=cfg.model.train_bert, device=t.device, mixed_precision=t.mixed_precision, seed=t.seed,
+                       full_softmax=t.full_softmax, history_loss_weight=t.history_loss_weight, eval_every=t.eval_every)
 
 
 def feedback_settings(cfg: Config, online: bool = False) -> FitSettings:
+    """Fine-tuning on feedback: offline (labelled ratings) or online (served traffic, last epoch kept)."""
     t, f = cfg.train, cfg.feedback
     epochs, lr = (f.online_epochs, f.online_lr) if online else (f.epochs, f.lr)
-    return FitSettings("online_feedback" if online else "feedback", epochs, t.batch_size, lr, t.bert_lr / 3,
-                       t.weight_decay, t.sampled_negatives, epochs, cfg.model.train_bert, t.device, t.mixed_precision,
-                       t.seed + 1, f.dislike_weight, full_softmax=t.full_softmax,
-                       history_loss_weight=t.history_loss_weight, select_best=not online)
+    return FitSettings(stage="online_feedback" if online else "feedback", epochs=epochs, batch_size=t.batch_size, lr=lr,
+                       bert_lr=t.bert_lr / 3, weight_decay=t.weight_decay, negatives=t.sampled_negatives,
+                       patience=epochs, train_bert=cfg.model.train_bert, device=t.device,
+                       mixed_precision=t.mixed_precision, seed=t.seed + 1, dislike_weight=f.dislike_weight,
+                       full_softmax=t.full_softmax, history_loss_weight=t.history_loss_weight, select_best=not online)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 from instructrec.config import Config
 from instructrec.recommend import BUNDLE_MANIFEST, Recommender
 from instructrec.snapshot import load_snapshot, read_table

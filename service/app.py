@@ -24,6 +24,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from adapters import events
 from instructrec import schema
 from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, assign_arm, bucket
 from instructrec.config import Config, ServeConfig
@@ -33,7 +34,6 @@ from instructrec.recommend import Adaptation, Recommender
 from instructrec.session import SessionBook, UserSession
 from model_registry import registry
 from model_registry.serving import load_version
-from tasks import events
 
 log = logging.getLogger("instructrec.service")
 ITEM_KINDS = tuple(k for k in schema.FEEDBACK_KINDS if k != "instruction")

@@ -8,6 +8,7 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from adapters import tracking
 from expectations.runner import ValidationOutcome, validate_table
 from instructrec import schema
 from instructrec.config import Config
@@ -16,7 +17,6 @@ from instructrec.feedback import read_store
 from instructrec.prepare import Prepared, prepare
 from instructrec.snapshot import Snapshot, snapshot_raw, write_tables
 from instructrec.sources import Tables, fetch_raw, read_tables
-from tasks import tracking
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -6,17 +6,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from transformers import BertTokenizerFast
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from transformers import BertTokenizerFast  # noqa: E402
-from prefect import get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from instructrec.config import Config  # noqa: E402
-from instructrec.evaluate import (  # noqa: E402
+from adapters import tracking
+from instructrec import optimize
+from instructrec.config import Config
+from instructrec.evaluate import (
     HEADLINE,
     EvalReport,
     MappedScorer,
@@ -27,19 +26,17 @@ from instructrec.evaluate import (  # noqa: E402
     evaluate,
     explanation_faithfulness,
 )
-from instructrec.lists import LIST_METRICS, ItemSpace  # noqa: E402
-from instructrec.instructions import HELD_OUT  # noqa: E402
-from instructrec import optimize  # noqa: E402
-from instructrec.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity  # noqa: E402
-from instructrec.optimize import VariantReport  # noqa: E402
-from instructrec.gate import Parity, paired_bootstrap  # noqa: E402
-from instructrec.model import item_tower, load_scorer  # noqa: E402
-from instructrec.sasrec import SASRec, SASRecScorer  # noqa: E402
-from instructrec.prepare import Prepared  # noqa: E402
-from instructrec.recommend import BUNDLE_MANIFEST  # noqa: E402
-from model_registry import registry  # noqa: E402
-from tasks import tracking  # noqa: E402
-from tasks.training import Trained  # noqa: E402
+from instructrec.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity
+from instructrec.gate import Parity, paired_bootstrap
+from instructrec.instructions import HELD_OUT
+from instructrec.lists import LIST_METRICS, ItemSpace
+from instructrec.model import item_tower, load_scorer
+from instructrec.optimize import VariantReport
+from instructrec.prepare import Prepared
+from instructrec.recommend import BUNDLE_MANIFEST
+from instructrec.sasrec import SASRec, SASRecScorer
+from model_registry import registry
+from tasks.training import Trained
 
 CHALLENGER, CHAMPION, POPULARITY, SASREC = "challenger", "champion", "popularity", "sasrec"
 BASELINES = (POPULARITY, SASREC)

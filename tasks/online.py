@@ -10,6 +10,7 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from adapters import tracking
 from instructrec import schema
 from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM
 from instructrec.config import Config
@@ -21,7 +22,6 @@ from instructrec.prepare import Prepared
 from instructrec.train import feedback_settings, fit
 from model_registry import registry
 from model_registry.serving import load_version
-from tasks import tracking
 from tasks.promotion import promote
 from tasks.training import EpochLogger, Trained, _summarise, fingerprint, newest_event, text_cache, validator
 
@@ -112,8 +112,9 @@ def finetune_from_champion(cfg: Config, prepared: Prepared, champion: registry.V
     impressions = read_impressions(cfg.paths.feedback).filter(pl.col("instruction").is_not_null())
     requests = dict(impressions.select(schema.REQUEST_ID, "instruction").iter_rows())
     f = cfg.feedback
-    examples, stats = feedback_examples(prepared.split, events, prepared.examples, cfg.data.max_history, f.like_min_rating,
-                                        f.dislike_max_rating, f.online_replay_ratio, cfg.train.seed, from_ratings=False,
+    examples, stats = feedback_examples(prepared.split, events, prepared.examples, max_history=cfg.data.max_history,
+                                        like_min=f.like_min_rating, dislike_max=f.dislike_max_rating,
+                                        replay_ratio=f.online_replay_ratio, seed=cfg.train.seed, from_ratings=False,
                                         requests=requests)
     tracking.log_metrics(run_id, {f"{ONLINE_STAGE}/{k}": v for k, v in stats.as_dict().items()})
     fp = fingerprint(ONLINE_STAGE, champion.version, champion.run_id, cfg.feedback, sorted(events[schema.EVENT_ID]))

@@ -6,27 +6,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import onnx
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-from prefect import get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from instructrec.config import Config  # noqa: E402
-from instructrec.evaluate import EvalReport  # noqa: E402
-from instructrec.gate import ArmEvaluation, Decision, decide, floor_baseline, paired_bootstrap  # noqa: E402
-from instructrec.model import item_tower, save_scorer  # noqa: E402
-from instructrec.optimize import FP32  # noqa: E402
-from instructrec.prepare import Prepared  # noqa: E402
-from instructrec.recommend import write_bundle  # noqa: E402
-from model_registry import registry  # noqa: E402
-from tasks import events, tracking  # noqa: E402
-from tasks.evaluation import BASELINES, CHALLENGER, CHAMPION, Evaluations, Exported  # noqa: E402
-from tasks.training import Trained  # noqa: E402
+from adapters import events, tracking
+from instructrec.config import Config
+from instructrec.evaluate import EvalReport
+from instructrec.gate import ArmEvaluation, Decision, decide, floor_baseline, paired_bootstrap
+from instructrec.model import item_tower, save_scorer
+from instructrec.optimize import FP32
+from instructrec.prepare import Prepared
+from instructrec.recommend import write_bundle
+from model_registry import registry
+from tasks.evaluation import BASELINES, CHALLENGER, CHAMPION, Evaluations, Exported
+from tasks.training import Trained
 
 
 @dataclass

@@ -11,11 +11,11 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from adapters import tracking
 from instructrec.config import Config
 from instructrec.io import write_parquet
 from instructrec.recommend import top_k_all
 from model_registry.serving import NoChampion, load_champion
-from tasks import tracking
 
 BATCH_EXPERIMENT = "instructrec-batch"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adapters import tracking
 from instructrec.config import Config
 from instructrec.snapshot import Snapshot
-from tasks import tracking
 from tasks.evaluation import LIST_COLUMNS, Evaluations, Exported
 from tasks.promotion import GateResult
 

@@ -6,24 +6,22 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-import matplotlib
+import matplotlib.pyplot as plt
+import mlflow
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import torch  # noqa: E402
-from prefect import get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from instructrec import schema  # noqa: E402
-from instructrec.config import Config  # noqa: E402
-from instructrec.evaluate import HEADLINE, TorchScorer, evaluate  # noqa: E402
-from instructrec.io import atomic_path  # noqa: E402
-from instructrec.feedback import feedback_examples, read_store  # noqa: E402
-from instructrec.model import CHECKPOINT_FORMAT, InstructRecScorer  # noqa: E402
-from instructrec.prepare import Prepared  # noqa: E402
-from instructrec.sasrec import SASRec, SASRecConfig, SASRecScorer, SASRecSettings, fit_sasrec  # noqa: E402
-from instructrec.train import (  # noqa: E402
+from adapters import tracking
+from instructrec import schema
+from instructrec.config import Config
+from instructrec.evaluate import HEADLINE, TorchScorer, evaluate
+from instructrec.feedback import feedback_examples, read_store
+from instructrec.io import atomic_path
+from instructrec.model import CHECKPOINT_FORMAT, InstructRecScorer
+from instructrec.prepare import Prepared
+from instructrec.sasrec import SASRec, SASRecScorer, baseline_config, baseline_settings, fit_sasrec
+from instructrec.train import (
     FitResult,
     can_warm_start,
     feedback_settings,
@@ -32,7 +30,6 @@ from instructrec.train import (  # noqa: E402
     representation_settings,
     warm_start,
 )
-from tasks import tracking  # noqa: E402
 
 
 @dataclass
@@ -128,8 +125,7 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
         return None
     logger = get_run_logger()
     torch.manual_seed(cfg.train.seed)  # the initial weights too: the same data and config give the same baseline
-    model = SASRec(SASRecConfig(prepared.catalogue.n_items, cfg.data.max_history, b.dim, b.n_layers, b.n_heads, b.dropout,
-                                b.attention_dropout))
+    model = SASRec(baseline_config(cfg, prepared.catalogue.n_items))
     fp = fingerprint("sasrec", CHECKPOINT_FORMAT, snapshot_hash, cfg.data, b, cfg.train.seed, cfg.train.mixed_precision)
     path = cfg.paths.checkpoints / fp / "sasrec.pt"
     if path.exists():
@@ -139,8 +135,7 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
         logger.info("reused SASRec checkpoint %s (same data and config)", fp)
         history = state["history"]
     else:
-        settings = SASRecSettings(b.epochs, b.batch_size, b.lr, 0.0, b.patience, b.eval_every, cfg.train.seed,
-                                  cfg.train.device, cfg.train.mixed_precision)
+        settings = baseline_settings(cfg)
         case = {HEADLINE: prepared.valid_cases[HEADLINE]}
 
         def validate(m: SASRec) -> float:
@@ -199,8 +194,9 @@ def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id:
     logger = get_run_logger()
     f = cfg.feedback
     store = read_store(cfg.paths.feedback)
-    examples, stats = feedback_examples(prepared.split, store, prepared.examples, cfg.data.max_history, f.like_min_rating,
-                                        f.dislike_max_rating, f.replay_ratio, cfg.train.seed)
+    examples, stats = feedback_examples(prepared.split, store, prepared.examples, max_history=cfg.data.max_history,
+                                        like_min=f.like_min_rating, dislike_max=f.dislike_max_rating,
+                                        replay_ratio=f.replay_ratio, seed=cfg.train.seed)
     tracking.log_metrics(run_id, {f"feedback/{k}": v for k, v in stats.as_dict().items()})
     settings = feedback_settings(cfg)
     fp = fingerprint("feedback", base.fingerprint, cfg.feedback, sorted(store[schema.EVENT_ID].to_list()))

@@ -36,7 +36,7 @@ def test_batch_inference_deployment_runs_daily():
 def test_feedback_deployment_listens_for_the_service_event_and_checks_hourly():
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
-    from tasks.events import FEEDBACK_RESOURCE, FINETUNE_EVENT
+    from adapters.events import FEEDBACK_RESOURCE, FINETUNE_EVENT
 
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     (loop,) = [d for d in spec["deployments"] if d["name"] == "feedback-finetune"]
@@ -52,7 +52,7 @@ def test_feedback_deployment_listens_for_the_service_event_and_checks_hourly():
 def test_a_new_champion_triggers_batch_inference():
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
-    from tasks.events import CHAMPION_EVENT, MODEL_RESOURCE
+    from adapters.events import CHAMPION_EVENT, MODEL_RESOURCE
 
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     (batch,) = [d for d in spec["deployments"] if d["name"] == "daily-batch-inference"]

@@ -9,11 +9,11 @@ import mlflow
 import polars as pl
 import pytest
 
-from flows.cli import main
 from flows.training import training_pipeline
 from instructrec.errors import DataValidationError
 from instructrec.feedback import append_events
 from model_registry import registry
+from ops.cli import main
 from tests.conftest import write_dataset
 from tests.flows.conftest import isolated_home
 

@@ -7,10 +7,10 @@ import shutil
 import pytest
 import sqlalchemy
 
-from flows.stack import LocalPostgres, Stack, free_port
 from flows.training import training_pipeline
 from instructrec.config import load_config
 from model_registry import registry
+from ops.stack import LocalPostgres, Stack, free_port
 from tests.flows.conftest import isolated_home
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]

@@ -315,7 +315,7 @@ def test_a_full_disk_answers_503_and_stores_nothing_it_did_not_acknowledge(world
 
     import httpx
 
-    from flows.demo import wait_for
+    from ops.demo import wait_for
 
     def limit_files() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -328,7 +328,7 @@ def test_a_full_disk_answers_503_and_stores_nothing_it_did_not_acknowledge(world
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "INSTRUCTREC_HOME": str(world["home"]), "MLFLOW_TRACKING_URI": world["cfg"].paths.tracking_uri}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--profile", "tiny", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "serve", "--profile", "tiny", "--port", str(port)],
                             env=env, preexec_fn=limit_files, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     acked, refused, codes = [], [], []
@@ -383,7 +383,7 @@ def test_a_token_guards_every_endpoint_but_health_and_bodies_are_bounded(world, 
 
 
 def test_serving_beyond_localhost_without_a_token_is_refused(monkeypatch, capsys):
-    from flows.cli import main
+    from ops.cli import main
 
     monkeypatch.delenv("INSTRUCTREC_API_TOKEN", raising=False)
     assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2

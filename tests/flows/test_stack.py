@@ -27,11 +27,11 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.automations import FAILURE_AUTOMATION
-from flows.stack import Stack, StackError, free_port
 from instructrec.config import load_config
 from instructrec.feedback import append_events
 from model_registry import registry
+from ops.automations import FAILURE_AUTOMATION
+from ops.stack import Stack, StackError, free_port
 from tests.flows.conftest import isolated_home
 
 pytestmark = pytest.mark.slow
@@ -150,7 +150,7 @@ def test_feedback_event_from_the_service_runs_the_fine_tuning_deployment(stack):
         "text": [None] * 3, "model_version": ["1"] * 3, "arm": ["champion"] * 3, "request_id": ["r1", "r2", "r3"],
         "timestamp": [datetime.now(UTC)] * 3}))
     env = {**os.environ, "PREFECT_API_URL": stack.endpoints.prefect_api}
-    emit = "from tasks.events import feedback_threshold; assert feedback_threshold(500, 'tiny')"
+    emit = "from adapters.events import feedback_threshold; assert feedback_threshold(500, 'tiny')"
     subprocess.run([sys.executable, "-c", emit], env=env, cwd=ROOT, check=True, timeout=120)
     run = wait_for_final_run(FEEDBACK)
     assert run.state.is_completed(), run.state
@@ -239,7 +239,7 @@ def test_a_component_that_cannot_start_is_named_with_its_log_and_nothing_is_left
 
 
 def test_events_are_not_sent_without_a_server(monkeypatch):
-    from tasks.events import champion_promoted
+    from adapters.events import champion_promoted
 
     with temporary_settings({PREFECT_API_URL: None}):
         assert champion_promoted("3", "2", "tiny") is False

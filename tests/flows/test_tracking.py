@@ -6,7 +6,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from tasks.tracking import retrying, transient
+from adapters.tracking import retrying, transient
 
 
 def flaky(errors: list[BaseException]):

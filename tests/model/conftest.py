@@ -2,8 +2,8 @@ import pytest
 
 from instructrec.config import load_config
 from instructrec.prepare import prepare
-from instructrec.sources import fetch_raw, read_tables
 from instructrec.snapshot import snapshot_raw
+from instructrec.sources import fetch_raw, read_tables
 from instructrec.train import new_scorer
 from tests.conftest import write_dataset
 

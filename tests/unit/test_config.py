@@ -1,8 +1,10 @@
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from flows.cli import parse_overrides
 from instructrec.config import load_config
+from ops.cli import parse_overrides
 
 
 def test_profiles_differ_only_in_values(tmp_path):
@@ -50,3 +52,51 @@ def test_a_source_preset_sits_between_the_profile_and_overrides(tmp_path):
     mine = load_config("cpu", data="movielens-1m", overrides={"data": {"max_history": 50}}, environ=env)
     assert mine.data.max_history == 50 and mine.data.source == "movielens-1m"
     assert load_config("tiny", data="movielens-1m", environ=env).data.max_history == 20  # tests keep tiny's sizes
+
+
+# Fields read directly where they act, not through a settings object: the file that reads each one.
+READ_IN_PLACE = {
+    "train.init_from_baseline": "tasks/training.py",  # warm start of the scorer from SASRec
+    "model.backbone": "instructrec/train.py",  # load_backbone in new_scorer
+    "baseline.enabled": "tasks/training.py",
+    "feedback.like_min_rating": "tasks/training.py",  # feedback_examples(like_min=...)
+    "feedback.dislike_max_rating": "tasks/training.py",
+    "feedback.replay_ratio": "tasks/training.py",
+    "feedback.online_replay_ratio": "tasks/online.py",
+    "feedback.trigger_events": "service/app.py",  # the fine-tuning trigger
+}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 3
+    return f"{value}-changed"
+
+
+def _settings_objects(cfg):
+    from instructrec.sasrec import baseline_config, baseline_settings
+    from instructrec.train import feedback_settings, representation_settings, scorer_config
+
+    return (representation_settings(cfg), feedback_settings(cfg), feedback_settings(cfg, online=True),
+            scorer_config(cfg, n_items=50), baseline_config(cfg, n_items=50), baseline_settings(cfg))
+
+
+@pytest.mark.parametrize("section", ["train", "model", "baseline", "feedback"])
+def test_every_training_field_reaches_a_settings_object(tmp_path, section):
+    """The settings dataclasses are built by keyword from the config; a field added to the config but never passed
+    on would silently do nothing. Each field, changed alone, must change what the fit or the model receives."""
+    cfg = load_config("tiny", environ={"INSTRUCTREC_HOME": str(tmp_path)})
+    before = _settings_objects(cfg)
+    part = getattr(cfg, section)
+    lost = []
+    for name in type(part).model_fields:
+        key = f"{section}.{name}"
+        changed = cfg.model_copy(update={section: part.model_copy(update={name: _changed(getattr(part, name))})})
+        if key in READ_IN_PLACE:
+            assert f".{name}" in (ROOT / READ_IN_PLACE[key]).read_text(), f"{key} is not read in {READ_IN_PLACE[key]}"
+        elif _settings_objects(changed) == before:
+            lost.append(key)
+    assert not lost, f"config fields that reach no settings object: {lost}"

@@ -12,7 +12,14 @@ from datetime import UTC, datetime
 import polars as pl
 
 from instructrec.eventlog import EventLog, iter_records
-from instructrec.feedback import FEEDBACK_LOG, IMPRESSION_LOG, append_events, online_counts, read_impressions, read_store
+from instructrec.feedback import (
+    FEEDBACK_LOG,
+    IMPRESSION_LOG,
+    append_events,
+    online_counts,
+    read_impressions,
+    read_store,
+)
 
 
 def _event(event_id: str, **over) -> dict:

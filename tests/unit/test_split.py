@@ -3,8 +3,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 
-from instructrec.evaluate import head_items
 from instructrec import schema
+from instructrec.evaluate import head_items
 from instructrec.split import Catalogue, chronological, sample_users, temporal_leave_one_out
 
 CAT = Catalogue(["a", "b", "c", "d", "e"], list("ABCDE"), list("ABCDE"), [()] * 5)

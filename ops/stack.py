@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from flows.cli import ENV_DEFAULTS
 from instructrec.config import Config
 from instructrec.io import atomic_path
+from ops.environment import ENV_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -218,7 +218,7 @@ class Stack:
                                   capture_output=True, text=True), f"work-pool create {pool}")
         _check(subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=self.repo, capture_output=True,
                               text=True), "prefect deploy --all")
-        _check(subprocess.run([sys.executable, "-m", "flows.automations"], env=env, cwd=self.repo, capture_output=True,
+        _check(subprocess.run([sys.executable, "-m", "ops.automations"], env=env, cwd=self.repo, capture_output=True,
                               text=True), "failure automation")
 
     def down(self) -> list[str]:

@@ -7,37 +7,16 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
-from instructrec.config import DEFAULT_HOME, load_config
+from instructrec.config import load_config
 from instructrec.errors import DataValidationError, SourceError
+from ops.environment import environment_defaults
 
 EXIT_BAD_INPUT = 2
 
 
-ENV_DEFAULTS = {  # offline and quiet; the stack's server, worker and flow runs get them too
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "INFO",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "TOKENIZERS_PARALLELISM": "false",
-    "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    # the ephemeral API migrates a fresh database first; Prefect's 20 s ran out on a loaded 2-core machine
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-}
-
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 SERVE_MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-
-
-def _environment_defaults() -> None:
-    """Offline, quiet defaults; anything the user exported wins."""
-    home = Path(os.environ.get("INSTRUCTREC_HOME", DEFAULT_HOME)).resolve()
-    for key, value in {"PREFECT_HOME": str(home / "prefect"), **ENV_DEFAULTS}.items():
-        os.environ.setdefault(key, value)
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
 class _NoTracebackForInputErrors(logging.Filter):
@@ -162,8 +141,8 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from flows.demo import build_world
     from instructrec.simulate import Policy, play_round
+    from ops.demo import build_world
 
     cfg = load_config(args.profile)
     _, futures, genre_of = build_world(cfg, args.future_share)
@@ -176,14 +155,14 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from flows.demo import run_demo
+    from ops.demo import run_demo
 
     run_demo(args.profile, args.rounds, args.feedback_share, args.seed, parse_overrides(args.set))
     return 0
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from flows.stack import Stack, StackError
+    from ops.stack import Stack, StackError
 
     overrides = parse_overrides(args.set)
     if args.backend:
@@ -271,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "k", 1) < 1:
         print("error: -k must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _environment_defaults()
+    environment_defaults()
     try:
         return args.run(args)
     except (DataValidationError, SourceError) as exc:

@@ -3,7 +3,7 @@
 With INSTRUCTREC_NOTIFY_URL set it POSTs a JSON message there (a Webhook block the automation calls:
 Slack, a pager, a test's listener); without it the automation does nothing but is listed, enabled,
 in the UI's Automations page with every firing, ready for an action of your choice.
-Run against a server: `python -m flows.automations` (`instructrec stack up` does).
+Run against a server: `python -m ops.automations` (`instructrec stack up` does).
 """
 
 from __future__ import annotations

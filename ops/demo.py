@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import polars as pl
 
 from instructrec import schema
 from instructrec.config import Config, Profile, load_config
@@ -53,7 +52,7 @@ def free_port() -> int:
 
 def start_service(profile: str, port: int, log_file: Path, settings: dict[str, object] | None = None) -> subprocess.Popen:
     """`instructrec serve` in its own process; settings: config overrides, e.g. {"serve.session_share": 0.5}."""
-    cmd = [sys.executable, "-m", "flows.cli", "serve", "--profile", profile, "--port", str(port)]
+    cmd = [sys.executable, "-m", "ops.cli", "serve", "--profile", profile, "--port", str(port)]
     cmd += [arg for key, value in (settings or {}).items() for arg in ("--set", f"{key}={value}")]
     return subprocess.Popen(cmd, stdout=log_file.open("ab"), stderr=subprocess.STDOUT, env=dict(os.environ))
 
