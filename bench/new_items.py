@@ -46,8 +46,16 @@ TYPES = ("P1/I0", "P1/I2", "P0/I2")
 
 def rows_of(case: EvalCase, keep: np.ndarray) -> EvalCase:
     r = np.flatnonzero(keep)
-    return EvalCase(case.type, case.users[r], [case.texts[i] for i in r], [case.templates[i] for i in r],
-                    case.history[r], case.target[r], [case.exclude[i] for i in r], case.negatives[r])
+    return EvalCase(
+        case.type,
+        case.users[r],
+        [case.texts[i] for i in r],
+        [case.templates[i] for i in r],
+        case.history[r],
+        case.target[r],
+        [case.exclude[i] for i in r],
+        case.negatives[r],
+    )
 
 
 def main() -> int:
@@ -85,30 +93,50 @@ def main() -> int:
     known_pop = np.zeros_like(full.split.popularity)
     known_pop[[full.catalogue.index[i] for i in seen.catalogue.item_ids]] = seen.split.popularity[1:]
     held_idx = np.asarray([full.catalogue.index[i] for i in new_ids])
-    out: dict = {"data": args.data, "profile": args.profile, "held_out_items": len(new_ids), "items": full.catalogue.n_items,
-                 "seed": args.seed, "train_seconds": trained_s, "best_valid_ndcg@10": result.best_metric, "by_type": {}}
+    out: dict = {
+        "data": args.data,
+        "profile": args.profile,
+        "held_out_items": len(new_ids),
+        "items": full.catalogue.n_items,
+        "seed": args.seed,
+        "train_seconds": trained_s,
+        "best_valid_ndcg@10": result.best_metric,
+        "by_type": {},
+    }
     for type_, case in full.test_cases.items():
         new_case = rows_of(case, np.isin(case.target, held_idx))
         old_case = rows_of(case, ~np.isin(case.target, held_idx))
         row = {"new_item_users": len(new_case.users), "other_users": len(old_case.users)}
         if len(new_case.users):
-            for name, s in (("scorer", scorer), ("popularity_trained_counts", PopularityScorer(known_pop)),
-                            ("popularity_full_counts", PopularityScorer(full.split.popularity))):
+            for name, s in (
+                ("scorer", scorer),
+                ("popularity_trained_counts", PopularityScorer(known_pop)),
+                ("popularity_full_counts", PopularityScorer(full.split.popularity)),
+            ):
                 rep = evaluate(s, {type_: new_case}, full.split)
                 row[f"new/{name}/ndcg@10"], row[f"new/{name}/hr@10"] = rep.overall["ndcg@10"], rep.overall["hr@10"]
         for name, s in (("scorer", scorer), ("scorer_without_new_items", before)):
             row[f"other/{name}/ndcg@10"] = evaluate(s, {type_: old_case}, full.split).overall["ndcg@10"]
         out["by_type"][type_] = row
-    print(f"{args.data}: {len(new_ids)} of {full.catalogue.n_items} items held out of training (seed {args.seed}); "
-          f"trained in {trained_s:.0f} s, best validation NDCG@10 {result.best_metric:.4f}")
-    print("| type | users (new item) | scorer + text vectors | popularity (trained counts) | popularity (full counts) "
-          "| other users: scorer + new | scorer alone |")
+    print(
+        f"{args.data}: {len(new_ids)} of {full.catalogue.n_items} items held out of training (seed {args.seed}); "
+        f"trained in {trained_s:.0f} s, best validation NDCG@10 {result.best_metric:.4f}"
+    )
+    print(
+        "| type | users (new item) | scorer + text vectors | popularity (trained counts) | popularity (full counts) "
+        "| other users: scorer + new | scorer alone |"
+    )
     print("|---|---|---|---|---|---|---|")
     for type_, r in out["by_type"].items():
-        new = [f"{r.get(f'new/{n}/ndcg@10', float('nan')):.4f}" for n in
-               ("scorer", "popularity_trained_counts", "popularity_full_counts")]
-        print(f"| {type_} | {r['new_item_users']} | " + " | ".join(new) +
-              f" | {r['other/scorer/ndcg@10']:.4f} | {r['other/scorer_without_new_items/ndcg@10']:.4f} |")
+        new = [
+            f"{r.get(f'new/{n}/ndcg@10', float('nan')):.4f}"
+            for n in ("scorer", "popularity_trained_counts", "popularity_full_counts")
+        ]
+        print(
+            f"| {type_} | {r['new_item_users']} | "
+            + " | ".join(new)
+            + f" | {r['other/scorer/ndcg@10']:.4f} | {r['other/scorer_without_new_items/ndcg@10']:.4f} |"
+        )
     target = ROOT / "bench" / "results" / "new_items.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(out, indent=2))

@@ -27,13 +27,25 @@ from instructrec.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 
 # the flow's order, for printing; every `time_s/<stage>` metric of the run is counted, listed here or not
-ORDER = ("ingest", "validate", "prepare", "train_sasrec", "train_representation", "finetune_feedback", "evaluate",
-         "export_onnx", "gate")
+ORDER = (
+    "ingest",
+    "validate",
+    "prepare",
+    "train_sasrec",
+    "train_representation",
+    "finetune_feedback",
+    "evaluate",
+    "export_onnx",
+    "gate",
+)
 
 
 def stage_times(metrics: dict[str, float]) -> dict[str, float]:
-    timed = {k.removeprefix("time_s/"): v for k, v in metrics.items()
-             if k.startswith("time_s/") and k != tracking.LOGGING_TIME}
+    timed = {
+        k.removeprefix("time_s/"): v
+        for k, v in metrics.items()
+        if k.startswith("time_s/") and k != tracking.LOGGING_TIME
+    }
     return {s: timed.pop(s) for s in ORDER if s in timed} | dict(sorted(timed.items()))
 
 
@@ -43,7 +55,10 @@ def latest_run(cfg):
     tracking.configure(cfg)
     runs = mlflow.MlflowClient().search_runs(
         [mlflow.MlflowClient().get_experiment_by_name(cfg.experiment).experiment_id],
-        filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs:
         sys.exit("no finished pipeline run in this INSTRUCTREC_HOME: run `make run` (or pass --run)")
     return runs[0]
@@ -58,8 +73,11 @@ def main() -> None:
     process_wall = None
     if args.run:
         t0 = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "instructrec"), "pipeline", "--profile", args.profile],
-                       check=True, env=os.environ.copy())
+        subprocess.run(
+            [str(Path(sys.executable).parent / "instructrec"), "pipeline", "--profile", args.profile],
+            check=True,
+            env=os.environ.copy(),
+        )
         process_wall = time.perf_counter() - t0
     cfg = load_config(args.profile)
     run = latest_run(cfg)
@@ -72,8 +90,10 @@ def main() -> None:
     compute = staged - (logging_s or 0.0)
     orchestration = wall - staged
 
-    print(f"\nrun {run.info.run_id} (profile {run.data.params.get('profile')}): wall {wall:.1f} s"
-          + (f" (process, incl. Prefect start/stop; MLflow run {run_wall:.1f} s)" if process_wall else " (MLflow run)"))
+    print(
+        f"\nrun {run.info.run_id} (profile {run.data.params.get('profile')}): wall {wall:.1f} s"
+        + (f" (process, incl. Prefect start/stop; MLflow run {run_wall:.1f} s)" if process_wall else " (MLflow run)")
+    )
     print(f"{'stage':<22}{'seconds':>9}{'share':>8}")
     for name, sec in stages.items():
         print(f"{name:<22}{sec:>9.1f}{sec / wall:>8.1%}")
@@ -84,10 +104,21 @@ def main() -> None:
         print(f"{'mlflow logging':<22}{logging_s:>9.1f}{logging_s / wall:>8.1%}")
     print(f"{'orchestration':<22}{orchestration:>9.1f}{orchestration / wall:>8.1%}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pipeline.json").write_text(json.dumps(
-        {"run_id": run.info.run_id, "wall_s": wall, "process_wall_s": process_wall, "mlflow_run_s": run_wall,
-         "stages_s": stages, "compute_s": compute, "mlflow_logging_s": logging_s, "orchestration_s": orchestration},
-        indent=2))
+    (args.out / "pipeline.json").write_text(
+        json.dumps(
+            {
+                "run_id": run.info.run_id,
+                "wall_s": wall,
+                "process_wall_s": process_wall,
+                "mlflow_run_s": run_wall,
+                "stages_s": stages,
+                "compute_s": compute,
+                "mlflow_logging_s": logging_s,
+                "orchestration_s": orchestration,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out / 'pipeline.json'}")
 
 

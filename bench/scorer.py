@@ -68,8 +68,15 @@ def instructions(model: InstructRecScorer, n: int, seed: int = 0) -> tuple[list[
     from instructrec.instructions import CANDIDATES, HISTORY, TEMPLATES
 
     rng = np.random.default_rng(seed)
-    fills = {"history": HISTORY, "candidates": CANDIDATES, "noun": "movie", "nouns": "movies", "taste": "Comedy and Drama",
-             "genres": "Action, Adventure and Sci-Fi", "mood": "something suspenseful"}
+    fills = {
+        "history": HISTORY,
+        "candidates": CANDIDATES,
+        "noun": "movie",
+        "nouns": "movies",
+        "taste": "Comedy and Drama",
+        "genres": "Action, Adventure and Sci-Fi",
+        "mood": "something suspenseful",
+    }
     pool = [t.text.format(**fills) for ts in TEMPLATES.values() for t in ts]
     texts = [pool[i % len(pool)] for i in range(n)]
     hist = rng.integers(1, model.config.n_items + 1, size=(n, model.config.max_history))
@@ -96,10 +103,16 @@ def int8_matmul_peak(seconds: float, n: int = 2048) -> float:
 
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], [weight])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(work / "mm.onnx"))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])],
+        [weight],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(work / "mm.onnx")
+    )
     quantize_dynamic(str(work / "mm.onnx"), str(work / "mm8.onnx"), weight_type=QuantType.QInt8, per_channel=True)
     session = make_session(work / "mm8.onnx", prefer=("CPUExecutionProvider",)).session
     x = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
@@ -145,8 +158,11 @@ def eager_runner(model: InstructRecScorer, tok, device: str, micro_batch: int):
         with torch.inference_mode():
             for rows in groups:
                 width = int(lengths[rows].max())
-                part = model(ids[rows, :width].to(device), mask[rows, :width].to(device),
-                             torch.as_tensor(hist[rows], device=device))
+                part = model(
+                    ids[rows, :width].to(device),
+                    mask[rows, :width].to(device),
+                    torch.as_tensor(hist[rows], device=device),
+                )
                 out[rows] = part.float().cpu().numpy()
         return out
 
@@ -173,8 +189,9 @@ def main() -> None:
     model, tok, _ = champion_scorer(cfg)
     work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
     fp32 = export_onnx(model, tok, work / "model.onnx")
-    paths, fused_ops = optimize.build_variants(fp32, work / "v", model.bert.config.num_attention_heads,
-                                               model.bert.config.hidden_size)
+    paths, fused_ops = optimize.build_variants(
+        fp32, work / "v", model.bert.config.num_attention_heads, model.bert.config.hidden_size
+    )
     max_tokens = model.config.max_text_tokens
     makers = {"eager": lambda size: eager_runner(model, tok, host, size)}  # micro-batch size -> runner
     providers = {"eager": f"torch-{host}"}
@@ -194,8 +211,11 @@ def main() -> None:
     texts, hist = instructions(model, max(BATCHES))
     tokens = float(model.tokenize(tok, texts)["attention_mask"].sum(1).float().mean())
     flops = flops_per_instruction(model, tokens)
-    peaks = {"fp16": matmul_peak(host, 2.0)} if host == "cuda" else \
-        {"fp32": matmul_peak(host, 2.0), "int8": int8_matmul_peak(2.0)}
+    peaks = (
+        {"fp16": matmul_peak(host, 2.0)}
+        if host == "cuda"
+        else {"fp32": matmul_peak(host, 2.0), "int8": int8_matmul_peak(2.0)}
+    )
     runners, micro, sweeps = {}, {}, {}
     for name, make in makers.items():
         micro[name], sweeps[name] = best_micro_batch(make, texts, hist, args.seconds / 3)
@@ -208,36 +228,68 @@ def main() -> None:
         arithmetic = "fp16" if host == "cuda" else "int8" if name == optimize.INT8 else "fp32"
         for b in BATCHES:
             t = time_calls(lambda run=run, b=b: run(texts[:b], hist[:b]), args.seconds)
-            rows.append({"variant": name, "provider": providers[name], "batch": b, "micro_batch": micro[name],
-                         "per_s": b / t.mean(), "p50_ms": 1000 * np.median(t), "p99_ms": 1000 * np.quantile(t, 0.99),
-                         "calls": len(t), "max_abs_diff": p.max_abs_diff, "top10_overlap": p.top10_overlap,
-                         "peak": arithmetic})
+            rows.append(
+                {
+                    "variant": name,
+                    "provider": providers[name],
+                    "batch": b,
+                    "micro_batch": micro[name],
+                    "per_s": b / t.mean(),
+                    "p50_ms": 1000 * np.median(t),
+                    "p99_ms": 1000 * np.quantile(t, 0.99),
+                    "calls": len(t),
+                    "max_abs_diff": p.max_abs_diff,
+                    "top10_overlap": p.top10_overlap,
+                    "peak": arithmetic,
+                }
+            )
     eager = {r["batch"]: r["per_s"] for r in rows if r["variant"] == "eager"}
     for r in rows:
         r["x_eager"] = r["per_s"] / eager[r["batch"]]
         r["gflop_s"] = r["per_s"] * flops / 1e9
         r["frac_peak"] = r["per_s"] * flops / peaks[r["peak"]]
 
-    print(f"\nhost: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {host}; "
-          f"mean tokens {tokens:.1f}; {flops / 1e6:.0f} MFLOP per instruction; matmul peak "
-          + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
+    print(
+        f"\nhost: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {host}; "
+        f"mean tokens {tokens:.1f}; {flops / 1e6:.0f} MFLOP per instruction; matmul peak "
+        + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items())
+    )
     print(f"fused operators: {fused_ops}")
-    print("micro-batch sweep at batch 256 (instr/s): " + "; ".join(
-        f"{n} " + " ".join(f"{k}:{v:.0f}" for k, v in sweep.items()) for n, sweep in sweeps.items()))
-    print(f"{'variant':<9}{'provider':<26}{'batch':>6}{'micro':>6}{'instr/s':>10}{'x eager':>9}{'p50 ms':>9}"
-          f"{'p99 ms':>9}{'GFLOP/s':>9}{'% peak':>12}{'max|diff|':>11}{'top10':>7}")
+    print(
+        "micro-batch sweep at batch 256 (instr/s): "
+        + "; ".join(f"{n} " + " ".join(f"{k}:{v:.0f}" for k, v in sweep.items()) for n, sweep in sweeps.items())
+    )
+    print(
+        f"{'variant':<9}{'provider':<26}{'batch':>6}{'micro':>6}{'instr/s':>10}{'x eager':>9}{'p50 ms':>9}"
+        f"{'p99 ms':>9}{'GFLOP/s':>9}{'% peak':>12}{'max|diff|':>11}{'top10':>7}"
+    )
     for r in rows:
-        print(f"{r['variant']:<9}{r['provider']:<26}{r['batch']:>6}{r['micro_batch']:>6}{r['per_s']:>10.0f}"
-              f"{r['x_eager']:>9.2f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['gflop_s']:>9.1f}"
-              f"{100 * r['frac_peak']:>6.0f}% {r['peak']:<4}{r['max_abs_diff']:>11.1e}{r['top10_overlap']:>7.3f}")
+        print(
+            f"{r['variant']:<9}{r['provider']:<26}{r['batch']:>6}{r['micro_batch']:>6}{r['per_s']:>10.0f}"
+            f"{r['x_eager']:>9.2f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['gflop_s']:>9.1f}"
+            f"{100 * r['frac_peak']:>6.0f}% {r['peak']:<4}{r['max_abs_diff']:>11.1e}{r['top10_overlap']:>7.3f}"
+        )
     checks = targets(rows, host)
     for line in checks:
         print(line)
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / f"scorer-{host}.json"
-    target.write_text(json.dumps({"host": host, "cores": os.cpu_count(), "mean_tokens": tokens,
-                                  "flops_per_instruction": flops, "matmul_peak_flops": peaks, "fused_operators": fused_ops,
-                                  "micro_batch_sweep": sweeps, "rows": rows, "targets": checks}, indent=2))
+    target.write_text(
+        json.dumps(
+            {
+                "host": host,
+                "cores": os.cpu_count(),
+                "mean_tokens": tokens,
+                "flops_per_instruction": flops,
+                "matmul_peak_flops": peaks,
+                "fused_operators": fused_ops,
+                "micro_batch_sweep": sweeps,
+                "rows": rows,
+                "targets": checks,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {target}")
 
 
@@ -248,7 +300,9 @@ def targets(rows: list[dict], host: str) -> list[str]:
     if host == "cpu":
         for name, want in TARGETS.items():
             got = at[(name, 256)]["x_eager"]
-            lines.append(f"target {name} >= {want:.1f}x eager at batch 256: {got:.2f}x {'met' if got >= want else 'NOT met'}")
+            lines.append(
+                f"target {name} >= {want:.1f}x eager at batch 256: {got:.2f}x {'met' if got >= want else 'NOT met'}"
+            )
     onnx = [r for r in rows if r["batch"] == 256 and r["variant"] != "eager"]
     best = max(onnx, key=lambda r: r["per_s"])
     checked = {"fastest variant": best}
@@ -256,8 +310,10 @@ def targets(rows: list[dict], host: str) -> list[str]:
         checked["fastest float variant"] = max((r for r in onnx if r["peak"] != "int8"), key=lambda r: r["per_s"])
     want = PEAK_TARGET[host]
     for label, r in checked.items():
-        lines.append(f"target {label} ({r['variant']}) >= {want:.0%} of the {r['peak']} matmul peak at batch 256: "
-                     f"{r['frac_peak']:.0%} {'met' if r['frac_peak'] >= want else 'NOT met'}")
+        lines.append(
+            f"target {label} ({r['variant']}) >= {want:.0%} of the {r['peak']} matmul peak at batch 256: "
+            f"{r['frac_peak']:.0%} {'met' if r['frac_peak'] >= want else 'NOT met'}"
+        )
     return lines
 
 

@@ -52,9 +52,13 @@ async def client(url: str, users: list[str], stop_at: float, feedback: float, ru
                 continue
             body = r.json()
             if body["items"] and rng.random() < feedback:
-                event = {"request_id": body["request_id"], "user_id": user, "kind": "like",
-                         "item_id": body["items"][int(rng.integers(len(body["items"])))]["item_id"],
-                         "event_id": f"{run}-{uuid.uuid4().hex[:12]}"}
+                event = {
+                    "request_id": body["request_id"],
+                    "user_id": user,
+                    "kind": "like",
+                    "item_id": body["items"][int(rng.integers(len(body["items"])))]["item_id"],
+                    "event_id": f"{run}-{uuid.uuid4().hex[:12]}",
+                }
                 t0 = time.perf_counter()
                 try:
                     f = await http.post("/feedback", json=event)
@@ -93,8 +97,13 @@ def main() -> None:
     port, run = free_port(), f"bench-{uuid.uuid4().hex[:8]}"
     url = f"http://127.0.0.1:{port}"
     log = (cfg.paths.home / "bench-service.log").open("ab")
-    service = subprocess.Popen([sys.executable, "-m", "ops.cli", "serve", "--port", str(port)], stdout=log,
-                               stderr=subprocess.STDOUT, env=dict(os.environ), cwd=ROOT)
+    service = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "serve", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ),
+        cwd=ROOT,
+    )
     try:
         health = wait_for(url)
         out = asyncio.run(load(url, users, args.clients, args.seconds, args.feedback, run))
@@ -106,24 +115,43 @@ def main() -> None:
     acked = set(out["acknowledged"])
     n = len(out["recommend_ms"]) + len(out["feedback_ms"])
     result = {
-        "clients": args.clients, "seconds": round(out["elapsed_s"], 1), "models": health["models"],
-        "requests": n, "requests_per_s": n / out["elapsed_s"],
-        "recommend": {"n": len(out["recommend_ms"]), "per_s": len(out["recommend_ms"]) / out["elapsed_s"],
-                      "p50_ms": pct(out["recommend_ms"], 50), "p99_ms": pct(out["recommend_ms"], 99)},
-        "feedback": {"n": len(out["feedback_ms"]), "p50_ms": pct(out["feedback_ms"], 50),
-                     "p99_ms": pct(out["feedback_ms"], 99)},
-        "failed_requests": out["failed"], "feedback_acknowledged": len(acked), "feedback_stored": len(stored),
-        "feedback_lost": len(acked - stored), "cpu_count": os.cpu_count(),
+        "clients": args.clients,
+        "seconds": round(out["elapsed_s"], 1),
+        "models": health["models"],
+        "requests": n,
+        "requests_per_s": n / out["elapsed_s"],
+        "recommend": {
+            "n": len(out["recommend_ms"]),
+            "per_s": len(out["recommend_ms"]) / out["elapsed_s"],
+            "p50_ms": pct(out["recommend_ms"], 50),
+            "p99_ms": pct(out["recommend_ms"], 99),
+        },
+        "feedback": {
+            "n": len(out["feedback_ms"]),
+            "p50_ms": pct(out["feedback_ms"], 50),
+            "p99_ms": pct(out["feedback_ms"], 99),
+        },
+        "failed_requests": out["failed"],
+        "feedback_acknowledged": len(acked),
+        "feedback_stored": len(stored),
+        "feedback_lost": len(acked - stored),
+        "cpu_count": os.cpu_count(),
     }
-    print(f"{args.clients} clients x {result['seconds']} s against v{health['models']['champion']['version']} "
-          f"({health['models']['champion']['variant']} on {health['models']['champion']['provider']})")
+    print(
+        f"{args.clients} clients x {result['seconds']} s against v{health['models']['champion']['version']} "
+        f"({health['models']['champion']['variant']} on {health['models']['champion']['provider']})"
+    )
     print(f"{'':12}{'n':>8}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     print(f"{'all':12}{n:>8}{result['requests_per_s']:>10.1f}")
     for name in ("recommend", "feedback"):
         r = result[name]
-        print(f"{name:12}{r['n']:>8}{r.get('per_s', r['n'] / out['elapsed_s']):>10.1f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}")
-    print(f"failed requests {out['failed']}; feedback acknowledged {len(acked)}, stored {len(stored)}, "
-          f"lost {len(acked - stored)}")
+        print(
+            f"{name:12}{r['n']:>8}{r.get('per_s', r['n'] / out['elapsed_s']):>10.1f}{r['p50_ms']:>10.1f}{r['p99_ms']:>10.1f}"
+        )
+    print(
+        f"failed requests {out['failed']}; feedback acknowledged {len(acked)}, stored {len(stored)}, "
+        f"lost {len(acked - stored)}"
+    )
     target = ROOT / "bench" / "results" / "service.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(result, indent=2))

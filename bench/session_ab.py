@@ -53,8 +53,12 @@ def arm_table(stats, pages: range) -> dict:
     out = {}
     for arm in ("static", "adapted"):
         likes, shown = stats.counts(arm, pages)
-        out[arm] = {"users": stats.users[arm], "impressions": shown, "likes": likes,
-                    "like_rate": likes / shown if shown else float("nan")}
+        out[arm] = {
+            "users": stats.users[arm],
+            "impressions": shown,
+            "likes": likes,
+            "like_rate": likes / shown if shown else float("nan"),
+        }
     static, adapted = (ArmCounts(v["users"], v["impressions"], v["likes"]) for v in out.values())
     z, one_sided = two_proportion_z(static, adapted)
     pooled = (static.likes + adapted.likes) / max(static.impressions + adapted.impressions, 1)
@@ -68,7 +72,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu", choices=["tiny", "cpu", "gpu"])
     ap.add_argument("--home", default=str(ROOT / ".instructrec-session-ab"))
-    ap.add_argument("--pages", type=int, default=8, help="lists per session (7 later lists x 10 items: ~30k impressions per arm on ML-100k)")
+    ap.add_argument(
+        "--pages",
+        type=int,
+        default=8,
+        help="lists per session (7 later lists x 10 items: ~30k impressions per arm on ML-100k)",
+    )
     ap.add_argument("--concurrency", type=int, default=10)
     ap.add_argument("--workers", type=int, default=1, help="service processes (serve.workers)")
     ap.add_argument("--onnx-threads", type=int, default=0, help="ONNX Runtime threads per model (serve.onnx_threads)")
@@ -91,8 +100,13 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     experiment = f"session-ab-{args.seed}"
-    settings = {"serve.session_share": 0.5, "serve.experiment": experiment, "serve.challenger_share": 0.0,
-                "serve.workers": args.workers, "serve.onnx_threads": args.onnx_threads}
+    settings = {
+        "serve.session_share": 0.5,
+        "serve.experiment": experiment,
+        "serve.challenger_share": 0.0,
+        "serve.workers": args.workers,
+        "serve.onnx_threads": args.onnx_threads,
+    }
     service = start_service(args.profile, port, cfg.paths.home / "service.log", settings)
     try:
         wait_for(url)
@@ -105,30 +119,56 @@ def main() -> int:
         service.wait(timeout=30)
     ms = np.asarray(stats.next_list_ms)
     result = {
-        "profile": args.profile, "model_version": champion.version, "users": len(users), "pages": args.pages,
-        "concurrency": args.concurrency, "workers": args.workers, "onnx_threads": args.onnx_threads, "seed": args.seed, "failures": stats.failures, "elapsed_s": elapsed,
-        "later_lists": arm_table(stats, range(1, args.pages)), "first_list": arm_table(stats, range(1)),
-        "by_page": {arm: [stats.likes[(arm, p)] / max(stats.impressions[(arm, p)], 1) for p in range(args.pages)]
-                    for arm in ("static", "adapted")},
-        "next_list_latency_ms": {"n": int(len(ms)), "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
-                                 "mean": float(ms.mean())},
+        "profile": args.profile,
+        "model_version": champion.version,
+        "users": len(users),
+        "pages": args.pages,
+        "concurrency": args.concurrency,
+        "workers": args.workers,
+        "onnx_threads": args.onnx_threads,
+        "seed": args.seed,
+        "failures": stats.failures,
+        "elapsed_s": elapsed,
+        "later_lists": arm_table(stats, range(1, args.pages)),
+        "first_list": arm_table(stats, range(1)),
+        "by_page": {
+            arm: [stats.likes[(arm, p)] / max(stats.impressions[(arm, p)], 1) for p in range(args.pages)]
+            for arm in ("static", "adapted")
+        },
+        "next_list_latency_ms": {
+            "n": int(len(ms)),
+            "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99)),
+            "mean": float(ms.mean()),
+        },
     }
     later = result["later_lists"]
-    print(f"{len(users)} users x {args.pages} lists, model v{champion.version} ({args.profile}), {elapsed:.0f} s, "
-          f"{stats.failures} failed requests")
+    print(
+        f"{len(users)} users x {args.pages} lists, model v{champion.version} ({args.profile}), {elapsed:.0f} s, "
+        f"{stats.failures} failed requests"
+    )
     for name in ("first_list", "later_lists"):
         t = result[name]
-        print(f"  {name:11s} static {t['static']['likes']}/{t['static']['impressions']} = {t['static']['like_rate']:.4f} | "
-              f"adapted {t['adapted']['likes']}/{t['adapted']['impressions']} = {t['adapted']['like_rate']:.4f} | "
-              f"lift {100 * t['relative_lift']:+.1f}%  z {t['z']:+.2f}  p {t['p_two_sided']:.4f}  "
-              f"(detectable: {100 * t['detectable_relative_lift']:.1f}%)")
+        print(
+            f"  {name:11s} static {t['static']['likes']}/{t['static']['impressions']} = {t['static']['like_rate']:.4f} | "
+            f"adapted {t['adapted']['likes']}/{t['adapted']['impressions']} = {t['adapted']['like_rate']:.4f} | "
+            f"lift {100 * t['relative_lift']:+.1f}%  z {t['z']:+.2f}  p {t['p_two_sided']:.4f}  "
+            f"(detectable: {100 * t['detectable_relative_lift']:.1f}%)"
+        )
     print(f"  by page: {json.dumps({a: [round(v, 4) for v in r] for a, r in result['by_page'].items()})}")
     lat = result["next_list_latency_ms"]
-    print(f"  next list after a reaction, {args.concurrency} clients, {args.workers} service process(es): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms "
-          f"(target p99 < 50 ms) over {lat['n']} requests")
+    print(
+        f"  next list after a reaction, {args.concurrency} clients, {args.workers} service process(es): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms "
+        f"(target p99 < 50 ms) over {lat['n']} requests"
+    )
     significant = later["p_two_sided"] < 0.05
-    verdict = ("no significant difference" if not significant else
-               "adaptation raises the like rate" if later["relative_lift"] > 0 else "adaptation lowers the like rate")
+    verdict = (
+        "no significant difference"
+        if not significant
+        else "adaptation raises the like rate"
+        if later["relative_lift"] > 0
+        else "adaptation lowers the like rate"
+    )
     print(f"  verdict on the later lists: {verdict}")
     out = ROOT / "bench" / "results" / "session_ab.json"
     out.parent.mkdir(parents=True, exist_ok=True)

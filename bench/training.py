@@ -34,18 +34,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(profile: str, steps: int, home: Path) -> dict:
-    cfg = load_config(profile, overrides={"train": {"epochs": 1}, "data": {"max_users": None}, "progress": False},
-                      environ={"INSTRUCTREC_HOME": str(home)})
+    cfg = load_config(
+        profile,
+        overrides={"train": {"epochs": 1}, "data": {"max_users": None}, "progress": False},
+        environ={"INSTRUCTREC_HOME": str(home)},
+    )
     snap = snapshot_raw(fetch_raw(cfg.data.source, cfg.paths.downloads), cfg.paths.snapshots)
     tables = read_tables(snap.kind, snap.raw_dir)
     prepared = prepare(cfg, tables.interactions, tables.items, tables.item_noun)
     model, tok = new_scorer(cfg, prepared.catalogue)
     n = min(len(prepared.examples), steps * cfg.train.batch_size)  # batches are history windows
     rows = np.random.default_rng(0).choice(len(prepared.examples), size=n, replace=False)
-    result = fit(model, tok, prepared.examples.subset(rows), representation_settings(cfg),
-                 validate=lambda m: {"ndcg@10": 0.0}, progress=False)
-    return {"profile": profile, "device": cfg.train.device, "batch_size": cfg.train.batch_size,
-            "train_bert": cfg.model.train_bert, "steps": steps, "examples_per_s": result.examples_per_s}
+    result = fit(
+        model,
+        tok,
+        prepared.examples.subset(rows),
+        representation_settings(cfg),
+        validate=lambda m: {"ndcg@10": 0.0},
+        progress=False,
+    )
+    return {
+        "profile": profile,
+        "device": cfg.train.device,
+        "batch_size": cfg.train.batch_size,
+        "train_bert": cfg.model.train_bert,
+        "steps": steps,
+        "examples_per_s": result.examples_per_s,
+    }
 
 
 def _seconds_per_step(step, repeats: int) -> float:
@@ -78,7 +93,9 @@ def loss_kernels(rows: int = 25_600, dim: int = 64, items: int = 3_706, repeats:
     out = []
     for name, step in ways:
         seconds = base if step is reference else _seconds_per_step(step, repeats)
-        out.append({"loss": name, "rows": rows, "items": items, "ms_per_step": 1e3 * seconds, "speedup": base / seconds})
+        out.append(
+            {"loss": name, "rows": rows, "items": items, "ms_per_step": 1e3 * seconds, "speedup": base / seconds}
+        )
     return out
 
 
@@ -92,7 +109,9 @@ def main() -> None:
     rows = [measure(p, args.steps, args.home) for p in profiles]
     print(f"\n{'profile':<8}{'device':<8}{'windows/batch':>14}{'BERT tuned':>12}{'examples/s':>12}")
     for r in rows:
-        print(f"{r['profile']:<8}{r['device']:<8}{r['batch_size']:>14}{str(r['train_bert']):>12}{r['examples_per_s']:>12.0f}")
+        print(
+            f"{r['profile']:<8}{r['device']:<8}{r['batch_size']:>14}{str(r['train_bert']):>12}{r['examples_per_s']:>12.0f}"
+        )
     if "gpu" not in profiles:
         print("(gpu profile not measured: torch sees no CUDA device on this host)")
     kernels = loss_kernels()

@@ -24,8 +24,9 @@ from instructrec.errors import DataValidationError, Violation
 SUITE_DIR = Path(__file__).parent
 SUITES = ("interactions", "items", "feedback")
 # suite parameters a caller may leave out: the config's defaults (the pipeline passes its config's values)
-DEFAULT_PARAMETERS = {"items": {"max_title_chars": DataConfig().max_title_chars,
-                                "max_text_chars": DataConfig().max_text_chars}}
+DEFAULT_PARAMETERS = {
+    "items": {"max_title_chars": DataConfig().max_title_chars, "max_text_chars": DataConfig().max_text_chars}
+}
 
 
 @dataclass(frozen=True)

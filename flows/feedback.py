@@ -33,18 +33,23 @@ class LoopSummary:
     def render(self) -> str:
         lines = [f"A/B gate: {self.online_outcome}"] + [f"  - {r}" for r in self.reasons]
         if self.registered:
-            lines.append(f"Tuned on {self.new_events} new events -> v{self.registered} (offline: {self.offline_outcome})")
+            lines.append(
+                f"Tuned on {self.new_events} new events -> v{self.registered} (offline: {self.offline_outcome})"
+            )
         else:
             lines.append(f"No new challenger ({self.new_events} new events)")
         return "\n".join(lines + [f"Aliases: {self.aliases}"])
 
 
 @flow(name="instructrec-feedback", flow_run_name="feedback-{profile}", log_prints=True)
-def feedback_loop(profile: Profile = "cpu", data: str | None = None, force: bool = False,
-                  overrides: dict | None = None) -> LoopSummary:
+def feedback_loop(
+    profile: Profile = "cpu", data: str | None = None, force: bool = False, overrides: dict | None = None
+) -> LoopSummary:
     """online gate -> (enough new feedback?) ingest -> validate -> prepare -> tune from champion -> evaluate -> export
     -> offline gate; a passing candidate becomes the challenger and gets its share of traffic."""
-    cfg = load_config(profile, data=data or _champion_source(load_config(profile, overrides=overrides)), overrides=overrides)
+    cfg = load_config(
+        profile, data=data or _champion_source(load_config(profile, overrides=overrides)), overrides=overrides
+    )
     with tracking.pipeline_run(cfg, f"feedback-{cfg.profile}", {"profile": cfg.profile, "flow": "feedback"}) as run_id:
         summary = _loop(cfg, run_id, force)
         tracking.describe_run(run_id, f"```\n{summary.render()}\n```")

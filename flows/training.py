@@ -14,7 +14,9 @@ from tasks.training import finetune_on_feedback, train_baseline, train_represent
 
 
 @flow(name="instructrec-training", flow_run_name="train-{profile}", log_prints=True)
-def training_pipeline(profile: Profile = "cpu", data: str | None = None, overrides: dict | None = None) -> PipelineSummary:
+def training_pipeline(
+    profile: Profile = "cpu", data: str | None = None, overrides: dict | None = None
+) -> PipelineSummary:
     """ingest -> validate -> prepare -> SASRec baseline -> train (from SASRec) -> feedback fine-tune -> evaluate
     -> export -> gate."""
     cfg = load_config(profile, data=data, overrides=overrides)

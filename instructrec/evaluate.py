@@ -75,8 +75,14 @@ def build_cases(
             targets.append(tgt), excl.append(np.setdiff1d(seen, [tgt]))
         if rows:
             cases[f"{type_}/{HELD_OUT}" if held_out else type_] = EvalCase(
-                type_, np.asarray(rows), texts, templates, pad_histories(hists, max_history), np.asarray(targets), excl,
-                np.stack(negs)
+                type_,
+                np.asarray(rows),
+                texts,
+                templates,
+                pad_histories(hists, max_history),
+                np.asarray(targets),
+                excl,
+                np.stack(negs),
             )
     return cases
 
@@ -118,16 +124,34 @@ class EvalReport:
         return users, np.asarray([np.mean(total[u]) for u in users])
 
     def to_dict(self) -> dict:
-        return {"model": self.name, "overall": self.overall, "by_type": self.by_type, "slices": self.slices, "counts": self.counts}
+        return {
+            "model": self.name,
+            "overall": self.overall,
+            "by_type": self.by_type,
+            "slices": self.slices,
+            "counts": self.counts,
+        }
 
 
-def evaluate(scorer: Scorer, cases: dict[str, EvalCase], split: SplitData, cold_max_train: int = 20,
-             long_tail_share: float = 0.8, batch_size: int = 256, space: ItemSpace | None = None) -> EvalReport:
+def evaluate(
+    scorer: Scorer,
+    cases: dict[str, EvalCase],
+    split: SplitData,
+    cold_max_train: int = 20,
+    long_tail_share: float = 0.8,
+    batch_size: int = 256,
+    space: ItemSpace | None = None,
+) -> EvalReport:
     """Every case's full-ranking and 1+9 metrics; with `space`, the top-10 lists' diversity, coverage, novelty too."""
     n_items = split.catalogue.n_items
     head = head_items(split.popularity, 1.0 - long_tail_share)
     cold = np.asarray([len(s) <= cold_max_train for s in split.train])
-    by_type, per_user, users, pooled = {}, {}, {}, {"cold_users": [], "warm_users": [], "long_tail": [], "head_items": []}
+    by_type, per_user, users, pooled = (
+        {},
+        {},
+        {},
+        {"cold_users": [], "warm_users": [], "long_tail": [], "head_items": []},
+    )
     for type_, case in cases.items():
         full_ranks, samp_ranks, tops = [], [], []
         for start in range(0, len(case.users), batch_size):
@@ -148,7 +172,12 @@ def evaluate(scorer: Scorer, cases: dict[str, EvalCase], split: SplitData, cold_
             by_type[type_].update(list_metrics(np.concatenate(tops), space))
         per_user[type_], users[type_] = full["ndcg@10"], case.users
         is_cold, is_head = cold[case.users], np.isin(case.target, head)
-        for name, mask in (("cold_users", is_cold), ("warm_users", ~is_cold), ("long_tail", ~is_head), ("head_items", is_head)):
+        for name, mask in (
+            ("cold_users", is_cold),
+            ("warm_users", ~is_cold),
+            ("long_tail", ~is_head),
+            ("head_items", is_head),
+        ):
             pooled[name].append(full["ndcg@10"][mask])
     slices = {}
     for name, parts in pooled.items():
@@ -166,8 +195,14 @@ def _ranked(scorer: Scorer, case: EvalCase, rows: np.ndarray, n_items: int) -> n
     return scores
 
 
-def diversity_tradeoff(scorer: Scorer, case: EvalCase, space: ItemSpace, weights: tuple[float, ...],
-                       candidates: int = 100, batch_size: int = 256) -> list[dict[str, float]]:
+def diversity_tradeoff(
+    scorer: Scorer,
+    case: EvalCase,
+    space: ItemSpace,
+    weights: tuple[float, ...],
+    candidates: int = 100,
+    batch_size: int = 256,
+) -> list[dict[str, float]]:
     """NDCG@10 against diversity when the top `candidates` are MMR re-ranked with each weight (0: none)."""
     n_items = space.n_items
     lists: dict[float, list[np.ndarray]] = {w: [] for w in weights}
@@ -186,13 +221,19 @@ def diversity_tradeoff(scorer: Scorer, case: EvalCase, space: ItemSpace, weights
     out = []
     for w in weights:
         top = np.stack(lists[w])
-        out.append({"diversity": w, "ndcg@10": float(metrics.ndcg(np.asarray(ranks[w]), 10).mean()),
-                    **list_metrics(top, space)})
+        out.append(
+            {
+                "diversity": w,
+                "ndcg@10": float(metrics.ndcg(np.asarray(ranks[w]), 10).mean()),
+                **list_metrics(top, space),
+            }
+        )
     return out
 
 
-def explanation_faithfulness(scorer: Scorer, case: EvalCase, space: ItemSpace, rows: int = 512, k: int = 10,
-                             seed: int = 0) -> dict[str, float]:
+def explanation_faithfulness(
+    scorer: Scorer, case: EvalCase, space: ItemSpace, rows: int = 512, k: int = 10, seed: int = 0
+) -> dict[str, float]:
     """Does the cited history item support the listed item? Remove it and re-score: the share that drops.
 
     The same measure for a random history item is the chance level the citation should beat.
@@ -202,13 +243,13 @@ def explanation_faithfulness(scorer: Scorer, case: EvalCase, space: ItemSpace, r
     picked = np.flatnonzero((case.history > 0).sum(1) >= 2)[:rows]  # one item left after a removal
     drops = {"cited": [], "random": []}
     for start in range(0, len(picked), 32):
-        chunk = picked[start:start + 32]
+        chunk = picked[start : start + 32]
         base = _ranked(scorer, case, chunk, n_items)
         texts, hists, asks = [], [], []  # one re-scored row per (user, removed item)
         for j, r in enumerate(chunk):
             hist = case.history[r]
             real = hist[hist > 0] - 1
-            for c in top_columns(base[j:j + 1], k)[0]:
+            for c in top_columns(base[j : j + 1], k)[0]:
                 for kind, removed in (("cited", cite(int(c), real, space.unit)), ("random", int(rng.choice(real)))):
                     if removed is None:
                         continue
@@ -275,8 +316,16 @@ class MappedScorer:
 class TorchScorer:
     """Eager PyTorch scorer; maps between the model's and the split's catalogues."""
 
-    def __init__(self, name: str, model: InstructRecScorer, tokenizer, model_item_ids: list[str], catalogue_ids: list[str],
-                 device: str = "cpu", text_cache: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        name: str,
+        model: InstructRecScorer,
+        tokenizer,
+        model_item_ids: list[str],
+        catalogue_ids: list[str],
+        device: str = "cpu",
+        text_cache: dict[str, torch.Tensor] | None = None,
+    ):
         self.name, self.model, self.tokenizer, self.device = name, model.eval(), tokenizer, device
         self.map = CatalogueMap(model_item_ids, catalogue_ids)
         # pass a shared cache only while BERT is frozen: its text vectors never change then
@@ -286,5 +335,7 @@ class TorchScorer:
     def score(self, texts: list[str], history: np.ndarray) -> np.ndarray:
         hist = torch.as_tensor(self.map.to_model[history], device=self.device)
         items = self.model.item_vectors()
-        q = self.model.query(self.model.text_vectors(self.tokenizer, texts, self._text_cache).to(self.device), hist, items)
+        q = self.model.query(
+            self.model.text_vectors(self.tokenizer, texts, self._text_cache).to(self.device), hist, items
+        )
         return self.map.scores(self.model.scores(q, items).float().cpu().numpy())

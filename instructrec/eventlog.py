@@ -61,12 +61,13 @@ class EventLog:
             try:
                 view = memoryview(line)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             except OSError as exc:
                 self._cut_back(fd, start)
-                raise StoreWriteError(exc.errno, f"could not store the event in {self._path}: {exc.strerror}; "
-                                                 "nothing of it was kept") from exc
+                raise StoreWriteError(
+                    exc.errno, f"could not store the event in {self._path}: {exc.strerror}; nothing of it was kept"
+                ) from exc
             if self.key is not None:
                 self._seen.add(key)
         return True

@@ -56,8 +56,12 @@ def export_onnx(model: InstructRecScorer, tokenizer, target: Path, opset: int = 
             str(tmp),
             input_names=list(INPUTS),
             output_names=[OUTPUT],
-            dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-                          "history": {0: "batch"}, OUTPUT: {0: "batch"}},
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "tokens"},
+                "attention_mask": {0: "batch", 1: "tokens"},
+                "history": {0: "batch"},
+                OUTPUT: {0: "batch"},
+            },
             opset_version=opset,
             dynamo=False,
         )
@@ -86,8 +90,11 @@ class Session:
         return GPU_MICRO_BATCH if self.on_gpu else CPU_MICRO_BATCH
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, history: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64),
-                 "history": history.astype(np.int64)}
+        feeds = {
+            "input_ids": input_ids.astype(np.int64),
+            "attention_mask": attention_mask.astype(np.int64),
+            "history": history.astype(np.int64),
+        }
         if not self.on_gpu:
             return self.session.run([OUTPUT], feeds)[0]
         # IOBinding: inputs copied to the device once, the output allocated there, one copy back
@@ -122,8 +129,12 @@ def provider_options(provider: str, cache_dir: Path | None) -> dict:
     return {}
 
 
-def make_session(path: Path, prefer: tuple[str, ...] = PREFERRED_PROVIDERS, threads: int | None = None,
-                 engine_cache: Path | None = None) -> Session:
+def make_session(
+    path: Path,
+    prefer: tuple[str, ...] = PREFERRED_PROVIDERS,
+    threads: int | None = None,
+    engine_cache: Path | None = None,
+) -> Session:
     """Prefer the GPU where one is really there; report the provider that runs.
 
     onnxruntime-gpu lists CUDA even on hosts without a GPU and then silently
@@ -143,8 +154,12 @@ def make_session(path: Path, prefer: tuple[str, ...] = PREFERRED_PROVIDERS, thre
     if threads:
         options.intra_op_num_threads = threads
     providers = [(p, provider_options(p, engine_cache)) for p in wanted] or ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), sess_options=options, providers=providers,
-                                   disabled_optimizers=None if on_gpu else list(CPU_DISABLED_OPTIMIZERS))
+    session = ort.InferenceSession(
+        str(path),
+        sess_options=options,
+        providers=providers,
+        disabled_optimizers=None if on_gpu else list(CPU_DISABLED_OPTIMIZERS),
+    )
     return Session(session, session.get_providers()[0])
 
 
@@ -164,8 +179,9 @@ class OnnxScorer:
 
     def score(self, texts: list[str], history: np.ndarray) -> np.ndarray:
         with self._tokenizer_lock:
-            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens,
-                                 return_tensors="np")
+            enc = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="np"
+            )
         ids, mask = enc["input_ids"], enc["attention_mask"]
         if len(texts) <= self.micro_batch:
             return self.session.run(ids, mask, history)

@@ -35,8 +35,13 @@ FEEDBACK_LOG = "events"  # JSON-lines segments written by the service, one per p
 IMPRESSION_LOG = "impressions"  # every served list: request, user, arm, model version, items, instruction
 STORE_GLOB = f"{FEEDBACK_LOG}-*.parquet"  # batch files (imports, tests)
 IMPRESSIONS_SCHEMA: dict[str, pl.DataType] = {
-    schema.REQUEST_ID: pl.String(), schema.USER: pl.String(), schema.ARM: pl.String(), schema.MODEL_VERSION: pl.String(),
-    "items": pl.List(pl.String()), "instruction": pl.String(), schema.TIMESTAMP: schema.UTC_DATETIME,
+    schema.REQUEST_ID: pl.String(),
+    schema.USER: pl.String(),
+    schema.ARM: pl.String(),
+    schema.MODEL_VERSION: pl.String(),
+    "items": pl.List(pl.String()),
+    "instruction": pl.String(),
+    schema.TIMESTAMP: schema.UTC_DATETIME,
 }
 KIND_LABEL = {"like": (1.0, 1.0), "more_like_this": (1.0, 2.0), "dislike": (-1.0, 1.0), "less_like_this": (-1.0, 2.0)}
 FEEDBACK_MIX = {"P1/I0": 0.5, "P1/I2": 0.3, "P2/I2": 0.1, "P0/I2": 0.1}
@@ -80,8 +85,11 @@ def _frame(records: list[dict], columns: dict[str, pl.DataType]) -> pl.DataFrame
 
 def online_counts(impressions: pl.DataFrame, store: pl.DataFrame, arms: dict[str, str]) -> dict[str, ArmCounts]:
     """Users, impressions (items shown) and liked shown items per arm, for the arm's model version only."""
-    positive = (store.filter(pl.col(schema.KIND).is_in(list(schema.POSITIVE_KINDS)) & pl.col(schema.ITEM).is_not_null())
-                .select(schema.REQUEST_ID, schema.ITEM).unique())
+    positive = (
+        store.filter(pl.col(schema.KIND).is_in(list(schema.POSITIVE_KINDS)) & pl.col(schema.ITEM).is_not_null())
+        .select(schema.REQUEST_ID, schema.ITEM)
+        .unique()
+    )
     out = {}
     for arm, version in arms.items():
         served = impressions.filter((pl.col(schema.ARM) == arm) & (pl.col(schema.MODEL_VERSION) == version))
@@ -152,8 +160,14 @@ def _replay(base: Examples, n: int, rng: np.random.Generator) -> Examples:
     return base.subset(np.sort(order[:take]))
 
 
-def _store_rows(split: SplitData, store: pl.DataFrame, builder: ExampleBuilder, max_history: int,
-                rng: np.random.Generator, requests: dict[str, str]) -> tuple[int, int]:
+def _store_rows(
+    split: SplitData,
+    store: pl.DataFrame,
+    builder: ExampleBuilder,
+    max_history: int,
+    rng: np.random.Generator,
+    requests: dict[str, str],
+) -> tuple[int, int]:
     user_row = {u: i for i, u in enumerate(split.users)}
     used = skipped = 0
     for ev in store.iter_rows(named=True):
@@ -171,8 +185,11 @@ def _store_rows(split: SplitData, store: pl.DataFrame, builder: ExampleBuilder, 
         else:
             label, weight = KIND_LABEL[ev[schema.KIND]]
             words = requests.get(ev.get(schema.REQUEST_ID) or "")
-            ins = (free_text_instruction(words, history, max_history, split.catalogue) if words else
-                   make_instruction("P1/I0", int(rng.integers(1 << 30)), split.catalogue, history, item, max_history))
+            ins = (
+                free_text_instruction(words, history, max_history, split.catalogue)
+                if words
+                else make_instruction("P1/I0", int(rng.integers(1 << 30)), split.catalogue, history, item, max_history)
+            )
             if ins is None:
                 skipped += 1
                 continue

@@ -109,8 +109,16 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
 }
 TYPES = tuple(TEMPLATES)
 # Half the positions train history-only (the headline type); the rest spread over the other types.
-TRAIN_MIX: dict[str, float] = {"P1/I0": 0.5, "P1/I1": 0.08, "P1/I2": 0.1, "P2/I0": 0.06, "P2/I1": 0.04, "P2/I2": 0.06,
-                               "P0/I1": 0.08, "P0/I2": 0.08}
+TRAIN_MIX: dict[str, float] = {
+    "P1/I0": 0.5,
+    "P1/I1": 0.08,
+    "P1/I2": 0.1,
+    "P2/I0": 0.06,
+    "P2/I1": 0.04,
+    "P2/I2": 0.06,
+    "P0/I1": 0.08,
+    "P0/I2": 0.08,
+}
 HELD_OUT = "held-out"
 
 # I1: each genre's everyday mood, worded without the genre's name where English allows.
@@ -281,8 +289,15 @@ class Examples:
 
     def subset(self, rows: np.ndarray) -> Examples:
         return Examples(
-            self.user[rows], self.seq[rows], self.text_id[rows], self.use_history[rows], self.types[rows],
-            self.templates[rows], self.label[rows], self.weight[rows], self.texts,
+            self.user[rows],
+            self.seq[rows],
+            self.text_id[rows],
+            self.use_history[rows],
+            self.types[rows],
+            self.templates[rows],
+            self.label[rows],
+            self.weight[rows],
+            self.texts,
         )
 
 
@@ -302,7 +317,9 @@ class ExampleBuilder:
         items = ins.history[-self.max_history :] + (target,)
         self.add_window(user, items, [(len(items) - 2, ins, label, weight)])
 
-    def add_window(self, user: int, items: tuple[int, ...], examples: list[tuple[int, Instruction, float, float]]) -> None:
+    def add_window(
+        self, user: int, items: tuple[int, ...], examples: list[tuple[int, Instruction, float, float]]
+    ) -> None:
         """items: at most max_history + 1; examples: (t, instruction, label, weight), target items[t + 1]."""
         assert len(items) <= self.max_history + 1, "a window holds at most max_history + 1 items"
         self.windows.append((user, tuple(items), examples))
@@ -334,8 +351,14 @@ def sample_type(rng: np.random.Generator, mix: dict[str, float]) -> str:
     return types[rng.choice(len(types), p=p / p.sum())]
 
 
-def sampled_instruction(rng: np.random.Generator, mix: dict[str, float], catalogue: Catalogue, history: np.ndarray,
-                        target: int, max_history: int) -> Instruction:
+def sampled_instruction(
+    rng: np.random.Generator,
+    mix: dict[str, float],
+    catalogue: Catalogue,
+    history: np.ndarray,
+    target: int,
+    max_history: int,
+) -> Instruction:
     """A type drawn from the mix; history-only where the type cannot be expressed (history must be non-empty)."""
     ins = make_instruction(sample_type(rng, mix), int(rng.integers(1 << 30)), catalogue, history, target, max_history)
     return ins or make_instruction("P1/I0", int(rng.integers(1 << 30)), catalogue, history, None, max_history)
@@ -360,8 +383,9 @@ def windows(seq: np.ndarray, max_history: int, stride: int | None = None) -> lis
     return out
 
 
-def training_examples(split: SplitData, max_history: int, seed: int, mix: dict[str, float] | None = None,
-                      stride: int | None = None) -> Examples:
+def training_examples(
+    split: SplitData, max_history: int, seed: int, mix: dict[str, float] | None = None, stride: int | None = None
+) -> Examples:
     """One instruction per train position (next-item), type drawn from the mix; packed in windows."""
     mix = mix or TRAIN_MIX
     rng = np.random.default_rng(seed)

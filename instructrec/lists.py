@@ -26,7 +26,9 @@ class ItemSpace:
     n_users: int
 
     @classmethod
-    def build(cls, vectors: np.ndarray, genres: list[tuple[str, ...]], popularity: np.ndarray, n_users: int) -> ItemSpace:
+    def build(
+        cls, vectors: np.ndarray, genres: list[tuple[str, ...]], popularity: np.ndarray, n_users: int
+    ) -> ItemSpace:
         return cls(unit_rows(vectors), genre_matrix(genres), np.asarray(popularity, dtype=np.float64), int(n_users))
 
     @property
@@ -51,13 +53,13 @@ def nearest_neighbours(unit: np.ndarray, n: int, chunk: int = 1024) -> tuple[np.
     idx = np.zeros((items, n), dtype=np.int64)
     sims = np.zeros((items, n), dtype=np.float32)
     for start in range(0, items, chunk):
-        block = unit[start:start + chunk] @ unit.T
+        block = unit[start : start + chunk] @ unit.T
         rows = np.arange(len(block))
         block[rows, rows + start] = -np.inf  # never its own neighbour
         part = np.argpartition(-block, n - 1, axis=1)[:, :n] if n < items else np.argsort(-block, axis=1)[:, :n]
         order = np.argsort(-np.take_along_axis(block, part, 1), axis=1, kind="stable")
-        idx[start:start + chunk] = np.take_along_axis(part, order, 1)
-        sims[start:start + chunk] = np.take_along_axis(block, idx[start:start + chunk], 1)
+        idx[start : start + chunk] = np.take_along_axis(part, order, 1)
+        sims[start : start + chunk] = np.take_along_axis(block, idx[start : start + chunk], 1)
     return idx, sims
 
 
@@ -113,8 +115,12 @@ def list_metrics(top: np.ndarray, space: ItemSpace) -> dict[str, float]:
     """The LIST_METRICS over lists top [L, 10] (0-based columns)."""
     if len(top) == 0:
         return dict.fromkeys(LIST_METRICS, float("nan"))
-    return {"ild_genre@10": float(ild_genre(top, space).mean()), "ild_vector@10": float(ild_vector(top, space).mean()),
-            "coverage@10": coverage(top, space.n_items), "novelty@10": float(novelty(top, space).mean())}
+    return {
+        "ild_genre@10": float(ild_genre(top, space).mean()),
+        "ild_vector@10": float(ild_vector(top, space).mean()),
+        "coverage@10": coverage(top, space.n_items),
+        "novelty@10": float(novelty(top, space).mean()),
+    }
 
 
 def served_list_metrics(lists: list[list[int]], space: ItemSpace) -> dict[str, float]:
@@ -127,10 +133,12 @@ def served_list_metrics(lists: list[list[int]], space: ItemSpace) -> dict[str, f
         return dict.fromkeys(LIST_METRICS, float("nan"))
     parts = [np.asarray(group) for group in by_length.values()]
     flat = np.concatenate([p.ravel() for p in parts])
-    return {"ild_genre@10": float(np.concatenate([ild_genre(p, space) for p in parts]).mean()),
-            "ild_vector@10": float(np.concatenate([ild_vector(p, space) for p in parts]).mean()),
-            "coverage@10": coverage(flat, space.n_items),
-            "novelty@10": float(np.concatenate([novelty(p, space) for p in parts]).mean())}
+    return {
+        "ild_genre@10": float(np.concatenate([ild_genre(p, space) for p in parts]).mean()),
+        "ild_vector@10": float(np.concatenate([ild_vector(p, space) for p in parts]).mean()),
+        "coverage@10": coverage(flat, space.n_items),
+        "novelty@10": float(np.concatenate([novelty(p, space) for p in parts]).mean()),
+    }
 
 
 def top_columns(scores: np.ndarray, k: int) -> np.ndarray:

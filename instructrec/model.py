@@ -68,7 +68,9 @@ def causal_bias(seq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     slot = torch.arange(seq.shape[1], device=seq.device)
     query, key = slot[:, None], slot[None, :]
     blocked = ((key > query)[None] | (seq == 0)[:, None, :]) & (key != query)[None]
-    return torch.zeros(blocked.shape, dtype=dtype, device=seq.device).masked_fill(blocked, torch.finfo(dtype).min)[:, None]
+    return torch.zeros(blocked.shape, dtype=dtype, device=seq.device).masked_fill(blocked, torch.finfo(dtype).min)[
+        :, None
+    ]
 
 
 class CausalEncoder(nn.Module):
@@ -78,8 +80,9 @@ class CausalEncoder(nn.Module):
     what it does not have (item text, the instruction's words).
     """
 
-    def __init__(self, dim: int, max_len: int, n_layers: int, n_heads: int, dropout: float,
-                 attention_dropout: float = 0.0):
+    def __init__(
+        self, dim: int, max_len: int, n_layers: int, n_heads: int, dropout: float, attention_dropout: float = 0.0
+    ):
         super().__init__()
         self.dim = dim
         self.position = nn.Embedding(max_len, dim)
@@ -102,8 +105,11 @@ class InstructRecScorer(nn.Module):
         super().__init__()
         self.config = config
         # eager attention always: the form ONNX Runtime fuses into its Attention op (SDPA exports unfused)
-        self.bert = bert if bert is not None else BertModel(BertConfig(**config.bert, attn_implementation="eager"),
-                                                            add_pooling_layer=False)
+        self.bert = (
+            bert
+            if bert is not None
+            else BertModel(BertConfig(**config.bert, attn_implementation="eager"), add_pooling_layer=False)
+        )
         if not config.bert:
             config.bert = self.bert.config.to_dict()
         text_dim, dim, n = self.bert.config.hidden_size, config.dim, config.n_items + 1
@@ -112,8 +118,9 @@ class InstructRecScorer(nn.Module):
         self.item_text_proj = nn.Linear(text_dim, dim)
         self.item_bias = nn.Parameter(torch.zeros(n))
         self.text_proj = nn.Linear(text_dim, dim)
-        self.encoder = CausalEncoder(dim, config.max_history, config.n_layers, config.n_heads, config.dropout,
-                                     config.attention_dropout)
+        self.encoder = CausalEncoder(
+            dim, config.max_history, config.n_layers, config.n_heads, config.dropout, config.attention_dropout
+        )
         self.no_history = nn.Parameter(torch.zeros(dim))  # the history state of P0/P2 instructions
         self.fuse = nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.drop = nn.Dropout(config.dropout)
@@ -156,8 +163,14 @@ class InstructRecScorer(nn.Module):
             state = self.no_history.expand(len(history), -1)
         return self.fuse_query(state, text_vec)
 
-    def window_queries(self, text_vec: torch.Tensor, states: torch.Tensor, seq: torch.Tensor, use_history: torch.Tensor,
-                       at: torch.Tensor) -> torch.Tensor:
+    def window_queries(
+        self,
+        text_vec: torch.Tensor,
+        states: torch.Tensor,
+        seq: torch.Tensor,
+        use_history: torch.Tensor,
+        at: torch.Tensor,
+    ) -> torch.Tensor:
         """[N, dim]: queries at the slots `at` [B, T] (bool) of history windows seq [B, T] (training).
 
         states = history_states(seq): one causal pass serves every slot. text_vec [N, text_dim]
@@ -187,14 +200,20 @@ class InstructRecScorer(nn.Module):
         out = torch.zeros(len(texts), self.bert.config.hidden_size, device=device)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                            max_length=self.config.max_text_tokens, return_tensors="pt").to(device)
+            enc = tokenizer(
+                [texts[i] for i in rows],
+                padding=True,
+                truncation=True,
+                max_length=self.config.max_text_tokens,
+                return_tensors="pt",
+            ).to(device)
             out[rows] = self.encode_text(enc["input_ids"], enc["attention_mask"]).float()
         self.train(was_training)
         return out
 
-    def text_vectors(self, tokenizer: BertTokenizerFast, texts: list[str],
-                     cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def text_vectors(
+        self, tokenizer: BertTokenizerFast, texts: list[str], cache: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """[len(texts), text_dim] BERT vectors; `cache` (text -> vector) keeps them across calls and stages.
 
         Pass a cache only while BERT is frozen: its vectors never change then, and a run's instruction
@@ -214,7 +233,9 @@ class InstructRecScorer(nn.Module):
             self.item_text[0].zero_()
 
     def tokenize(self, tokenizer: BertTokenizerFast, texts: list[str]) -> dict[str, torch.Tensor]:
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_text_tokens, return_tensors="pt")
+        enc = tokenizer(
+            texts, padding=True, truncation=True, max_length=self.config.max_text_tokens, return_tensors="pt"
+        )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
@@ -328,8 +349,13 @@ class _CatalogueLogProb(torch.autograd.Function):
         return grad_q.to(dq), grad_w.to(dw), grad_b.to(db), None, None, None
 
 
-def catalogue_log_prob(query: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
-                       bias: torch.Tensor | None = None, low_precision: bool = False) -> torch.Tensor:
+def catalogue_log_prob(
+    query: torch.Tensor,
+    items: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    low_precision: bool = False,
+) -> torch.Tensor:
     """[N] log-softmax of each query's target (0-based column of items [n, dim]) against every item.
 
     low_precision: products in bf16 (fp32 softmax), for mixed-precision training.

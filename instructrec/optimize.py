@@ -30,8 +30,12 @@ NEEDS_GPU = {FP16}
 # Fusions whose contrib CPU kernels are slower than the ops they replace (ORT 1.31, 2 cores, batch 256:
 # the fully fused graph ran 0.88x the attention-only one; SkipLayerNormalization alone took 13% of the
 # time). GPU graphs keep them all; export.make_session also turns their session-time passes off on CPU.
-CPU_SLOW_FUSIONS = ("enable_skip_layer_norm", "enable_bias_skip_layer_norm", "enable_embed_layer_norm",
-                    "enable_bias_gelu")
+CPU_SLOW_FUSIONS = (
+    "enable_skip_layer_norm",
+    "enable_bias_skip_layer_norm",
+    "enable_embed_layer_norm",
+    "enable_bias_gelu",
+)
 
 
 def _save(model: onnx.ModelProto, target: Path) -> Path:
@@ -53,8 +57,14 @@ def fuse(fp32: Path, target: Path, num_heads: int, hidden_size: int, host: str =
         setattr(options, name, False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        opt = optimize_model(str(fp32), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                             optimization_options=options, opt_level=0)
+        opt = optimize_model(
+            str(fp32),
+            model_type="bert",
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            optimization_options=options,
+            opt_level=0,
+        )
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
     return _save(opt.model, target), stats
 
@@ -83,24 +93,39 @@ def quantize_int8(fused: Path, target: Path) -> Path:
 
     graph = onnx.load(str(fused), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
-    encoder = [n.name for n in graph.node if any(i in weights for i in n.input)
-               and (n.op_type == "Attention" or (n.op_type == "MatMul" and "/bert/" in n.name))]
+    encoder = [
+        n.name
+        for n in graph.node
+        if any(i in weights for i in n.input)
+        and (n.op_type == "Attention" or (n.op_type == "MatMul" and "/bert/" in n.name))
+    ]
     with atomic_path(target) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(fused), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=encoder,
-                         op_types_to_quantize=["MatMul", "Attention"],
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(fused),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_quantize=encoder,
+            op_types_to_quantize=["MatMul", "Attention"],
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     return target
 
 
-def build_variants(fp32: Path, out_dir: Path, num_heads: int, hidden_size: int
-                   ) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
+def build_variants(
+    fp32: Path, out_dir: Path, num_heads: int, hidden_size: int
+) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
     """Every variant beside `fp32`; also the fused-operator counts of the CPU and GPU graphs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     fused, cpu_ops = fuse(fp32, out_dir / "fused.onnx", num_heads, hidden_size, host="cpu")
     fused_gpu, gpu_ops = fuse(fp32, out_dir / "fused-gpu.onnx", num_heads, hidden_size, host="cuda")
-    paths = {FP32: fp32, FUSED: fused, INT8: quantize_int8(fused, out_dir / "int8.onnx"),
-             FP16: to_fp16(fused_gpu, out_dir / "fp16.onnx")}
+    paths = {
+        FP32: fp32,
+        FUSED: fused,
+        INT8: quantize_int8(fused, out_dir / "int8.onnx"),
+        FP16: to_fp16(fused_gpu, out_dir / "fp16.onnx"),
+    }
     return paths, {FUSED: cpu_ops, FP16: gpu_ops}
 
 
@@ -140,8 +165,10 @@ def check_variant(
     report.valid_ndcg10 = valid_ndcg()
     report.relative_loss = (reference_ndcg - report.valid_ndcg10) / reference_ndcg if reference_ndcg > 0 else 0.0
     report.eligible = report.relative_loss <= max_relative_loss
-    report.reason = (f"loses {report.relative_loss:+.2%} validation NDCG@10 vs PyTorch "
-                     f"({'within' if report.eligible else 'beyond'} the {max_relative_loss:.0%} limit)")
+    report.reason = (
+        f"loses {report.relative_loss:+.2%} validation NDCG@10 vs PyTorch "
+        f"({'within' if report.eligible else 'beyond'} the {max_relative_loss:.0%} limit)"
+    )
     return report
 
 

@@ -28,9 +28,14 @@ class Prepared:
 
     def lineage(self) -> dict[str, int]:
         s = self.split
-        return {"users": len(s.users), "items": s.catalogue.n_items, "train_interactions": s.n_train(),
-                "eval_users": int(len(s.eval_users)), "train_examples": len(self.examples),
-                "distinct_instruction_texts": len(self.examples.texts)}
+        return {
+            "users": len(s.users),
+            "items": s.catalogue.n_items,
+            "train_interactions": s.n_train(),
+            "eval_users": int(len(s.eval_users)),
+            "train_examples": len(self.examples),
+            "distinct_instruction_texts": len(self.examples.texts),
+        }
 
 
 def prepare(cfg: Config, interactions: pl.DataFrame, items: pl.DataFrame, noun: str) -> Prepared:
@@ -42,8 +47,15 @@ def prepare(cfg: Config, interactions: pl.DataFrame, items: pl.DataFrame, noun: 
     valid = build_cases(split, e.types, d.max_history, e.seed + VALID_SEED_OFFSET, e.sampled_negatives, target="valid")
     test = build_cases(split, e.types, d.max_history, e.seed, e.sampled_negatives, target="test")
     if e.held_out_templates:
-        test |= build_cases(split, e.types, d.max_history, e.seed + HELD_OUT_SEED_OFFSET, e.sampled_negatives,
-                            target="test", held_out=True)
+        test |= build_cases(
+            split,
+            e.types,
+            d.max_history,
+            e.seed + HELD_OUT_SEED_OFFSET,
+            e.sampled_negatives,
+            target="test",
+            held_out=True,
+        )
     return Prepared(split, examples, valid, test)
 
 
@@ -52,6 +64,8 @@ def require_evaluable(split: SplitData) -> None:
     if len(split.eval_users):
         return
     most = max((len(t) for t in split.train), default=0)
-    rule = (f"too little data to split: at least one user needs 3 interactions (train, validation, test in time); "
-            f"the most any of the {len(split.users)} users has is {most}")
+    rule = (
+        f"too little data to split: at least one user needs 3 interactions (train, validation, test in time); "
+        f"the most any of the {len(split.users)} users has is {most}"
+    )
     raise DataValidationError("the interactions table", [Violation("interactions", "user_id", rule)])

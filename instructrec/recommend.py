@@ -27,9 +27,17 @@ DEFAULT_REQUEST = "P1/I0"
 NEIGHBOUR_TABLE = 50  # nearest items kept per item: the most a reaction can move (serve.neighbours is capped here)
 
 
-def write_bundle(target: Path, tokenizer: BertTokenizerFast, catalogue: Catalogue, max_history: int,
-                 max_text_tokens: int, snapshot_hash: str, serving: dict[str, str] | None = None,
-                 variant_files: dict[str, Path] | None = None, item_vectors: np.ndarray | None = None) -> Path:
+def write_bundle(
+    target: Path,
+    tokenizer: BertTokenizerFast,
+    catalogue: Catalogue,
+    max_history: int,
+    max_text_tokens: int,
+    snapshot_hash: str,
+    serving: dict[str, str] | None = None,
+    variant_files: dict[str, Path] | None = None,
+    item_vectors: np.ndarray | None = None,
+) -> Path:
     """Everything besides the registered fp32 graph that serving needs, the chosen faster variants included."""
     target.mkdir(parents=True, exist_ok=True)
     if item_vectors is not None:
@@ -38,9 +46,16 @@ def write_bundle(target: Path, tokenizer: BertTokenizerFast, catalogue: Catalogu
     for name, path in (variant_files or {}).items():
         (target / VARIANTS_DIR).mkdir(exist_ok=True)
         shutil.copyfile(path, target / VARIANTS_DIR / f"{name}.onnx")
-    manifest = {"item_ids": catalogue.item_ids, "titles": catalogue.titles, "genres": [list(g) for g in catalogue.genres],
-                "noun": catalogue.noun, "max_history": max_history, "max_text_tokens": max_text_tokens,
-                "snapshot_hash": snapshot_hash, "serving": serving or {"cpu": FP32, "cuda": FP32}}
+    manifest = {
+        "item_ids": catalogue.item_ids,
+        "titles": catalogue.titles,
+        "genres": [list(g) for g in catalogue.genres],
+        "noun": catalogue.noun,
+        "max_history": max_history,
+        "max_text_tokens": max_text_tokens,
+        "snapshot_hash": snapshot_hash,
+        "serving": serving or {"cpu": FP32, "cuda": FP32},
+    }
     (target / BUNDLE_MANIFEST).write_text(json.dumps(manifest))
     return target
 
@@ -67,9 +82,14 @@ class Adaptation:
     @classmethod
     def of(cls, serve: ServeConfig, diversity: float | None = None) -> Adaptation:
         """From the serve.* settings; `diversity` (a request's own) overrides serve.diversity."""
-        return cls(demotion=serve.demotion, promotion=serve.promotion, neighbours=serve.neighbours,
-                   diversity=serve.diversity if diversity is None else diversity,
-                   cold_start_diversity=serve.cold_start_diversity, candidates=serve.rerank_candidates)
+        return cls(
+            demotion=serve.demotion,
+            promotion=serve.promotion,
+            neighbours=serve.neighbours,
+            diversity=serve.diversity if diversity is None else diversity,
+            cold_start_diversity=serve.cold_start_diversity,
+            candidates=serve.rerank_candidates,
+        )
 
 
 @dataclass
@@ -86,24 +106,42 @@ class Recommender:
 
     def __post_init__(self) -> None:
         self.scorer = OnnxScorer(f"v{self.version}", self.session, self.tokenizer, self.max_text_tokens)
-        self.popularity = (self.space.popularity if self.space is not None
-                           else item_counts(self.histories, self.catalogue.n_items))
+        self.popularity = (
+            self.space.popularity if self.space is not None else item_counts(self.histories, self.catalogue.n_items)
+        )
         self._neighbours: tuple[np.ndarray, np.ndarray] | None = None  # built on the first reaction
+
     @classmethod
-    def load(cls, onnx_file: Path, bundle: Path, interactions: pl.DataFrame, version: str = "?",
-             threads: int | None = None) -> Recommender:
+    def load(
+        cls, onnx_file: Path, bundle: Path, interactions: pl.DataFrame, version: str = "?", threads: int | None = None
+    ) -> Recommender:
         """threads: ONNX Runtime intra-op threads (None: one per core)."""
         m = json.loads((bundle / BUNDLE_MANIFEST).read_text())
-        catalogue = Catalogue(m["item_ids"], m["titles"], [""] * len(m["item_ids"]), [tuple(g) for g in m["genres"]], m["noun"])
+        catalogue = Catalogue(
+            m["item_ids"], m["titles"], [""] * len(m["item_ids"]), [tuple(g) for g in m["genres"]], m["noun"]
+        )
         tokenizer = BertTokenizerFast.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)
         graph, variant = serving_graph(onnx_file, bundle)
         histories = user_histories(interactions, catalogue)
         space = None
         if (bundle / ITEM_VECTORS).exists():
-            space = ItemSpace.build(np.load(bundle / ITEM_VECTORS), catalogue.genres,
-                                    item_counts(histories, catalogue.n_items), len(histories))
-        rec = cls(make_session(graph, threads=threads), tokenizer, catalogue, histories, m["max_history"], m["max_text_tokens"], version,
-                  variant, space)
+            space = ItemSpace.build(
+                np.load(bundle / ITEM_VECTORS),
+                catalogue.genres,
+                item_counts(histories, catalogue.n_items),
+                len(histories),
+            )
+        rec = cls(
+            make_session(graph, threads=threads),
+            tokenizer,
+            catalogue,
+            histories,
+            m["max_history"],
+            m["max_text_tokens"],
+            version,
+            variant,
+            space,
+        )
         if space is not None:  # before the first request, not during it
             rec._neighbours = nearest_neighbours(space.unit, NEIGHBOUR_TABLE)
         return rec
@@ -114,14 +152,24 @@ class Recommender:
             return free_text_instruction(instruction, history, self.max_history, self.catalogue)
         if len(history):
             return make_instruction(DEFAULT_REQUEST, 0, self.catalogue, history, None, self.max_history)
-        return free_text_instruction(f"Recommend a popular {self.catalogue.noun}.", history, self.max_history, self.catalogue)
+        return free_text_instruction(
+            f"Recommend a popular {self.catalogue.noun}.", history, self.max_history, self.catalogue
+        )
 
     def indices(self, item_ids: Iterable[str]) -> np.ndarray:
         """Catalogue indices of the ids this model knows (others, e.g. items added since, are skipped)."""
         return np.asarray([self.catalogue.index[i] for i in item_ids if i in self.catalogue.index], dtype=np.int64)
 
-    def recommend(self, user_id: str, instruction: str | None = None, k: int = 10, exclude: Iterable[str] = (),
-                  liked: Iterable[str] = (), disliked: Iterable[str] = (), adapt: Adaptation = Adaptation()) -> dict:
+    def recommend(
+        self,
+        user_id: str,
+        instruction: str | None = None,
+        k: int = 10,
+        exclude: Iterable[str] = (),
+        liked: Iterable[str] = (),
+        disliked: Iterable[str] = (),
+        adapt: Adaptation = Adaptation(),
+    ) -> dict:
         """Top-k for the user, never an item of their history nor one in `exclude` (item ids already judged).
 
         liked: items the user liked this session, read as the newest part of their history, whose
@@ -154,16 +202,25 @@ class Recommender:
         sims = (space.unit @ space.unit[col]).astype(np.float64)
         sims[np.concatenate([[col], self.indices(exclude) - 1])] = -np.inf
         top = self._pick(sims, k, 0.0, 0)
-        items = [{"rank": r + 1, "item_id": self.catalogue.item_ids[c], "title": self.catalogue.titles[c],
-                  "score": round(float(sims[c]), 4), "reason": f"like {self.catalogue.titles[col]}"}
-                 for r, c in enumerate(top)]
+        items = [
+            {
+                "rank": r + 1,
+                "item_id": self.catalogue.item_ids[c],
+                "title": self.catalogue.titles[c],
+                "score": round(float(sims[c]), 4),
+                "reason": f"like {self.catalogue.titles[col]}",
+            }
+            for r, c in enumerate(top)
+        ]
         return {"item_id": item_id, "title": self.catalogue.titles[col], "model_version": self.version, "items": items}
 
     # -- parts ----------------------------------------------------------------
     def _require_space(self) -> ItemSpace:
         if self.space is None:
-            raise LookupError(f"model v{self.version} was exported without item vectors (before similar items existed); "
-                              "serve a version trained since")
+            raise LookupError(
+                f"model v{self.version} was exported without item vectors (before similar items existed); "
+                "serve a version trained since"
+            )
         return self.space
 
     def _nudge(self, scores: np.ndarray, reacted: np.ndarray, strength: float, neighbours: int) -> np.ndarray:
@@ -198,21 +255,44 @@ class Recommender:
         scores = np.log1p(self.popularity)
         scores[blocked] = -np.inf
         top = self._pick(scores, k, adapt.cold_start_diversity, adapt.candidates)
-        items = [{"rank": r + 1, "item_id": self.catalogue.item_ids[c], "title": self.catalogue.titles[c],
-                  "score": round(float(scores[c]), 4), "reason": f"popular: {int(self.popularity[c])} people have it"}
-                 for r, c in enumerate(top)]
-        return {**self._head(user_id, False, f"popular {plural(self.catalogue.noun)}, varied", "P0/popular"), "items": items}
+        items = [
+            {
+                "rank": r + 1,
+                "item_id": self.catalogue.item_ids[c],
+                "title": self.catalogue.titles[c],
+                "score": round(float(scores[c]), 4),
+                "reason": f"popular: {int(self.popularity[c])} people have it",
+            }
+            for r, c in enumerate(top)
+        ]
+        return {
+            **self._head(user_id, False, f"popular {plural(self.catalogue.noun)}, varied", "P0/popular"),
+            "items": items,
+        }
 
     def _head(self, user_id: str, known: bool, instruction: str, type_: str) -> dict:
-        return {"user_id": user_id, "known_user": known, "instruction": instruction, "instruction_type": type_,
-                "model_version": self.version, "provider": self.session.provider, "variant": self.variant}
+        return {
+            "user_id": user_id,
+            "known_user": known,
+            "instruction": instruction,
+            "instruction_type": type_,
+            "model_version": self.version,
+            "provider": self.session.provider,
+            "variant": self.variant,
+        }
 
-    def _item(self, col: int, score: float, rank: int, history: np.ndarray, liked: set[int], request: str | None) -> dict:
+    def _item(
+        self, col: int, score: float, rank: int, history: np.ndarray, liked: set[int], request: str | None
+    ) -> dict:
         """One listed item with the reason a person reads: the history item behind it, the words it matches."""
-        out = {"rank": rank + 1, "item_id": self.catalogue.item_ids[col], "title": self.catalogue.titles[col],
-               "score": round(float(score), 4)}
+        out = {
+            "rank": rank + 1,
+            "item_id": self.catalogue.item_ids[col],
+            "title": self.catalogue.titles[col],
+            "score": round(float(score), 4),
+        }
         parts = []
-        cited = cite(col, history[-self.max_history:] - 1, self.space.unit) if self.space is not None else None
+        cited = cite(col, history[-self.max_history :] - 1, self.space.unit) if self.space is not None else None
         if cited is not None:
             out["because"] = self.catalogue.item_ids[cited]
             source = "which you liked" if cited + 1 in liked else "in your history"
@@ -237,7 +317,7 @@ def top_k_all(rec: Recommender, k: int = 10, batch_size: int = 256) -> pl.DataFr
     rows: dict[str, list] = {"user_id": [], "rank": [], "item_id": [], "score": []}
     ids = np.asarray(rec.catalogue.item_ids)
     for start in range(0, len(users), batch_size):
-        chunk = users[start:start + batch_size]
+        chunk = users[start : start + batch_size]
         requests = [rec.request(rec.histories[user]) for user in chunk]
         padded = pad_histories([ins.history for ins in requests], rec.max_history)
         scores = scorer.score([ins.text for ins in requests], padded).astype(np.float32)
@@ -250,16 +330,26 @@ def top_k_all(rec: Recommender, k: int = 10, batch_size: int = 256) -> pl.DataFr
             rows["rank"] += list(range(1, k + 1))
             rows["item_id"] += ids[order[r]].tolist()
             rows["score"] += scores[r, order[r]].tolist()
-    return pl.DataFrame(rows, schema={"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "score": pl.Float32})
+    return pl.DataFrame(
+        rows, schema={"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "score": pl.Float32}
+    )
 
 
 def item_counts(histories: dict[str, np.ndarray], n_items: int) -> np.ndarray:
     """[n_items] users per item (a history holds an item once)."""
-    return np.bincount(np.concatenate([np.zeros(0, np.int64), *histories.values()]), minlength=n_items + 1)[1:].astype(float)
+    return np.bincount(np.concatenate([np.zeros(0, np.int64), *histories.values()]), minlength=n_items + 1)[1:].astype(
+        float
+    )
 
 
 def user_histories(interactions: pl.DataFrame, catalogue: Catalogue) -> dict[str, np.ndarray]:
     known = interactions.filter(pl.col(schema.ITEM).is_in(pl.Series(catalogue.item_ids).implode()))
-    grouped = (known.with_columns(pl.col(schema.ITEM).replace_strict(catalogue.index, return_dtype=pl.Int64).alias("idx"))
-               .pipe(chronological).group_by(schema.USER, maintain_order=True).agg("idx"))
-    return {u: np.asarray(s, dtype=np.int64) for u, s in zip(grouped[schema.USER], grouped["idx"].to_list(), strict=True)}
+    grouped = (
+        known.with_columns(pl.col(schema.ITEM).replace_strict(catalogue.index, return_dtype=pl.Int64).alias("idx"))
+        .pipe(chronological)
+        .group_by(schema.USER, maintain_order=True)
+        .agg("idx")
+    )
+    return {
+        u: np.asarray(s, dtype=np.int64) for u, s in zip(grouped[schema.USER], grouped["idx"].to_list(), strict=True)
+    }

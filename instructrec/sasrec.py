@@ -42,8 +42,9 @@ class SASRec(nn.Module):
         super().__init__()
         self.config = config
         self.item = nn.Embedding(config.n_items + 1, config.dim, padding_idx=0)
-        self.encoder = CausalEncoder(config.dim, config.max_len, config.n_layers, config.n_heads, config.dropout,
-                                     config.attention_dropout)
+        self.encoder = CausalEncoder(
+            config.dim, config.max_len, config.n_layers, config.n_heads, config.dropout, config.attention_dropout
+        )
         nn.init.normal_(self.item.weight, std=0.02)
         with torch.no_grad():
             self.item.weight[0].zero_()
@@ -79,15 +80,31 @@ class SASRecSettings:
 def baseline_config(cfg: Config, n_items: int) -> SASRecConfig:
     """SASRec's shape from `baseline`, its history length from `data` (the scorer's, so one split serves both)."""
     b = cfg.baseline
-    return SASRecConfig(n_items=n_items, max_len=cfg.data.max_history, dim=b.dim, n_layers=b.n_layers,
-                        n_heads=b.n_heads, dropout=b.dropout, attention_dropout=b.attention_dropout)
+    return SASRecConfig(
+        n_items=n_items,
+        max_len=cfg.data.max_history,
+        dim=b.dim,
+        n_layers=b.n_layers,
+        n_heads=b.n_heads,
+        dropout=b.dropout,
+        attention_dropout=b.attention_dropout,
+    )
 
 
 def baseline_settings(cfg: Config) -> SASRecSettings:
     """SASRec's fit from `baseline`; seed, device and precision follow `train` so both models see one machine."""
     b, t = cfg.baseline, cfg.train
-    return SASRecSettings(epochs=b.epochs, batch_size=b.batch_size, lr=b.lr, weight_decay=0.0, patience=b.patience,
-                          eval_every=b.eval_every, seed=t.seed, device=t.device, mixed_precision=t.mixed_precision)
+    return SASRecSettings(
+        epochs=b.epochs,
+        batch_size=b.batch_size,
+        lr=b.lr,
+        weight_decay=0.0,
+        patience=b.patience,
+        eval_every=b.eval_every,
+        seed=t.seed,
+        device=t.device,
+        mixed_precision=t.mixed_precision,
+    )
 
 
 @dataclass
@@ -98,8 +115,9 @@ class SASRecFit:
     seconds: float
 
 
-def fit_sasrec(model: SASRec, train: list[np.ndarray], s: SASRecSettings,
-               validate: Callable[[SASRec], float]) -> SASRecFit:
+def fit_sasrec(
+    model: SASRec, train: list[np.ndarray], s: SASRecSettings, validate: Callable[[SASRec], float]
+) -> SASRecFit:
     """Full-softmax next-item training on every position; keeps the best-validation weights."""
     torch.manual_seed(s.seed)
     device = torch.device(s.device)
@@ -118,8 +136,12 @@ def fit_sasrec(model: SASRec, train: list[np.ndarray], s: SASRecSettings,
             real = targets > 0  # padded slots cost nothing in the softmax
             with autocast(device, s.mixed_precision):
                 states = model.states(inputs)
-            logp = catalogue_log_prob(states[real], model.item.weight[1:], targets[real] - 1,
-                                      low_precision=s.mixed_precision and bf16_capable(device))
+            logp = catalogue_log_prob(
+                states[real],
+                model.item.weight[1:],
+                targets[real] - 1,
+                low_precision=s.mixed_precision and bf16_capable(device),
+            )
             loss = -logp.mean()
             optim.zero_grad(set_to_none=True)
             loss.backward()

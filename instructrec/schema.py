@@ -12,7 +12,9 @@ TITLE = "title"
 TEXT = "text"
 GENRES = "genres"  # optional attribute column: list[str] (genres, categories)
 YEAR = "year"  # optional attribute column
-ROW = "_row"  # 1-based row number in the source file: names bad rows, and orders same-second events (split.chronological)
+ROW = (
+    "_row"  # 1-based row number in the source file: names bad rows, and orders same-second events (split.chronological)
+)
 
 EVENT_ID = "event_id"
 KIND = "kind"

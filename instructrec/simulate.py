@@ -34,11 +34,18 @@ class Future:
     genres: tuple[str, ...]  # the future's most frequent genres, most frequent first
 
 
-def split_world(interactions: pl.DataFrame, genres: dict[str, tuple[str, ...]], future_share: float = 0.3,
-                min_past: int = 10, like_min: float = 4.0, dislike_max: float = 2.0) -> tuple[pl.DataFrame, dict[str, Future]]:
+def split_world(
+    interactions: pl.DataFrame,
+    genres: dict[str, tuple[str, ...]],
+    future_share: float = 0.3,
+    min_past: int = 10,
+    like_min: float = 4.0,
+    dislike_max: float = 2.0,
+) -> tuple[pl.DataFrame, dict[str, Future]]:
     """(past interactions, user -> Future); users too short to cut keep everything in the past."""
     ranked = chronological(interactions).with_columns(
-        pl.int_range(pl.len()).over(schema.USER).alias("_pos"), pl.len().over(schema.USER).alias("_n"))
+        pl.int_range(pl.len()).over(schema.USER).alias("_pos"), pl.len().over(schema.USER).alias("_n")
+    )
     cut = pl.max_horizontal(pl.lit(min_past), (pl.col("_n") * (1.0 - future_share)).ceil().cast(pl.Int64))
     is_future = pl.col("_pos") >= cut
     past = ranked.filter(~is_future).drop("_pos", "_n")
@@ -48,9 +55,12 @@ def split_world(interactions: pl.DataFrame, genres: dict[str, tuple[str, ...]], 
         react, held = (list(zip(items[i::2], ratings[i::2], strict=True)) for i in (0, 1))
         liked = [i for i, r in react if r is not None and r >= like_min]
         counts = Counter(g for i, r in react + held if r is not None and r >= like_min for g in genres.get(i, ()))
-        futures[str(user[0])] = Future(frozenset(liked), frozenset(i for i, r in react if r is not None and r <= dislike_max),
-                                       frozenset(i for i, r in held if r is not None and r >= like_min),
-                                       tuple(g for g, _ in counts.most_common(2)))
+        futures[str(user[0])] = Future(
+            frozenset(liked),
+            frozenset(i for i, r in react if r is not None and r <= dislike_max),
+            frozenset(i for i, r in held if r is not None and r >= like_min),
+            tuple(g for g, _ in counts.most_common(2)),
+        )
     return past, futures
 
 
@@ -94,8 +104,16 @@ class RoundStats:
         self.failures += other.failures
 
 
-def _react(client: httpx.Client, user: str, listing: dict, future: Future, genre_of: dict[str, tuple[str, ...]],
-           policy: Policy, rng: np.random.Generator, stats: RoundStats) -> None:
+def _react(
+    client: httpx.Client,
+    user: str,
+    listing: dict,
+    future: Future,
+    genre_of: dict[str, tuple[str, ...]],
+    policy: Policy,
+    rng: np.random.Generator,
+    stats: RoundStats,
+) -> None:
     arm = listing["arm"]
     stats.requests[arm] += 1
     stats.impressions[arm] += len(listing["items"])
@@ -107,7 +125,11 @@ def _react(client: httpx.Client, user: str, listing: dict, future: Future, genre
                 kinds.append("more_like_this")
         elif item in future.disliked and rng.random() < policy.dislike:
             kinds.append("dislike")
-        elif future.genres and not set(genre_of.get(item, ())) & set(future.genres) and rng.random() < policy.off_taste_dislike:
+        elif (
+            future.genres
+            and not set(genre_of.get(item, ())) & set(future.genres)
+            and rng.random() < policy.off_taste_dislike
+        ):
             kinds.append("dislike")
         stats.likes[arm] += "like" in kinds
         for kind in kinds:
@@ -123,8 +145,14 @@ def _send(client: httpx.Client, event: dict, stats: RoundStats) -> None:
         stats.failures += 1
 
 
-def play_user(client: httpx.Client, user: str, future: Future, genre_of: dict[str, tuple[str, ...]], policy: Policy,
-              rng: np.random.Generator) -> RoundStats:
+def play_user(
+    client: httpx.Client,
+    user: str,
+    future: Future,
+    genre_of: dict[str, tuple[str, ...]],
+    policy: Policy,
+    rng: np.random.Generator,
+) -> RoundStats:
     """One session: a list from the history alone, reactions, and sometimes a request in words."""
     stats = RoundStats()
     response = client.post("/recommend", json={"user_id": user, "k": policy.k})
@@ -156,12 +184,20 @@ def _each_user(base_url: str, users: list[str], seed: int, concurrency: int, pla
         return list(pool.map(one, users))
 
 
-def play_round(base_url: str, futures: dict[str, Future], users: list[str], genre_of: dict[str, tuple[str, ...]],
-               policy: Policy, seed: int, concurrency: int = 8) -> RoundStats:
+def play_round(
+    base_url: str,
+    futures: dict[str, Future],
+    users: list[str],
+    genre_of: dict[str, tuple[str, ...]],
+    policy: Policy,
+    seed: int,
+    concurrency: int = 8,
+) -> RoundStats:
     """Every user once (see play_user)."""
     total = RoundStats()
-    for stats in _each_user(base_url, users, seed, concurrency,
-                            lambda c, u, rng: play_user(c, u, futures[u], genre_of, policy, rng)):
+    for stats in _each_user(
+        base_url, users, seed, concurrency, lambda c, u, rng: play_user(c, u, futures[u], genre_of, policy, rng)
+    ):
         total.merge(stats)
     return total
 
@@ -187,8 +223,15 @@ class SessionStats:
         return sum(self.likes[(arm, p)] for p in pages), sum(self.impressions[(arm, p)] for p in pages)
 
 
-def play_session(client: httpx.Client, user: str, future: Future, genre_of: dict[str, tuple[str, ...]], policy: Policy,
-                 rng: np.random.Generator, pages: int) -> SessionStats:
+def play_session(
+    client: httpx.Client,
+    user: str,
+    future: Future,
+    genre_of: dict[str, tuple[str, ...]],
+    policy: Policy,
+    rng: np.random.Generator,
+    pages: int,
+) -> SessionStats:
     """One user asks for `pages` lists in a row, reacting to each before asking again.
 
     After the first list the user may say what they want in words once (in that request, as in
@@ -220,17 +263,33 @@ def play_session(client: httpx.Client, user: str, future: Future, genre_of: dict
         stats.failures += round_stats.failures
         if page == 0 and future.genres and rng.random() < policy.request:
             text = request_text(future.genres, rng)
-            _send(client, {"request_id": listing["request_id"], "user_id": user, "kind": "instruction", "text": text},
-                  round_stats)
+            _send(
+                client,
+                {"request_id": listing["request_id"], "user_id": user, "kind": "instruction", "text": text},
+                round_stats,
+            )
     return stats
 
 
-def play_sessions(base_url: str, futures: dict[str, Future], users: list[str], genre_of: dict[str, tuple[str, ...]],
-                  policy: Policy, seed: int, pages: int, concurrency: int = 10) -> SessionStats:
+def play_sessions(
+    base_url: str,
+    futures: dict[str, Future],
+    users: list[str],
+    genre_of: dict[str, tuple[str, ...]],
+    policy: Policy,
+    seed: int,
+    pages: int,
+    concurrency: int = 10,
+) -> SessionStats:
     """Every user plays one session of `pages` lists (see play_session)."""
     total = SessionStats()
-    for stats in _each_user(base_url, users, seed, concurrency,
-                            lambda c, u, rng: play_session(c, u, futures[u], genre_of, policy, rng, pages)):
+    for stats in _each_user(
+        base_url,
+        users,
+        seed,
+        concurrency,
+        lambda c, u, rng: play_session(c, u, futures[u], genre_of, policy, rng, pages),
+    ):
         total.merge(stats)
     return total
 

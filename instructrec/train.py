@@ -45,9 +45,17 @@ CHECKPOINT = "last.pt"
 def scorer_config(cfg: Config, n_items: int) -> ScorerConfig:
     """The scorer's shape from `model`, its history length from `data`."""
     m = cfg.model
-    return ScorerConfig(n_items=n_items, max_history=cfg.data.max_history, dim=m.dim, n_layers=m.n_layers,
-                        n_heads=m.n_heads, dropout=m.dropout, attention_dropout=m.attention_dropout,
-                        text_dropout=m.text_dropout, max_text_tokens=m.max_text_tokens)
+    return ScorerConfig(
+        n_items=n_items,
+        max_history=cfg.data.max_history,
+        dim=m.dim,
+        n_layers=m.n_layers,
+        n_heads=m.n_heads,
+        dropout=m.dropout,
+        attention_dropout=m.attention_dropout,
+        text_dropout=m.text_dropout,
+        max_text_tokens=m.max_text_tokens,
+    )
 
 
 def new_scorer(cfg: Config, catalogue: Catalogue) -> tuple[InstructRecScorer, object]:
@@ -63,7 +71,13 @@ def new_scorer(cfg: Config, catalogue: Catalogue) -> tuple[InstructRecScorer, ob
 def can_warm_start(model: InstructRecScorer, sasrec: SASRec) -> bool:
     """Same catalogue, width, depth, heads and history length: SASRec's weights fit the history tower."""
     a, b = model.config, sasrec.config
-    return (a.n_items, a.dim, a.n_layers, a.n_heads, a.max_history) == (b.n_items, b.dim, b.n_layers, b.n_heads, b.max_len)
+    return (a.n_items, a.dim, a.n_layers, a.n_heads, a.max_history) == (
+        b.n_items,
+        b.dim,
+        b.n_layers,
+        b.n_heads,
+        b.max_len,
+    )
 
 
 def warm_start(model: InstructRecScorer, sasrec: SASRec) -> None:
@@ -107,21 +121,47 @@ class FitSettings:
 def representation_settings(cfg: Config) -> FitSettings:
     """The representation stage's fit, from `train` and `model` (every field by name: a new one cannot slip by)."""
     t = cfg.train
-    return FitSettings(stage="representation", epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, bert_lr=t.bert_lr,
-                       weight_decay=t.weight_decay, negatives=t.sampled_negatives, patience=t.patience,
-                       train_bert=cfg.model.train_bert, device=t.device, mixed_precision=t.mixed_precision, seed=t.seed,
-                       full_softmax=t.full_softmax, history_loss_weight=t.history_loss_weight, eval_every=t.eval_every)
+    return FitSettings(
+        stage="representation",
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        bert_lr=t.bert_lr,
+        weight_decay=t.weight_decay,
+        negatives=t.sampled_negatives,
+        patience=t.patience,
+        train_bert=cfg.model.train_bert,
+        device=t.device,
+        mixed_precision=t.mixed_precision,
+        seed=t.seed,
+        full_softmax=t.full_softmax,
+        history_loss_weight=t.history_loss_weight,
+        eval_every=t.eval_every,
+    )
 
 
 def feedback_settings(cfg: Config, online: bool = False) -> FitSettings:
     """Fine-tuning on feedback: offline (labelled ratings) or online (served traffic, last epoch kept)."""
     t, f = cfg.train, cfg.feedback
     epochs, lr = (f.online_epochs, f.online_lr) if online else (f.epochs, f.lr)
-    return FitSettings(stage="online_feedback" if online else "feedback", epochs=epochs, batch_size=t.batch_size, lr=lr,
-                       bert_lr=t.bert_lr / 3, weight_decay=t.weight_decay, negatives=t.sampled_negatives,
-                       patience=epochs, train_bert=cfg.model.train_bert, device=t.device,
-                       mixed_precision=t.mixed_precision, seed=t.seed + 1, dislike_weight=f.dislike_weight,
-                       full_softmax=t.full_softmax, history_loss_weight=t.history_loss_weight, select_best=not online)
+    return FitSettings(
+        stage="online_feedback" if online else "feedback",
+        epochs=epochs,
+        batch_size=t.batch_size,
+        lr=lr,
+        bert_lr=t.bert_lr / 3,
+        weight_decay=t.weight_decay,
+        negatives=t.sampled_negatives,
+        patience=epochs,
+        train_bert=cfg.model.train_bert,
+        device=t.device,
+        mixed_precision=t.mixed_precision,
+        seed=t.seed + 1,
+        dislike_weight=f.dislike_weight,
+        full_softmax=t.full_softmax,
+        history_loss_weight=t.history_loss_weight,
+        select_best=not online,
+    )
 
 
 @dataclass
@@ -141,11 +181,20 @@ OnEpoch = Callable[[dict], None]
 class _TextInputs:
     """Instruction text -> BERT vector: a frozen cache, or live BERT on the batch's unique texts."""
 
-    def __init__(self, model: InstructRecScorer, tokenizer, texts: list[str], live: bool, device: str,
-                 cache: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        model: InstructRecScorer,
+        tokenizer,
+        texts: list[str],
+        live: bool,
+        device: str,
+        cache: dict[str, torch.Tensor] | None = None,
+    ):
         self.model, self.live = model, live
         if live:
-            enc = tokenizer(texts, padding=True, truncation=True, max_length=model.config.max_text_tokens, return_tensors="pt")
+            enc = tokenizer(
+                texts, padding=True, truncation=True, max_length=model.config.max_text_tokens, return_tensors="pt"
+            )
             self.ids, self.mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         else:
             self.table = model.text_vectors(tokenizer, texts, cache)
@@ -168,8 +217,14 @@ def candidate_log_q(targets: np.ndarray, n_items: int, batch_size: int, negative
     return torch.as_tensor(np.log(expected), dtype=torch.float32)
 
 
-def _history_loss(model: InstructRecScorer, states: torch.Tensor, seq: torch.Tensor, label: torch.Tensor,
-                  items: torch.Tensor, low_precision: bool = False) -> torch.Tensor:
+def _history_loss(
+    model: InstructRecScorer,
+    states: torch.Tensor,
+    seq: torch.Tensor,
+    label: torch.Tensor,
+    items: torch.Tensor,
+    low_precision: bool = False,
+) -> torch.Tensor:
     """Auxiliary next-item loss on the bare history states (SASRec's objective) at every real transition.
 
     Every slot of every window trains the history encoder, whatever instruction type the slot drew,
@@ -221,7 +276,11 @@ def fit(
             model.load_state_dict(state["model"])
             optim.load_state_dict(state["optim"])
             best_state, start_epoch = state["best_state"], state["epoch"] + 1
-            result.history, result.best_epoch, result.best_metric = state["history"], state["best_epoch"], state["best_metric"]
+            result.history, result.best_epoch, result.best_metric = (
+                state["history"],
+                state["best_epoch"],
+                state["best_metric"],
+            )
             result.resumed_from = state["epoch"]
             if state.get("finished"):
                 start_epoch, result.reused = s.epochs, True
@@ -235,11 +294,16 @@ def fit(
         model.load_state_dict(best_state)
         return result
     texts = _TextInputs(model, tokenizer, examples.texts, s.train_bert, s.device, None if s.train_bert else text_cache)
-    tensors = {name: torch.as_tensor(getattr(examples, name), device=device)
-               for name in ("seq", "text_id", "use_history", "label", "weight")}
+    tensors = {
+        name: torch.as_tensor(getattr(examples, name), device=device)
+        for name in ("seq", "text_id", "use_history", "label", "weight")
+    }
     n_items = model.config.n_items
-    log_q = candidate_log_q(examples.target, n_items, s.batch_size * examples.seq.shape[1], s.negatives).to(device) \
-        if s.logq_correction and not s.full_softmax else None
+    log_q = (
+        candidate_log_q(examples.target, n_items, s.batch_size * examples.seq.shape[1], s.negatives).to(device)
+        if s.logq_correction and not s.full_softmax
+        else None
+    )
     low_precision = s.mixed_precision and bf16_capable(device)
     seen = 0
     started = time.perf_counter()
@@ -252,8 +316,13 @@ def fit(
         losses, t0, n_epoch = [], time.perf_counter(), 0
         batches = range(0, len(order), s.batch_size)
         # disable=None: bars only on a terminal (a log file would get one line of carriage returns per stage)
-        for b in tqdm(batches, desc=f"{s.stage} epoch {epoch + 1}/{s.epochs}", disable=None if progress else True, leave=False,
-                      mininterval=2.0):
+        for b in tqdm(
+            batches,
+            desc=f"{s.stage} epoch {epoch + 1}/{s.epochs}",
+            disable=None if progress else True,
+            leave=False,
+            mininterval=2.0,
+        ):
             rows = order[b : b + s.batch_size]
             seq, weight = tensors["seq"][rows], tensors["weight"][rows]
             at = weight > 0
@@ -262,16 +331,20 @@ def fit(
                 items = model.item_vectors()
                 inputs = seq[:, :-1]
                 states = model.history_states(inputs, items)
-                q = model.window_queries(texts(tensors["text_id"][rows][at]), states, inputs, tensors["use_history"][rows],
-                                         at)
+                q = model.window_queries(
+                    texts(tensors["text_id"][rows][at]), states, inputs, tensors["use_history"][rows], at
+                )
                 if s.full_softmax:
                     loss = full_softmax_loss(model, q, target, label, weight, items, s.dislike_weight, low_precision)
                 else:
                     negatives = torch.randint(1, n_items + 1, (s.negatives,), generator=gen).to(device)
-                    loss = sampled_softmax_loss(model, q, target, label, weight, negatives, items, s.dislike_weight, log_q)
+                    loss = sampled_softmax_loss(
+                        model, q, target, label, weight, negatives, items, s.dislike_weight, log_q
+                    )
                 if s.history_loss_weight > 0:
-                    loss = loss + s.history_loss_weight * _history_loss(model, states, seq, tensors["label"][rows], items,
-                                                                        low_precision)
+                    loss = loss + s.history_loss_weight * _history_loss(
+                        model, states, seq, tensors["label"][rows], items, low_precision
+                    )
             optim.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -290,9 +363,20 @@ def fit(
             result.best_metric, result.best_epoch = metrics["ndcg@10"], epoch
             best_state = copy.deepcopy(model.state_dict())
         if ckpt:  # before the callback: a failing logger never loses a finished epoch
-            _save_checkpoint(ckpt, {"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
-                                    "optim": optim.state_dict(), "best_state": best_state, "best_epoch": result.best_epoch,
-                                    "best_metric": result.best_metric, "history": result.history, "finished": False})
+            _save_checkpoint(
+                ckpt,
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optim": optim.state_dict(),
+                    "best_state": best_state,
+                    "best_epoch": result.best_epoch,
+                    "best_metric": result.best_metric,
+                    "history": result.history,
+                    "finished": False,
+                },
+            )
         if on_epoch:
             on_epoch(row)
     model.load_state_dict(best_state)
@@ -300,7 +384,18 @@ def fit(
     elapsed = time.perf_counter() - started
     result.examples_per_s = seen / elapsed if seen else 0.0
     if ckpt:
-        _save_checkpoint(ckpt, {"fingerprint": fingerprint, "epoch": result.history[-1]["epoch"], "model": model.state_dict(),
-                                "optim": optim.state_dict(), "best_state": best_state, "best_epoch": result.best_epoch,
-                                "best_metric": result.best_metric, "history": result.history, "finished": True})
+        _save_checkpoint(
+            ckpt,
+            {
+                "fingerprint": fingerprint,
+                "epoch": result.history[-1]["epoch"],
+                "model": model.state_dict(),
+                "optim": optim.state_dict(),
+                "best_state": best_state,
+                "best_epoch": result.best_epoch,
+                "best_metric": result.best_metric,
+                "history": result.history,
+                "finished": True,
+            },
+        )
     return result

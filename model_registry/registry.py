@@ -37,7 +37,8 @@ class RegistryUnavailable(RuntimeError):
 def _absent(exc: MlflowException) -> bool:
     """Whether MLflow said "no such model / alias" (as opposed to failing to answer)."""
     return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
-        exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
+        exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)
+    )
 
 
 def _lookup(ask, missing, what: str):
@@ -48,7 +49,9 @@ def _lookup(ask, missing, what: str):
         if _absent(exc):
             return missing
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise RegistryUnavailable(f"the MLflow registry at {mlflow.get_tracking_uri()} did not answer ({what}): {first}") from exc
+        raise RegistryUnavailable(
+            f"the MLflow registry at {mlflow.get_tracking_uri()} did not answer ({what}): {first}"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,8 @@ MODEL_DESCRIPTION = (
     "(the user's preference and intention). Each version is the ONNX graph of one pipeline run, with its "
     "PyTorch checkpoint and serving bundle in the run's artifacts. Aliases: `champion` serves; `challenger` "
     "gets an A/B share of traffic; `previous-champion` is the rollback target. Each version's description "
-    "gives its gate decision, check by check.")
+    "gives its gate decision, check by check."
+)
 
 
 def describe(version: str, text: str, tags: dict[str, str], name: str = MODEL_NAME) -> None:
@@ -145,13 +149,20 @@ def describe(version: str, text: str, tags: dict[str, str], name: str = MODEL_NA
 
 def download_checkpoint(ref: VersionRef, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
-    return Path(mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(dst)))
+    return Path(
+        mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(dst))
+    )
 
 
 def download_serving(ref: VersionRef, dst: Path) -> tuple[Path, Path]:
     """(directory holding model.onnx, serving bundle directory) for a version."""
     dst.mkdir(parents=True, exist_ok=True)
-    onnx_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{ref.version}",
-                                                        dst_path=str(dst / "onnx")))
-    bundle = Path(mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=SERVING_ARTIFACT, dst_path=str(dst)))
+    onnx_dir = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{MODEL_NAME}/{ref.version}", dst_path=str(dst / "onnx")
+        )
+    )
+    bundle = Path(
+        mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=SERVING_ARTIFACT, dst_path=str(dst))
+    )
     return onnx_dir, bundle

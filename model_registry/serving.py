@@ -23,8 +23,9 @@ def load_version(cfg: Config, ref: registry.VersionRef) -> Recommender:
     manifest = json.loads((bundle / BUNDLE_MANIFEST).read_text())
     snapshot = load_snapshot(cfg.paths.snapshots / manifest["snapshot_hash"][:16])
     interactions = read_table(snapshot, "interactions")
-    return Recommender.load(local / "onnx" / "model.onnx", bundle, interactions, ref.version,
-                            cfg.serve.onnx_threads or None)
+    return Recommender.load(
+        local / "onnx" / "model.onnx", bundle, interactions, ref.version, cfg.serve.onnx_threads or None
+    )
 
 
 def load_champion(cfg: Config) -> Recommender:

@@ -18,9 +18,11 @@ from prefect.events.schemas.automations import EventTrigger, Posture
 FAILURE_AUTOMATION = "instructrec-flow-failed"
 NOTIFY_BLOCK = "instructrec-failure-webhook"
 FAILED_STATES = ("prefect.flow-run.Failed", "prefect.flow-run.Crashed")
-MESSAGE = ('{"text": "InstructRec flow run {{ flow_run.name }} ({{ flow.name }}) ended {{ flow_run.state.name }}: '
-           '{{ flow_run.state.message | replace(\'\\"\', \'\') }}", "flow_run_id": "{{ flow_run.id }}", '
-           '"state": "{{ flow_run.state.name }}"}')
+MESSAGE = (
+    '{"text": "InstructRec flow run {{ flow_run.name }} ({{ flow.name }}) ended {{ flow_run.state.name }}: '
+    '{{ flow_run.state.message | replace(\'\\"\', \'\') }}", "flow_run_id": "{{ flow_run.id }}", '
+    '"state": "{{ flow_run.state.name }}"}'
+)
 
 
 def failure_automation(notify_url: str | None) -> Automation:
@@ -30,11 +32,19 @@ def failure_automation(notify_url: str | None) -> Automation:
         action = CallWebhook(block_document_id=block_id, payload=MESSAGE)
     else:
         action = DoNothing()
-    trigger = EventTrigger(expect=set(FAILED_STATES), match={"prefect.resource.id": "prefect.flow-run.*"},
-                           match_related={"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.instructrec"},
-                           posture=Posture.Reactive, threshold=1)
-    return Automation(name=FAILURE_AUTOMATION, description="A failed or crashed InstructRec flow run: notify.",
-                      trigger=trigger, actions=[action])
+    trigger = EventTrigger(
+        expect=set(FAILED_STATES),
+        match={"prefect.resource.id": "prefect.flow-run.*"},
+        match_related={"prefect.resource.role": "tag", "prefect.resource.id": "prefect.tag.instructrec"},
+        posture=Posture.Reactive,
+        threshold=1,
+    )
+    return Automation(
+        name=FAILURE_AUTOMATION,
+        description="A failed or crashed InstructRec flow run: notify.",
+        trigger=trigger,
+        actions=[action],
+    )
 
 
 def install(notify_url: str | None = None) -> Automation:

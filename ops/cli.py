@@ -86,7 +86,9 @@ def _similar(args: argparse.Namespace) -> int:
     try:
         print(json.dumps(rec.similar(args.item_id, args.k), indent=2))
     except KeyError:
-        print(f"error: unknown item id {args.item_id!r} (not in the champion v{rec.version}'s catalogue)", file=sys.stderr)
+        print(
+            f"error: unknown item id {args.item_id!r} (not in the champion v{rec.version}'s catalogue)", file=sys.stderr
+        )
         return EXIT_BAD_INPUT
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -115,18 +117,30 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.set)
     cfg = load_config(args.profile, overrides=overrides)
-    for key, value in SERVE_MLFLOW_DEFAULTS.items():  # an outage shows in /health in seconds, not after minutes of retries
+    for (
+        key,
+        value,
+    ) in SERVE_MLFLOW_DEFAULTS.items():  # an outage shows in /health in seconds, not after minutes of retries
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.host or cfg.serve.host, args.port or cfg.serve.port
     if host not in LOCAL_HOSTS and not os.environ.get(cfg.serve.api_token_env):
-        print(f"error: serving on {host} (beyond this machine) needs an API token: export {cfg.serve.api_token_env}="
-              "<a long random string> and send 'Authorization: Bearer <it>' with every request", file=sys.stderr)
+        print(
+            f"error: serving on {host} (beyond this machine) needs an API token: export {cfg.serve.api_token_env}="
+            "<a long random string> and send 'Authorization: Bearer <it>' with every request",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     if cfg.serve.workers > 1:  # processes share sessions and requests through the event logs (service.app.SharedState)
         os.environ[SERVE_ENV] = json.dumps({"profile": args.profile, "overrides": overrides})
-        uvicorn.run("service.app:app_from_environment", factory=True, workers=cfg.serve.workers, host=host, port=port,
-                    log_level="warning")
+        uvicorn.run(
+            "service.app:app_from_environment",
+            factory=True,
+            workers=cfg.serve.workers,
+            host=host,
+            port=port,
+            log_level="warning",
+        )
         return 0
     registry.connect(cfg.paths.tracking_uri)
     uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
@@ -136,7 +150,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from flows.feedback import feedback_loop
 
-    print(feedback_loop(profile=args.profile, data=args.data, force=args.force, overrides=parse_overrides(args.set)).render())
+    print(
+        feedback_loop(
+            profile=args.profile, data=args.data, force=args.force, overrides=parse_overrides(args.set)
+        ).render()
+    )
     return 0
 
 
@@ -148,9 +166,20 @@ def _simulate(args: argparse.Namespace) -> int:
     _, futures, genre_of = build_world(cfg, args.future_share)
     users = sorted(u for u, f in futures.items() if f.liked or f.evaluation)[: args.users or None]
     stats = play_round(args.url, futures, users, genre_of, Policy(), args.seed, args.concurrency)
-    print(json.dumps({"users": len(users), "requests": dict(stats.requests), "impressions": dict(stats.impressions),
-                      "likes": dict(stats.likes), "like_rate": stats.like_rate(), "events": stats.events,
-                      "failures": stats.failures}, indent=2))
+    print(
+        json.dumps(
+            {
+                "users": len(users),
+                "requests": dict(stats.requests),
+                "impressions": dict(stats.impressions),
+                "likes": dict(stats.likes),
+                "like_rate": stats.like_rate(),
+                "events": stats.events,
+                "failures": stats.failures,
+            },
+            indent=2,
+        )
+    )
     return 0 if stats.failures == 0 else 1
 
 
@@ -178,7 +207,9 @@ def _stack(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     e = stack.endpoints
-    print(f"Prefect UI   {e.prefect_ui}\nPrefect API  {e.prefect_api}\nMLflow UI    {e.mlflow}  (store {e.backend_store})")
+    print(
+        f"Prefect UI   {e.prefect_ui}\nPrefect API  {e.prefect_api}\nMLflow UI    {e.mlflow}  (store {e.backend_store})"
+    )
     print("running:", ", ".join(f"{n} (pid {p})" for n, p in stack.running().items()) or "nothing")
     print(f"use it from a shell: source {stack.dir / 'env'}")
     return 0
@@ -189,15 +220,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pipeline", help="ingest, validate, train, fine-tune, evaluate, export and gate")
     p.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
-    p.add_argument("--data", default=None, help="'movielens-100k' (default), 'movielens-1m', or a directory with interactions.* and items.*")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=5 --set train.seed=3 (repeatable)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="'movielens-100k' (default), 'movielens-1m', or a directory with interactions.* and items.*",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=5 --set train.seed=3 (repeatable)",
+    )
     p.set_defaults(run=_pipeline)
     r = sub.add_parser("recommend", help="top-k from the champion's ONNX scorer, as JSON")
     r.add_argument("--user-id", required=True)
     r.add_argument("--instruction", default=None, help="free-text request, e.g. 'a funny animated film'")
     r.add_argument("-k", type=int, default=10)
-    r.add_argument("--diversity", type=float, default=None, help="MMR re-ranking weight, 0 to 1 (default serve.diversity)")
+    r.add_argument(
+        "--diversity", type=float, default=None, help="MMR re-ranking weight, 0 to 1 (default serve.diversity)"
+    )
     r.set_defaults(run=_recommend)
     si = sub.add_parser("similar", help="the champion's nearest items to one item (item tower), as JSON")
     si.add_argument("--item-id", required=True)
@@ -210,8 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
     sv.add_argument("--host", default=None, help="default: serve.host (127.0.0.1)")
     sv.add_argument("--port", type=int, default=None, help="default: serve.port (8000)")
-    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="e.g. --set serve.session_share=0.5 --set serve.diversity=0.2 (repeatable)")
+    sv.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="e.g. --set serve.session_share=0.5 --set serve.diversity=0.2 (repeatable)",
+    )
     sv.set_defaults(run=_serve)
     ft = sub.add_parser("finetune", help="judge the running A/B test, then tune a challenger on new feedback")
     ft.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
@@ -230,17 +277,30 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train on the past, serve, simulate, fine-tune, A/B gate, promote: round by round")
     d.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
     d.add_argument("--rounds", type=int, default=3)
-    d.add_argument("--feedback-share", type=float, default=0.7,
-                   help="share of users who play, a fresh cohort each round (the rest: control)")
+    d.add_argument(
+        "--feedback-share",
+        type=float,
+        default=0.7,
+        help="share of users who play, a fresh cohort each round (the rest: control)",
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     d.set_defaults(run=_demo)
     st = sub.add_parser("stack", help="local Prefect server + worker + MLflow server, deployments from prefect.yaml")
     st.add_argument("action", choices=["up", "down", "status"])
-    st.add_argument("--backend", choices=["sqlite", "postgres"], default=None,
-                    help="MLflow's store (default: stack.backend, or env MLFLOW_BACKEND)")
-    st.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="e.g. --set stack.prefect_port=4201 --set stack.mlflow_port=5001")
+    st.add_argument(
+        "--backend",
+        choices=["sqlite", "postgres"],
+        default=None,
+        help="MLflow's store (default: stack.backend, or env MLFLOW_BACKEND)",
+    )
+    st.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="e.g. --set stack.prefect_port=4201 --set stack.mlflow_port=5001",
+    )
     st.set_defaults(run=_stack)
     return parser
 

@@ -39,8 +39,13 @@ def build_world(cfg: Config, future_share: float) -> tuple[Path, dict[str, Futur
     data = cfg.paths.home / WORLD / "data"
     write_parquet(past.drop(schema.ROW), data / "interactions.parquet")  # in time order: its rows keep the tie order
     write_parquet(items, data / "items.parquet")
-    write_json({u: {k: sorted(v) if isinstance(v, frozenset) else list(v) for k, v in f.__dict__.items()}
-                for u, f in futures.items()}, cfg.paths.home / WORLD / "futures.json")
+    write_json(
+        {
+            u: {k: sorted(v) if isinstance(v, frozenset) else list(v) for k, v in f.__dict__.items()}
+            for u, f in futures.items()
+        },
+        cfg.paths.home / WORLD / "futures.json",
+    )
     return data, futures, genre_of
 
 
@@ -50,7 +55,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(profile: str, port: int, log_file: Path, settings: dict[str, object] | None = None) -> subprocess.Popen:
+def start_service(
+    profile: str, port: int, log_file: Path, settings: dict[str, object] | None = None
+) -> subprocess.Popen:
     """`instructrec serve` in its own process; settings: config overrides, e.g. {"serve.session_share": 0.5}."""
     cmd = [sys.executable, "-m", "ops.cli", "serve", "--profile", profile, "--port", str(port)]
     cmd += [arg for key, value in (settings or {}).items() for arg in ("--set", f"{key}={value}")]
@@ -91,15 +98,23 @@ def offline_ndcg(cfg: Config, futures: dict[str, Future], groups: dict[str, list
         rec = load_version(cfg, registry.get_alias(alias))
         scores = {}
         for name, users in groups.items():
-            lists = {u: [r["item_id"] for r in rec.recommend(u, None, 10, futures[u].liked | futures[u].disliked)["items"]]
-                     for u in users}
+            lists = {
+                u: [r["item_id"] for r in rec.recommend(u, None, 10, futures[u].liked | futures[u].disliked)["items"]]
+                for u in users
+            }
             scores[name] = future_ndcg(lists, futures)
         out[f"{alias} v{version}"] = scores
     return out
 
 
-def run_demo(profile: Profile, rounds: int, feedback_share: float, seed: int, overrides: dict | None = None,
-             future_share: float = 0.3) -> list[dict]:
+def run_demo(
+    profile: Profile,
+    rounds: int,
+    feedback_share: float,
+    seed: int,
+    overrides: dict | None = None,
+    future_share: float = 0.3,
+) -> list[dict]:
     from flows.feedback import feedback_loop
     from flows.training import training_pipeline
 
@@ -129,12 +144,25 @@ def run_demo(profile: Profile, rounds: int, feedback_share: float, seed: int, ov
             stats = play_round(url, futures, cohorts[r - 1], genre_of, Policy(), seed * 1000 + r)
             loop = feedback_loop(profile=profile, data=str(data), force=True, overrides=overrides)
             wait_for(url, serving_versions())
-            rows.append({"round": r, "serving": serving, "players": len(cohorts[r - 1]), "requests": dict(stats.requests),
-                         "impressions": dict(stats.impressions), "likes": dict(stats.likes),
-                         "like_rate": stats.like_rate(), "like_rate_by_arm": {a: stats.like_rate(a) for a in stats.impressions},
-                         "events": stats.events, "failures": stats.failures, "ab_outcome": loop.online_outcome,
-                         "new_challenger": loop.registered, "offline_outcome": loop.offline_outcome, "aliases": registry.aliases(),
-                         "offline_ndcg@10": offline_ndcg(cfg, futures, groups)})
+            rows.append(
+                {
+                    "round": r,
+                    "serving": serving,
+                    "players": len(cohorts[r - 1]),
+                    "requests": dict(stats.requests),
+                    "impressions": dict(stats.impressions),
+                    "likes": dict(stats.likes),
+                    "like_rate": stats.like_rate(),
+                    "like_rate_by_arm": {a: stats.like_rate(a) for a in stats.impressions},
+                    "events": stats.events,
+                    "failures": stats.failures,
+                    "ab_outcome": loop.online_outcome,
+                    "new_challenger": loop.registered,
+                    "offline_outcome": loop.offline_outcome,
+                    "aliases": registry.aliases(),
+                    "offline_ndcg@10": offline_ndcg(cfg, futures, groups),
+                }
+            )
             _print_row(rows[-1])
     finally:
         service.terminate()
@@ -144,20 +172,29 @@ def run_demo(profile: Profile, rounds: int, feedback_share: float, seed: int, ov
 
 
 def _print_row(row: dict) -> None:
-    models = "; ".join(f"{m}: feedback users {v['feedback']:.4f}, no-feedback users {v['no_feedback']:.4f}"
-                       for m, v in row["offline_ndcg@10"].items())
+    models = "; ".join(
+        f"{m}: feedback users {v['feedback']:.4f}, no-feedback users {v['no_feedback']:.4f}"
+        for m, v in row["offline_ndcg@10"].items()
+    )
     head = f"round {row['round']}"
     if row["round"]:
-        arms = ", ".join(f"{a} v{row['serving'][a]} {row['likes'].get(a, 0)}/{n} = {row['like_rate_by_arm'][a]:.4f}"
-                         for a, n in row["impressions"].items())
-        head += (f": {row['players']} users played, like rate {row['like_rate']:.4f} ({arms}); A/B gate: {row['ab_outcome']};"
-                 f" {_tuned(row)}")
+        arms = ", ".join(
+            f"{a} v{row['serving'][a]} {row['likes'].get(a, 0)}/{n} = {row['like_rate_by_arm'][a]:.4f}"
+            for a, n in row["impressions"].items()
+        )
+        head += (
+            f": {row['players']} users played, like rate {row['like_rate']:.4f} ({arms}); A/B gate: {row['ab_outcome']};"
+            f" {_tuned(row)}"
+        )
     print(f"{head}\n  offline NDCG@10 on the unseen future, {models}\n  aliases {row['aliases']}", flush=True)
 
 
 def _tuned(row: dict) -> str:
     if not row["new_challenger"]:
         return "no new challenger (the A/B test keeps running)"
-    placed = "challenger" if row["aliases"].get("challenger") == row["new_challenger"] else "no alias (offline checks failed)"
+    placed = (
+        "challenger"
+        if row["aliases"].get("challenger") == row["new_challenger"]
+        else "no alias (offline checks failed)"
+    )
     return f"tuned v{row['new_challenger']}: offline {row['offline_outcome']} -> {placed}"
-

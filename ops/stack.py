@@ -91,10 +91,26 @@ class LocalPostgres:
                 os.chown(path, pw.pw_uid, pw.pw_gid)
             self.data_dir.chmod(0o700)
         if not (self.data_dir / "PG_VERSION").exists():
-            _check(self._run("initdb", "-D", str(self.data_dir), "-U", self.user, "--auth=trust", "-E", "UTF8"), "initdb")
+            _check(
+                self._run("initdb", "-D", str(self.data_dir), "-U", self.user, "--auth=trust", "-E", "UTF8"), "initdb"
+            )
         log = self.data_dir / "server.log"
-        _check(self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-w", "-t", "60", "start", "-o",
-                         f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1"), "pg_ctl start")
+        _check(
+            self._run(
+                "pg_ctl",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "60",
+                "start",
+                "-o",
+                f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1",
+            ),
+            "pg_ctl start",
+        )
         made = self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database)
         if made.returncode and "already exists" not in made.stderr:
             _check(made, "createdb")
@@ -119,10 +135,15 @@ class Stack:
         self.state_file = self.dir / "state.json"
         s = cfg.stack
         self.endpoints = Endpoints(
-            prefect_api=f"http://127.0.0.1:{s.prefect_port}/api", prefect_ui=f"http://127.0.0.1:{s.prefect_port}",
+            prefect_api=f"http://127.0.0.1:{s.prefect_port}/api",
+            prefect_ui=f"http://127.0.0.1:{s.prefect_port}",
             mlflow=f"http://127.0.0.1:{s.mlflow_port}",
-            backend_store=(LocalPostgres(self.dir, s.postgres_port).uri if s.backend == "postgres"
-                           else f"sqlite:///{cfg.paths.home / 'mlflow.db'}"))
+            backend_store=(
+                LocalPostgres(self.dir, s.postgres_port).uri
+                if s.backend == "postgres"
+                else f"sqlite:///{cfg.paths.home / 'mlflow.db'}"
+            ),
+        )
         if self.running():  # a stack that runs keeps its endpoints, whatever this config says
             self.endpoints = Endpoints(**self.state()["endpoints"])
 
@@ -146,16 +167,23 @@ class Stack:
     def _env(self) -> dict[str, str]:
         env = {**ENV_DEFAULTS, **os.environ}
         env.pop("PREFECT_API_URL", None)
-        env.update({"PREFECT_HOME": str(self.dir / "prefect"), "INSTRUCTREC_HOME": str(self.cfg.paths.home),
-                    "INSTRUCTREC_REPO": str(self.repo), "MLFLOW_BACKEND": self.cfg.stack.backend})
+        env.update(
+            {
+                "PREFECT_HOME": str(self.dir / "prefect"),
+                "INSTRUCTREC_HOME": str(self.cfg.paths.home),
+                "INSTRUCTREC_REPO": str(self.repo),
+                "MLFLOW_BACKEND": self.cfg.stack.backend,
+            }
+        )
         return env
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = (self.dir / "logs" / f"{name}.log")
+        log = self.dir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:  # a session of its own: stopping it stops its children (flow runs) too
-            proc = subprocess.Popen(argv, env=env, cwd=self.repo, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv, env=env, cwd=self.repo, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self._record(name, proc.pid)
         return proc
 
@@ -185,28 +213,69 @@ class Stack:
             self._record("postgres", LocalPostgres(self.dir, self.cfg.stack.postgres_port).start())
         if "mlflow" not in running:
             (self.cfg.paths.home / "mlartifacts").mkdir(parents=True, exist_ok=True)
-            proc = self._spawn("mlflow", [
-                str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.cfg.stack.mlflow_port),
-                "--backend-store-uri", self.endpoints.backend_store, "--workers", "1",
-                "--artifacts-destination", str(self.cfg.paths.home / "mlartifacts")], env)
+            proc = self._spawn(
+                "mlflow",
+                [
+                    str(bin_dir / "mlflow"),
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.cfg.stack.mlflow_port),
+                    "--backend-store-uri",
+                    self.endpoints.backend_store,
+                    "--workers",
+                    "1",
+                    "--artifacts-destination",
+                    str(self.cfg.paths.home / "mlartifacts"),
+                ],
+                env,
+            )
             self._wait_healthy("mlflow", f"{self.endpoints.mlflow}/health", proc)
         env_file = self.dir / "env"
-        env_file.write_text("".join(f"export {k}={v}\n" for k, v in self.endpoints.client_env().items()
-                                    if prefect or k == "MLFLOW_TRACKING_URI"))
+        env_file.write_text(
+            "".join(
+                f"export {k}={v}\n"
+                for k, v in self.endpoints.client_env().items()
+                if prefect or k == "MLFLOW_TRACKING_URI"
+            )
+        )
         if not prefect:
             return self.endpoints
         if "prefect-server" not in running:
-            proc = self._spawn("prefect-server", [
-                str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
-                "--port", str(self.cfg.stack.prefect_port), "--analytics-off"],
-                {**env, "PREFECT_UI_API_URL": self.endpoints.prefect_api})  # the UI's own default is port 4200
+            proc = self._spawn(
+                "prefect-server",
+                [
+                    str(bin_dir / "prefect"),
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.cfg.stack.prefect_port),
+                    "--analytics-off",
+                ],
+                {**env, "PREFECT_UI_API_URL": self.endpoints.prefect_api},
+            )  # the UI's own default is port 4200
             self._wait_healthy("prefect-server", f"{self.endpoints.prefect_api}/health", proc)
         env.update(self.endpoints.client_env())
         self.deploy(env)
         if "worker" not in running:
-            self._spawn("worker", [str(bin_dir / "prefect"), "worker", "start", "--pool", self.cfg.stack.work_pool,
-                                   "--type", "process", "--name", "instructrec-worker"],
-                        {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"})
+            self._spawn(
+                "worker",
+                [
+                    str(bin_dir / "prefect"),
+                    "worker",
+                    "start",
+                    "--pool",
+                    self.cfg.stack.work_pool,
+                    "--type",
+                    "process",
+                    "--name",
+                    "instructrec-worker",
+                ],
+                {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"},
+            )
         return self.endpoints
 
     def deploy(self, env: dict[str, str]) -> None:
@@ -214,12 +283,24 @@ class Stack:
         prefect = str(Path(sys.executable).parent / "prefect")
         pool = self.cfg.stack.work_pool
         if subprocess.run([prefect, "work-pool", "inspect", pool], env=env, capture_output=True).returncode:
-            _check(subprocess.run([prefect, "work-pool", "create", pool, "--type", "process"], env=env,
-                                  capture_output=True, text=True), f"work-pool create {pool}")
-        _check(subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=self.repo, capture_output=True,
-                              text=True), "prefect deploy --all")
-        _check(subprocess.run([sys.executable, "-m", "ops.automations"], env=env, cwd=self.repo, capture_output=True,
-                              text=True), "failure automation")
+            _check(
+                subprocess.run(
+                    [prefect, "work-pool", "create", pool, "--type", "process"], env=env, capture_output=True, text=True
+                ),
+                f"work-pool create {pool}",
+            )
+        _check(
+            subprocess.run(
+                [prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=self.repo, capture_output=True, text=True
+            ),
+            "prefect deploy --all",
+        )
+        _check(
+            subprocess.run(
+                [sys.executable, "-m", "ops.automations"], env=env, cwd=self.repo, capture_output=True, text=True
+            ),
+            "failure automation",
+        )
 
     def down(self) -> list[str]:
         """Stop what `up` started (by recorded pid), the worker first; returns the names stopped."""

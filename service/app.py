@@ -194,7 +194,9 @@ def _models(cfg: Config):
         instruction: Text | None = Field(None, description="the user's own words, e.g. 'a funny animated film'")
         k: int = Field(10, ge=1, le=s.max_k)
         like_item_id: ItemId | None = Field(None, description="more like this item: its nearest items, unseen ones")
-        diversity: float | None = Field(None, ge=0.0, le=1.0, description="MMR re-ranking weight (default serve.diversity)")
+        diversity: float | None = Field(
+            None, ge=0.0, le=1.0, description="MMR re-ranking weight (default serve.diversity)"
+        )
 
     class FeedbackRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -204,7 +206,8 @@ def _models(cfg: Config):
         item_id: ItemId | None = None
         text: Text | None = None
         event_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
-            None, description="client-chosen id: a retried event with the same id is stored once")
+            None, description="client-chosen id: a retried event with the same id is stored once"
+        )
 
         @model_validator(mode="after")
         def _kind_needs(self):
@@ -236,8 +239,9 @@ class SharedState:
         with self._lock:
             self.book.extend(self._events.new_records())
             for row in self._impressions.new_records():
-                self.requests[row[schema.REQUEST_ID]] = Served(row[schema.USER], row[schema.ARM], row[schema.MODEL_VERSION],
-                                                               frozenset(row["items"]))
+                self.requests[row[schema.REQUEST_ID]] = Served(
+                    row[schema.USER], row[schema.ARM], row[schema.MODEL_VERSION], frozenset(row["items"])
+                )
             while len(self.requests) > REMEMBERED_REQUESTS:
                 self.requests.popitem(last=False)
 
@@ -254,8 +258,9 @@ class SharedState:
         return self.requests.get(request_id)
 
 
-def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int], object] | None = None,
-               poll: bool = True) -> FastAPI:
+def create_app(
+    cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int], object] | None = None, poll: bool = True
+) -> FastAPI:
     """emit(n): called every feedback.trigger_events stored events (default: the Prefect event prefect.yaml's
     fine-tuning trigger listens for)."""
     RecommendRequest, FeedbackRequest = _models(cfg)
@@ -265,7 +270,9 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
     impression_log = EventLog(cfg.paths.feedback, IMPRESSION_LOG)
     shared = SharedState(cfg)
     shared.sync()  # a restarted service knows every request served and every session's reactions
-    trigger = FinetuneTrigger(cfg.feedback.trigger_events, emit or (lambda n: events.feedback_threshold(n, cfg.profile)))
+    trigger = FinetuneTrigger(
+        cfg.feedback.trigger_events, emit or (lambda n: events.feedback_threshold(n, cfg.profile))
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:  # start-up blocks until the models are loaded
@@ -275,9 +282,13 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
         feedback_log.close()
         impression_log.close()
 
-    app = FastAPI(title="InstructRec", version="1", lifespan=lifespan,
-                  description="Instruction-following recommendations, champion/challenger traffic split, feedback "
-                              "that shapes the same user's next list.")
+    app = FastAPI(
+        title="InstructRec",
+        version="1",
+        lifespan=lifespan,
+        description="Instruction-following recommendations, champion/challenger traffic split, feedback "
+        "that shapes the same user's next list.",
+    )
 
     token = os.environ.get(cfg.serve.api_token_env) or None
     open_paths = {"/health"}
@@ -288,15 +299,25 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
         if token is not None and request.url.path not in open_paths:
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return JSONResponse({"detail": f"missing or wrong API token: send 'Authorization: Bearer <token>' "
-                                               f"(the service's token is in ${cfg.serve.api_token_env})"}, 401)
+                return JSONResponse(
+                    {
+                        "detail": f"missing or wrong API token: send 'Authorization: Bearer <token>' "
+                        f"(the service's token is in ${cfg.serve.api_token_env})"
+                    },
+                    401,
+                )
         if request.method in ("POST", "PUT", "PATCH"):
             length = request.headers.get("content-length")
             if length is None:
                 return JSONResponse({"detail": "a request body needs a Content-Length"}, 411)
             if int(length) > cfg.serve.max_body_bytes:
-                return JSONResponse({"detail": f"request body of {length} bytes is over the limit of "
-                                               f"{cfg.serve.max_body_bytes} (serve.max_body_bytes)"}, 413)
+                return JSONResponse(
+                    {
+                        "detail": f"request body of {length} bytes is over the limit of "
+                        f"{cfg.serve.max_body_bytes} (serve.max_body_bytes)"
+                    },
+                    413,
+                )
         return await call_next(request)
 
     def champion_or_503() -> dict[str, Recommender]:
@@ -310,12 +331,17 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
         current = slots.current()
         return HealthResponse(
             status="ok" if CHAMPION_ARM in current else "no_model",
-            models={arm: ModelInfo(version=r.version, variant=r.variant, provider=r.session.provider)
-                    for arm, r in current.items()},
+            models={
+                arm: ModelInfo(version=r.version, variant=r.variant, provider=r.session.provider)
+                for arm, r in current.items()
+            },
             experiment=cfg.serve.experiment,
             challenger_share=cfg.serve.challenger_share if CHALLENGER_ARM in current else 0.0,
-            feedback_events=len(feedback_log), sessions=len(shared.book),
-            registry="ok" if slots.registry_reachable else "unreachable", reload_error=slots.last_error)
+            feedback_events=len(feedback_log),
+            sessions=len(shared.book),
+            registry="ok" if slots.registry_reachable else "unreachable",
+            reload_error=slots.last_error,
+        )
 
     @app.post("/recommend")
     def recommend(req: RecommendRequest) -> RecommendResponse:
@@ -335,14 +361,30 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
             if instruction is None and adapted:
                 instruction = session.standing_request(datetime.now(UTC), shared.ttl)
                 source = "session" if instruction else "none"
-            out = rec.recommend(req.user_id, instruction, req.k, exclude=seen,
-                                liked=session.liked if adapted else (), disliked=session.disliked if adapted else (),
-                                adapt=Adaptation.of(cfg.serve, req.diversity))
+            out = rec.recommend(
+                req.user_id,
+                instruction,
+                req.k,
+                exclude=seen,
+                liked=session.liked if adapted else (),
+                disliked=session.disliked if adapted else (),
+                adapt=Adaptation.of(cfg.serve, req.diversity),
+            )
         request_id = uuid.uuid4().hex
         items = [row["item_id"] for row in out["items"]]
-        stored(impression_log, {schema.REQUEST_ID: request_id, schema.USER: req.user_id, schema.ARM: arm,
-                                schema.MODEL_VERSION: rec.version, "items": items, "instruction": instruction,
-                                "session_adapted": adapted, schema.TIMESTAMP: datetime.now(UTC).isoformat()})
+        stored(
+            impression_log,
+            {
+                schema.REQUEST_ID: request_id,
+                schema.USER: req.user_id,
+                schema.ARM: arm,
+                schema.MODEL_VERSION: rec.version,
+                "items": items,
+                "instruction": instruction,
+                "session_adapted": adapted,
+                schema.TIMESTAMP: datetime.now(UTC).isoformat(),
+            },
+        )
         shared.remember(request_id, Served(req.user_id, arm, rec.version, frozenset(items)))
         return RecommendResponse(request_id=request_id, arm=arm, request_source=source, session_adapted=adapted, **out)
 
@@ -352,8 +394,11 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
             return event_log.append(record)
         except StoreWriteError as exc:
             log.error("%s", exc)
-            raise HTTPException(503, f"the service could not store this on disk ({exc.strerror}); nothing was "
-                                     "kept - retry later with the same event_id") from None
+            raise HTTPException(
+                503,
+                f"the service could not store this on disk ({exc.strerror}); nothing was "
+                "kept - retry later with the same event_id",
+            ) from None
 
     def nearest(rec: Recommender, item_id: str, k: int, exclude: tuple[str, ...] = ()) -> dict:
         try:
@@ -366,8 +411,14 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
     def more_like_this(rec: Recommender, user_id: str, item_id: str, k: int, seen: tuple[str, ...]) -> dict:
         history = tuple(rec.catalogue.item_ids[i - 1] for i in rec.histories.get(user_id, ()))
         similar = nearest(rec, item_id, k, seen + history)
-        head = {"user_id": user_id, "known_user": user_id in rec.histories, "instruction_type": "more_like_this",
-                "instruction": f"more like {similar['title']}", "provider": rec.session.provider, "variant": rec.variant}
+        head = {
+            "user_id": user_id,
+            "known_user": user_id in rec.histories,
+            "instruction_type": "more_like_this",
+            "instruction": f"more like {similar['title']}",
+            "provider": rec.session.provider,
+            "variant": rec.variant,
+        }
         return {**head, "model_version": rec.version, "items": similar["items"]}
 
     @app.get("/items/{item_id}/similar")
@@ -380,19 +431,32 @@ def create_app(cfg: Config, slots: ModelSlots | None = None, emit: Callable[[int
         if served is None:
             raise HTTPException(404, f"unknown request_id {ev.request_id!r}: feedback must answer a served /recommend")
         if served.user_id != ev.user_id:
-            raise HTTPException(422, f"request {ev.request_id} was served to user {served.user_id!r}, not {ev.user_id!r}")
+            raise HTTPException(
+                422, f"request {ev.request_id} was served to user {served.user_id!r}, not {ev.user_id!r}"
+            )
         if ev.item_id is not None and ev.item_id not in served.items:
             raise HTTPException(422, f"item {ev.item_id!r} was not recommended in request {ev.request_id}")
         event_id = ev.event_id or uuid.uuid4().hex
-        is_new = stored(feedback_log, {schema.EVENT_ID: event_id, schema.USER: ev.user_id, schema.ITEM: ev.item_id,
-                                       schema.KIND: ev.kind, schema.TEXT: ev.text, schema.MODEL_VERSION: served.model_version,
-                                       schema.ARM: served.arm, schema.REQUEST_ID: ev.request_id,
-                                       schema.TIMESTAMP: datetime.now(UTC).isoformat()})
+        is_new = stored(
+            feedback_log,
+            {
+                schema.EVENT_ID: event_id,
+                schema.USER: ev.user_id,
+                schema.ITEM: ev.item_id,
+                schema.KIND: ev.kind,
+                schema.TEXT: ev.text,
+                schema.MODEL_VERSION: served.model_version,
+                schema.ARM: served.arm,
+                schema.REQUEST_ID: ev.request_id,
+                schema.TIMESTAMP: datetime.now(UTC).isoformat(),
+            },
+        )
         if is_new:
             shared.sync()  # the next /recommend of this user already reflects it
             trigger.add()
-        return FeedbackResponse(event_id=event_id, stored=is_new, duplicate=not is_new, arm=served.arm,
-                                model_version=served.model_version)
+        return FeedbackResponse(
+            event_id=event_id, stored=is_new, duplicate=not is_new, arm=served.arm, model_version=served.model_version
+        )
 
     app.state.slots, app.state.feedback_log, app.state.shared = slots, feedback_log, shared
     return app

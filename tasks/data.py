@@ -49,10 +49,18 @@ def validate(cfg: Config, snap: Snapshot, run_id: str) -> Tables:
 
     store = read_store(cfg.paths.feedback)
     try:
-        check("items", tables.items, tables.files["items"],
-              {"max_title_chars": cfg.data.max_title_chars, "max_text_chars": cfg.data.max_text_chars})
-        check("interactions", tables.interactions, tables.files["interactions"],
-              {"catalogue": tables.items[schema.ITEM].drop_nulls().to_list()})
+        check(
+            "items",
+            tables.items,
+            tables.files["items"],
+            {"max_title_chars": cfg.data.max_title_chars, "max_text_chars": cfg.data.max_text_chars},
+        )
+        check(
+            "interactions",
+            tables.interactions,
+            tables.files["interactions"],
+            {"catalogue": tables.items[schema.ITEM].drop_nulls().to_list()},
+        )
         if store.height:
             check("feedback", store, str(cfg.paths.feedback))
     finally:
@@ -60,8 +68,11 @@ def validate(cfg: Config, snap: Snapshot, run_id: str) -> Tables:
             tracking.log_dir(run_id, outcomes[-1].docs_dir, "validation/data_docs")
         shutil.rmtree(workdir, ignore_errors=True)
     write_tables(snap, tables)
-    stats = {"rows_interactions": tables.interactions.height, "rows_items": tables.items.height,
-             "rows_feedback_store": store.height}
+    stats = {
+        "rows_interactions": tables.interactions.height,
+        "rows_items": tables.items.height,
+        "rows_feedback_store": store.height,
+    }
     tracking.log_metrics(run_id, {f"data/{k}": v for k, v in stats.items()})
     logger.info("validation passed: %s", stats)
     return tables
@@ -71,8 +82,12 @@ def validate(cfg: Config, snap: Snapshot, run_id: str) -> Tables:
 def prepare_data(cfg: Config, tables: Tables, snap: Snapshot, run_id: str) -> Prepared:
     """Split, instructions and evaluation cases; lineage goes to MLflow."""
     prepared = prepare(cfg, tables.interactions, tables.items, tables.item_noun)
-    lineage = {"snapshot_hash": snap.hash, "source": snap.origin, **prepared.lineage(),
-               "types": {t: len(c.users) for t, c in prepared.test_cases.items()}}
+    lineage = {
+        "snapshot_hash": snap.hash,
+        "source": snap.origin,
+        **prepared.lineage(),
+        "types": {t: len(c.users) for t, c in prepared.test_cases.items()},
+    }
     tracking.log_json(run_id, lineage, "data/lineage.json")
     tracking.log_metrics(run_id, {f"data/{k}": v for k, v in prepared.lineage().items()})
     _log_dataset_input(run_id, tables.interactions, snap)
@@ -88,8 +103,9 @@ def _log_dataset_input(run_id: str, interactions: pl.DataFrame, snap: Snapshot) 
     sample = interactions.head(1000).drop(schema.ROW, strict=False).to_pandas()
     with warnings.catch_warnings():  # MLflow finds two equivalent local-source classes and says so
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(sample, source=str(snap.raw_dir), name=f"interactions-{snap.short}",
-                                          digest=snap.hash[:32])
+        dataset = mlflow.data.from_pandas(
+            sample, source=str(snap.raw_dir), name=f"interactions-{snap.short}", digest=snap.hash[:32]
+        )
     with tracking.active(run_id):
         mlflow.log_input(dataset, context="training")
 

@@ -70,9 +70,18 @@ def _report_rows(reports: dict[str, EvalReport]) -> list[dict]:
     for name, rep in reports.items():
         for key, values in rep.by_type.items():
             held = key.endswith("/" + HELD_OUT)
-            rows.append({"model": name, "type": key.removesuffix("/" + HELD_OUT), "templates": HELD_OUT if held else "seen",
-                         "users": rep.counts[key], **values})
-        rows.append({"model": name, "type": "overall", "templates": "all", "users": max(rep.counts.values()), **rep.overall})
+            rows.append(
+                {
+                    "model": name,
+                    "type": key.removesuffix("/" + HELD_OUT),
+                    "templates": HELD_OUT if held else "seen",
+                    "users": rep.counts[key],
+                    **values,
+                }
+            )
+        rows.append(
+            {"model": name, "type": "overall", "templates": "all", "users": max(rep.counts.values()), **rep.overall}
+        )
     return rows
 
 
@@ -83,7 +92,9 @@ def markdown_table(reports: dict[str, EvalReport], columns: tuple[str, ...] = TA
         for name, rep in reports.items():
             values = rep.overall if key == "overall" else rep.by_type.get(key)
             if values:
-                lines.append(f"| {key} | {name} | " + " | ".join(f"{values.get(c, float('nan')):.4f}" for c in columns) + " |")
+                lines.append(
+                    f"| {key} | {name} | " + " | ".join(f"{values.get(c, float('nan')):.4f}" for c in columns) + " |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -158,8 +169,11 @@ def champion_scorer(cfg: Config, champion: registry.VersionRef, catalogue_ids: l
         model, tokenizer, model_ids = load_scorer(local, cfg.train.device)
         return TorchScorer(name, model, tokenizer, model_ids, catalogue_ids, cfg.train.device)
     except RuntimeError as err:
-        logger.warning("champion v%s: checkpoint not loadable by this code (%s); scoring its ONNX graph",
-                       champion.version, str(err).splitlines()[0])
+        logger.warning(
+            "champion v%s: checkpoint not loadable by this code (%s); scoring its ONNX graph",
+            champion.version,
+            str(err).splitlines()[0],
+        )
     onnx_dir, bundle = registry.download_serving(champion, tracking.scratch_dir("champion-onnx"))
     manifest = json.loads((bundle / BUNDLE_MANIFEST).read_text())
     tokenizer = BertTokenizerFast.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)
@@ -171,22 +185,37 @@ def _compare_with_baseline(run_id: str, ours: EvalReport, baseline: EvalReport, 
     """Per type: mean per-user delta NDCG@10 against the baseline with its paired bootstrap interval."""
     rows = {}
     for key, values in ours.per_user.items():
-        mean, lo, hi = paired_bootstrap(values - baseline.per_user[key], cfg.gate.n_bootstrap, cfg.gate.confidence,
-                                        cfg.gate.seed)
+        mean, lo, hi = paired_bootstrap(
+            values - baseline.per_user[key], cfg.gate.n_bootstrap, cfg.gate.confidence, cfg.gate.seed
+        )
         rows[key] = {"delta_ndcg@10": mean, "ci_low": lo, "ci_high": hi, "users": int(len(values))}
-    tracking.log_json(run_id, {"baseline": baseline.name, "confidence": cfg.gate.confidence, "by_type": rows},
-                      f"evaluation/vs_{baseline.name}.json")
-    tracking.log_metrics(run_id, {f"test/vs_{baseline.name}/{k.replace('/', '_')}/delta_ndcg@10": v["delta_ndcg@10"]
-                                  for k, v in rows.items()})
+    tracking.log_json(
+        run_id,
+        {"baseline": baseline.name, "confidence": cfg.gate.confidence, "by_type": rows},
+        f"evaluation/vs_{baseline.name}.json",
+    )
+    tracking.log_metrics(
+        run_id,
+        {f"test/vs_{baseline.name}/{k.replace('/', '_')}/delta_ndcg@10": v["delta_ndcg@10"] for k, v in rows.items()},
+    )
     head = rows.get(HEADLINE)
     if head:
-        get_run_logger().info("%s vs %s: delta NDCG@10 %+.4f, %.0f%% CI [%+.4f, %+.4f]", HEADLINE, baseline.name,
-                              head["delta_ndcg@10"], 100 * cfg.gate.confidence, head["ci_low"], head["ci_high"])
+        get_run_logger().info(
+            "%s vs %s: delta NDCG@10 %+.4f, %.0f%% CI [%+.4f, %+.4f]",
+            HEADLINE,
+            baseline.name,
+            head["delta_ndcg@10"],
+            100 * cfg.gate.confidence,
+            head["ci_low"],
+            head["ci_high"],
+        )
 
 
 def item_space(prepared: Prepared, challenger: Trained) -> ItemSpace:
     split = prepared.split
-    return ItemSpace.build(item_tower(challenger.model), prepared.catalogue.genres, split.popularity[1:], len(split.users))
+    return ItemSpace.build(
+        item_tower(challenger.model), prepared.catalogue.genres, split.popularity[1:], len(split.users)
+    )
 
 
 def _plot_tradeoff(curve: list[dict[str, float]], run_id: str) -> None:
@@ -194,10 +223,18 @@ def _plot_tradeoff(curve: list[dict[str, float]], run_id: str) -> None:
     x, y = [p["ild_vector@10"] for p in curve], [p["ndcg@10"] for p in curve]
     ax.plot(x, y, "o-")
     for p in curve:
-        ax.annotate(f"{p['diversity']:g}", (p["ild_vector@10"], p["ndcg@10"]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=8)
-    ax.set(xlabel="intra-list diversity (1 - cosine, item tower)", ylabel=f"NDCG@10 ({HEADLINE}, test)",
-           title="MMR re-ranking: accuracy vs diversity (labels: weight)")
+        ax.annotate(
+            f"{p['diversity']:g}",
+            (p["ild_vector@10"], p["ndcg@10"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
+    ax.set(
+        xlabel="intra-list diversity (1 - cosine, item tower)",
+        ylabel=f"NDCG@10 ({HEADLINE}, test)",
+        title="MMR re-ranking: accuracy vs diversity (labels: weight)",
+    )
     fig.tight_layout()
     tracking.log_figure(run_id, fig, "evaluation/diversity_tradeoff.png")
     plt.close(fig)
@@ -212,22 +249,31 @@ def _lists_and_reasons(cfg: Config, prepared: Prepared, scorer: Scorer, space: I
     faithful = explanation_faithfulness(scorer, case, space, seed=cfg.eval.seed)
     tracking.log_json(run_id, faithful, "evaluation/explanation_faithfulness.json")
     tracking.log_metrics(run_id, {f"explanations/{k}": v for k, v in faithful.items() if isinstance(v, float)})
-    get_run_logger().info("MMR trade-off (%s): %s; explanations: removing the cited history item lowers the item's "
-                          "score in %.1f%% of %d cases (a random history item: %.1f%%)", HEADLINE,
-                          ", ".join(f"w={p['diversity']:g} NDCG {p['ndcg@10']:.4f} ILD {p['ild_vector@10']:.3f}"
-                                    for p in curve),
-                          100 * faithful["cited_lowered_share"], faithful["cited_n"], 100 * faithful["random_lowered_share"])
+    get_run_logger().info(
+        "MMR trade-off (%s): %s; explanations: removing the cited history item lowers the item's "
+        "score in %.1f%% of %d cases (a random history item: %.1f%%)",
+        HEADLINE,
+        ", ".join(f"w={p['diversity']:g} NDCG {p['ndcg@10']:.4f} ILD {p['ild_vector@10']:.3f}" for p in curve),
+        100 * faithful["cited_lowered_share"],
+        faithful["cited_n"],
+        100 * faithful["random_lowered_share"],
+    )
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, sasrec: SASRec | None, run_id: str) -> Evaluations:
+def evaluate_models(
+    cfg: Config, prepared: Prepared, challenger: Trained, sasrec: SASRec | None, run_id: str
+) -> Evaluations:
     """Challenger, the current champion (re-loaded, re-scored), popularity and SASRec on the test split."""
     logger = get_run_logger()
     ids = prepared.catalogue.item_ids
     space = item_space(prepared, challenger)
     args = (prepared.test_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share, 256, space)
-    scorers = {CHALLENGER: TorchScorer(CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device,
-                                       challenger.text_cache)}
+    scorers = {
+        CHALLENGER: TorchScorer(
+            CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device, challenger.text_cache
+        )
+    }
     champion = registry.get_alias(registry.CHAMPION)
     if champion is not None:
         scorers[CHAMPION] = champion_scorer(cfg, champion, ids, logger)
@@ -239,9 +285,16 @@ def evaluate_models(cfg: Config, prepared: Prepared, challenger: Trained, sasrec
     for name, rep in reports.items():
         _log_report(run_id, name, rep)
         o = rep.overall
-        logger.info("%-11s NDCG@10 overall %.4f | %s | lists: diversity %.3f (genres %.3f), coverage %.3f, novelty %.2f",
-                    name, o["ndcg@10"], ", ".join(f"{t} {v['ndcg@10']:.4f}" for t, v in rep.by_type.items()),
-                    o["ild_vector@10"], o["ild_genre@10"], o["coverage@10"], o["novelty@10"])
+        logger.info(
+            "%-11s NDCG@10 overall %.4f | %s | lists: diversity %.3f (genres %.3f), coverage %.3f, novelty %.2f",
+            name,
+            o["ndcg@10"],
+            ", ".join(f"{t} {v['ndcg@10']:.4f}" for t, v in rep.by_type.items()),
+            o["ild_vector@10"],
+            o["ild_genre@10"],
+            o["coverage@10"],
+            o["novelty@10"],
+        )
     if SASREC in reports:
         _compare_with_baseline(run_id, reports[CHALLENGER], reports[SASREC], cfg)
     tracking.log_table(run_id, _report_rows(reports), "evaluation/metrics_table.json")
@@ -262,33 +315,46 @@ def _parity_inputs(prepared: Prepared, n: int) -> tuple[list[str], np.ndarray]:
 
 
 def _batched(scorer, texts: list[str], hist: np.ndarray, size: int = 64) -> np.ndarray:
-    return np.concatenate([scorer.score(texts[i:i + size], hist[i:i + size]) for i in range(0, len(texts), size)])
+    return np.concatenate([scorer.score(texts[i : i + size], hist[i : i + size]) for i in range(0, len(texts), size)])
 
 
-def _check_variants(cfg: Config, prepared: Prepared, challenger: Trained, paths: dict[str, Path],
-                    reference_scores: np.ndarray, texts: list[str], hist: np.ndarray) -> dict[str, VariantReport]:
+def _check_variants(
+    cfg: Config,
+    prepared: Prepared,
+    challenger: Trained,
+    paths: dict[str, Path],
+    reference_scores: np.ndarray,
+    texts: list[str],
+    hist: np.ndarray,
+) -> dict[str, VariantReport]:
     """Parity against PyTorch and validation NDCG@10 for every variant this host can run."""
     ids = prepared.catalogue.item_ids
     args = (prepared.valid_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share)
-    reference = evaluate(TorchScorer("eager", challenger.model, challenger.tokenizer, ids, ids, cfg.train.device,
-                                     challenger.text_cache),
-                         *args).overall["ndcg@10"]
+    reference = evaluate(
+        TorchScorer("eager", challenger.model, challenger.tokenizer, ids, ids, cfg.train.device, challenger.text_cache),
+        *args,
+    ).overall["ndcg@10"]
     reports = {}
     for name, path in paths.items():
         runnable = name not in optimize.NEEDS_GPU or cuda_usable()
         session = make_session(path) if runnable else None
         scorer = OnnxScorer(name, session, challenger.tokenizer, cfg.model.max_text_tokens) if session else None
         reports[name] = optimize.check_variant(
-            name, path, session.provider if session else None,
+            name,
+            path,
+            session.provider if session else None,
             parity=lambda s=scorer: parity(reference_scores, _batched(s, texts, hist)),
             valid_ndcg=lambda s=scorer: evaluate(s, *args).overall["ndcg@10"],
-            reference_ndcg=reference, max_relative_loss=cfg.export.max_relative_loss)
+            reference_ndcg=reference,
+            max_relative_loss=cfg.export.max_relative_loss,
+        )
     return reports
 
 
 @task(name="export-onnx", cache_policy=NO_CACHE)
-def export_challenger(cfg: Config, prepared: Prepared, challenger: Trained, champion: registry.VersionRef | None,
-                      run_id: str) -> Exported:
+def export_challenger(
+    cfg: Config, prepared: Prepared, challenger: Trained, champion: registry.VersionRef | None, run_id: str
+) -> Exported:
     """Export, build the optimised variants, check each against PyTorch, time beside the champion."""
     logger = get_run_logger()
     out_dir = cfg.paths.exports / run_id
@@ -296,7 +362,9 @@ def export_challenger(cfg: Config, prepared: Prepared, challenger: Trained, cham
     session: Session = make_session(path)
     onnx = OnnxScorer(CHALLENGER, session, challenger.tokenizer, cfg.model.max_text_tokens)
     ids = prepared.catalogue.item_ids
-    eager = TorchScorer(CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device, challenger.text_cache)
+    eager = TorchScorer(
+        CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device, challenger.text_cache
+    )
     texts, hist = _parity_inputs(prepared, cfg.export.parity_rows_per_type)
     reference_scores = _batched(eager, texts, hist)
     check = parity(reference_scores, _batched(onnx, texts, hist))
@@ -304,26 +372,65 @@ def export_challenger(cfg: Config, prepared: Prepared, challenger: Trained, cham
     champion_ms = None
     if champion is not None:
         onnx_dir, _ = registry.download_serving(champion, tracking.scratch_dir("champion-onnx"))
-        old = OnnxScorer(CHAMPION, make_session(onnx_dir / "model.onnx"), challenger.tokenizer, cfg.model.max_text_tokens)
+        old = OnnxScorer(
+            CHAMPION, make_session(onnx_dir / "model.onnx"), challenger.tokenizer, cfg.model.max_text_tokens
+        )
         champion_ms = latency_ms(old, texts[0], hist[0])
     variants, serving = {}, {"cpu": optimize.FP32, "cuda": optimize.FP32}
     if cfg.export.variants:
         bert = challenger.model.bert.config
-        paths, fused_ops = optimize.build_variants(path, out_dir / "variants", bert.num_attention_heads, bert.hidden_size)
+        paths, fused_ops = optimize.build_variants(
+            path, out_dir / "variants", bert.num_attention_heads, bert.hidden_size
+        )
         variants = _check_variants(cfg, prepared, challenger, paths, reference_scores, texts, hist)
         serving = {host: optimize.choose_for_serving(variants, host) for host in optimize.SERVING_PREFERENCE}
-        tracking.log_json(run_id, {"fused_operators": fused_ops, "serving": serving,
-                                   "variants": {k: v.to_dict() for k, v in variants.items()}}, "onnx/variants.json")
+        tracking.log_json(
+            run_id,
+            {
+                "fused_operators": fused_ops,
+                "serving": serving,
+                "variants": {k: v.to_dict() for k, v in variants.items()},
+            },
+            "onnx/variants.json",
+        )
         tracking.log_table(run_id, [v.to_dict() for v in variants.values()], "onnx/variants_table.json")
         for name, v in variants.items():
             if v.valid_ndcg10 is not None:
-                tracking.log_metrics(run_id, {f"onnx/{name}/valid_ndcg@10": v.valid_ndcg10,
-                                              f"onnx/{name}/max_abs_diff": v.max_abs_diff, f"onnx/{name}/size_mb": v.size_mb})
+                tracking.log_metrics(
+                    run_id,
+                    {
+                        f"onnx/{name}/valid_ndcg@10": v.valid_ndcg10,
+                        f"onnx/{name}/max_abs_diff": v.max_abs_diff,
+                        f"onnx/{name}/size_mb": v.size_mb,
+                    },
+                )
             logger.info("variant %-5s %s", name, v.reason)
-    tracking.log_metrics(run_id, {"onnx/max_abs_diff": check.max_abs_diff, "onnx/top10_overlap": check.top10_overlap,
-                                  "onnx/latency_p50_ms": ms, "onnx/size_mb": path.stat().st_size / 2**20})
-    tracking.log_json(run_id, {"provider": session.provider, "parity": check.__dict__, "latency_p50_ms": ms,
-                               "champion_latency_p50_ms": champion_ms, "n_instructions": len(texts)}, "onnx/parity.json")
-    logger.info("ONNX on %s: max |diff| %.2e, top-10 overlap %.3f, p50 %.2f ms; serving variants %s", session.provider,
-                check.max_abs_diff, check.top10_overlap, ms, serving)
+    tracking.log_metrics(
+        run_id,
+        {
+            "onnx/max_abs_diff": check.max_abs_diff,
+            "onnx/top10_overlap": check.top10_overlap,
+            "onnx/latency_p50_ms": ms,
+            "onnx/size_mb": path.stat().st_size / 2**20,
+        },
+    )
+    tracking.log_json(
+        run_id,
+        {
+            "provider": session.provider,
+            "parity": check.__dict__,
+            "latency_p50_ms": ms,
+            "champion_latency_p50_ms": champion_ms,
+            "n_instructions": len(texts),
+        },
+        "onnx/parity.json",
+    )
+    logger.info(
+        "ONNX on %s: max |diff| %.2e, top-10 overlap %.3f, p50 %.2f ms; serving variants %s",
+        session.provider,
+        check.max_abs_diff,
+        check.top10_overlap,
+        ms,
+        serving,
+    )
     return Exported(path, session.provider, check, ms, champion_ms, variants, serving)

@@ -38,7 +38,9 @@ class OnlineGateResult:
 
 def _reject_stale(version: str, evaluated_against: str | None, champion: str) -> Decision:
     registry.remove_alias(registry.CHALLENGER)
-    text = f"Online gate: REJECTED. Evaluated offline against v{evaluated_against}, but the champion is now v{champion}."
+    text = (
+        f"Online gate: REJECTED. Evaluated offline against v{evaluated_against}, but the champion is now v{champion}."
+    )
     registry.describe(version, text, {"online_gate": "reject"})
     return Decision("reject", [], {"evaluated_against": evaluated_against, "champion": champion})
 
@@ -57,29 +59,50 @@ def online_gate(cfg: Config, run_id: str) -> OnlineGateResult:
     offline = decision_from_dict(mlflow.artifacts.load_dict(f"runs:/{tags['run_id']}/gate/decision.json"))
     since = datetime.fromisoformat(tags["challenger_since"])
     impressions = read_impressions(cfg.paths.feedback).filter(pl.col(schema.TIMESTAMP) >= since)
-    counts = online_counts(impressions, read_store(cfg.paths.feedback),
-                           {CHAMPION_ARM: champ.version, CHALLENGER_ARM: chal.version})
+    counts = online_counts(
+        impressions, read_store(cfg.paths.feedback), {CHAMPION_ARM: champ.version, CHALLENGER_ARM: chal.version}
+    )
     evidence = OnlineEvidence(counts[CHAMPION_ARM], counts[CHALLENGER_ARM], cfg.serve.challenger_share)
     decision = decide_online(offline, evidence, cfg.gate)
-    tracking.log_metrics(run_id, {f"online/{arm}/{k}": v for arm, c in counts.items()
-                                  for k, v in (("users", c.users), ("impressions", c.impressions), ("likes", c.likes),
-                                               ("like_rate", c.like_rate))})
+    tracking.log_metrics(
+        run_id,
+        {
+            f"online/{arm}/{k}": v
+            for arm, c in counts.items()
+            for k, v in (
+                ("users", c.users),
+                ("impressions", c.impressions),
+                ("likes", c.likes),
+                ("like_rate", c.like_rate),
+            )
+        },
+    )
     _log_served_lists(cfg, champ, impressions, {CHAMPION_ARM: champ.version, CHALLENGER_ARM: chal.version}, run_id)
-    tracking.log_json(run_id, {**decision.to_dict(), "champion": champ.version, "challenger": chal.version},
-                      "gate/online_decision.json")
+    tracking.log_json(
+        run_id,
+        {**decision.to_dict(), "champion": champ.version, "challenger": chal.version},
+        "gate/online_decision.json",
+    )
     if decision.outcome == "promote":
         promote(cfg, chal.version, champ.version)
     elif decision.outcome == "reject":
         registry.remove_alias(registry.CHALLENGER)
-    registry.describe(chal.version, "Online gate: " + decision.summary().removeprefix("Gate: "),
-                      {"online_gate": decision.outcome})
-    logger.info("online gate for v%s vs champion v%s: %s (%s)", chal.version, champ.version, decision.outcome,
-                ", ".join(f"{arm} {c.likes}/{c.impressions} liked" for arm, c in counts.items()))
+    registry.describe(
+        chal.version, "Online gate: " + decision.summary().removeprefix("Gate: "), {"online_gate": decision.outcome}
+    )
+    logger.info(
+        "online gate for v%s vs champion v%s: %s (%s)",
+        chal.version,
+        champ.version,
+        decision.outcome,
+        ", ".join(f"{arm} {c.likes}/{c.impressions} liked" for arm, c in counts.items()),
+    )
     return OnlineGateResult(decision.outcome, champ.version, chal.version, decision)
 
 
-def _log_served_lists(cfg: Config, champion: registry.VersionRef, impressions: pl.DataFrame, arms: dict[str, str],
-                      run_id: str) -> None:
+def _log_served_lists(
+    cfg: Config, champion: registry.VersionRef, impressions: pl.DataFrame, arms: dict[str, str], run_id: str
+) -> None:
     """Diversity, coverage and novelty of what each arm served (item vectors and popularity: the champion's)."""
     rec = load_version(cfg, champion)
     if rec.space is None:
@@ -99,30 +122,57 @@ def new_feedback(cfg: Config, champion: registry.VersionRef) -> tuple[pl.DataFra
 
 
 @task(name="finetune-online-feedback", cache_policy=NO_CACHE)
-def finetune_from_champion(cfg: Config, prepared: Prepared, champion: registry.VersionRef, events: pl.DataFrame,
-                           until: str | None, run_id: str) -> Trained:
+def finetune_from_champion(
+    cfg: Config, prepared: Prepared, champion: registry.VersionRef, events: pl.DataFrame, until: str | None, run_id: str
+) -> Trained:
     """Start from the champion's weights; tune on `events` (the feedback gathered since it was tuned, up to
     `until`), plus replay."""
     logger = get_run_logger()
     local = registry.download_checkpoint(champion, tracking.scratch_dir("champion"))
     model, tokenizer, item_ids = load_scorer(local, cfg.train.device)
     if item_ids != prepared.catalogue.item_ids:
-        raise ValueError(f"champion v{champion.version} was trained on another catalogue than the current data; "
-                         "run the training pipeline instead of fine-tuning")
+        raise ValueError(
+            f"champion v{champion.version} was trained on another catalogue than the current data; "
+            "run the training pipeline instead of fine-tuning"
+        )
     impressions = read_impressions(cfg.paths.feedback).filter(pl.col("instruction").is_not_null())
     requests = dict(impressions.select(schema.REQUEST_ID, "instruction").iter_rows())
     f = cfg.feedback
-    examples, stats = feedback_examples(prepared.split, events, prepared.examples, max_history=cfg.data.max_history,
-                                        like_min=f.like_min_rating, dislike_max=f.dislike_max_rating,
-                                        replay_ratio=f.online_replay_ratio, seed=cfg.train.seed, from_ratings=False,
-                                        requests=requests)
+    examples, stats = feedback_examples(
+        prepared.split,
+        events,
+        prepared.examples,
+        max_history=cfg.data.max_history,
+        like_min=f.like_min_rating,
+        dislike_max=f.dislike_max_rating,
+        replay_ratio=f.online_replay_ratio,
+        seed=cfg.train.seed,
+        from_ratings=False,
+        requests=requests,
+    )
     tracking.log_metrics(run_id, {f"{ONLINE_STAGE}/{k}": v for k, v in stats.as_dict().items()})
     fp = fingerprint(ONLINE_STAGE, champion.version, champion.run_id, cfg.feedback, sorted(events[schema.EVENT_ID]))
     epochs = EpochLogger(run_id, ONLINE_STAGE)
     cache = text_cache(cfg)
-    result = fit(model, tokenizer, examples, feedback_settings(cfg, online=True),
-                 validator(prepared, tokenizer, cfg, cache), cfg.paths.checkpoints / fp, fp, epochs, cfg.progress, cache)
-    logger.info("tuned v%s on %d new events (%s): validation NDCG@10 %.4f -> %.4f", champion.version, events.height,
-                stats.as_dict(), result.history[0]["val_ndcg@10"], result.best_metric)
+    result = fit(
+        model,
+        tokenizer,
+        examples,
+        feedback_settings(cfg, online=True),
+        validator(prepared, tokenizer, cfg, cache),
+        cfg.paths.checkpoints / fp,
+        fp,
+        epochs,
+        cfg.progress,
+        cache,
+    )
+    logger.info(
+        "tuned v%s on %d new events (%s): validation NDCG@10 %.4f -> %.4f",
+        champion.version,
+        events.height,
+        stats.as_dict(),
+        result.history[0]["val_ndcg@10"],
+        result.best_metric,
+    )
     _summarise(run_id, ONLINE_STAGE, result, epochs)
     return Trained(model, tokenizer, result, fp, newest_event(events) or until, cache)

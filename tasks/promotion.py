@@ -55,21 +55,37 @@ def _plot_deltas(run_id: str, challenger: ArmEvaluation, champion: ArmEvaluation
     plt.close(fig)
 
 
-def _log_candidate(cfg: Config, prepared: Prepared, challenger: Trained, exported: Exported, snapshot_hash: str,
-                   run_id: str) -> str:
+def _log_candidate(
+    cfg: Config, prepared: Prepared, challenger: Trained, exported: Exported, snapshot_hash: str, run_id: str
+) -> str:
     """Checkpoint + serving bundle as run artifacts, the ONNX graph as the registered model."""
     work = tracking.scratch_dir("candidate")
-    save_scorer(challenger.model, challenger.tokenizer, prepared.catalogue.item_ids, work / registry.CHECKPOINT_ARTIFACT)
+    save_scorer(
+        challenger.model, challenger.tokenizer, prepared.catalogue.item_ids, work / registry.CHECKPOINT_ARTIFACT
+    )
     tracking.log_dir(run_id, work / registry.CHECKPOINT_ARTIFACT, registry.CHECKPOINT_ARTIFACT)
     chosen = {name: Path(exported.variants[name].path) for name in set(exported.serving.values()) if name != FP32}
-    write_bundle(work / registry.SERVING_ARTIFACT, challenger.tokenizer, prepared.catalogue, cfg.data.max_history,
-                 cfg.model.max_text_tokens, snapshot_hash, exported.serving, chosen, item_tower(challenger.model))
+    write_bundle(
+        work / registry.SERVING_ARTIFACT,
+        challenger.tokenizer,
+        prepared.catalogue,
+        cfg.data.max_history,
+        cfg.model.max_text_tokens,
+        snapshot_hash,
+        exported.serving,
+        chosen,
+        item_tower(challenger.model),
+    )
     tracking.log_dir(run_id, work / registry.SERVING_ARTIFACT, registry.SERVING_ARTIFACT)
     with tracking.active(run_id):
-        info = mlflow.onnx.log_model(onnx.load(str(exported.path)), name=registry.ONNX_MODEL,
-                                     registered_model_name=registry.MODEL_NAME, save_as_external_data=False,
-                                     onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
-                                     pip_requirements=["onnxruntime-gpu==1.31.1", "onnx"])
+        info = mlflow.onnx.log_model(
+            onnx.load(str(exported.path)),
+            name=registry.ONNX_MODEL,
+            registered_model_name=registry.MODEL_NAME,
+            save_as_external_data=False,
+            onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+            pip_requirements=["onnxruntime-gpu==1.31.1", "onnx"],
+        )
     return str(info.registered_model_version)
 
 
@@ -94,8 +110,16 @@ def _place(decision: Decision, version: str, champion: str | None, online_rollou
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate_and_register(cfg: Config, prepared: Prepared, challenger: Trained, evaluations: Evaluations, exported: Exported,
-                      snapshot_hash: str, run_id: str, online_rollout: bool = False) -> GateResult:
+def gate_and_register(
+    cfg: Config,
+    prepared: Prepared,
+    challenger: Trained,
+    evaluations: Evaluations,
+    exported: Exported,
+    snapshot_hash: str,
+    run_id: str,
+    online_rollout: bool = False,
+) -> GateResult:
     """Offline gate, registration, aliases. online_rollout: a passing candidate goes to the A/B test, not to champion."""
     logger = get_run_logger()
     reports, champion_ref = evaluations.reports, evaluations.champion
@@ -112,10 +136,18 @@ def gate_and_register(cfg: Config, prepared: Prepared, challenger: Trained, eval
     champion = champion_ref.version if champion_ref else None
     placed = _place(decision, version, champion, online_rollout, cfg)
     outcome = "challenger" if placed else decision.outcome  # a challenger waits for the online A/B test
-    tags = {"gate_outcome": outcome, "snapshot_hash": snapshot_hash, "run_id": run_id, "profile": cfg.profile,
-            "evaluated_against": champion or "none", "feedback_until": challenger.feedback_until or "", **placed}
-    summary = decision.summary("CHALLENGER (offline checks passed; the A/B test against the champion decides)"
-                               if placed else None)
+    tags = {
+        "gate_outcome": outcome,
+        "snapshot_hash": snapshot_hash,
+        "run_id": run_id,
+        "profile": cfg.profile,
+        "evaluated_against": champion or "none",
+        "feedback_until": challenger.feedback_until or "",
+        **placed,
+    }
+    summary = decision.summary(
+        "CHALLENGER (offline checks passed; the A/B test against the champion decides)" if placed else None
+    )
     registry.describe(version, summary, tags)
     tracking.log_json(run_id, {**decision.to_dict(), "version": version}, "gate/decision.json")
     tracking.log_metrics(run_id, {"gate/promoted": float(decision.promote and not online_rollout)})

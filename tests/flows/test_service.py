@@ -59,7 +59,9 @@ def test_recommend_answers_with_request_id_version_and_arm(client, world):
     assert scores == sorted(scores, reverse=True)
     impressions = read_impressions(world["cfg"].paths.feedback)
     logged = impressions.filter(impressions["request_id"] == out["request_id"])
-    assert logged["items"].to_list() == [[i["item_id"] for i in out["items"]]] and logged["arm"].to_list() == ["champion"]
+    assert logged["items"].to_list() == [[i["item_id"] for i in out["items"]]] and logged["arm"].to_list() == [
+        "champion"
+    ]
 
 
 def test_openapi_schema_documents_the_endpoints_and_their_limits(client):
@@ -74,10 +76,18 @@ def test_an_unknown_user_gets_a_cold_start_answer(client):
     assert not out["known_user"] and len(out["items"]) == 3 and out["instruction_type"] == "P0/free"
 
 
-@pytest.mark.parametrize("body", [
-    {"user_id": "u1", "k": 0}, {"user_id": "u1", "k": 101}, {"user_id": "u1", "instruction": "x" * 501},
-    {"user_id": ""}, {"k": 5}, {"user_id": "u1", "surprise": 1}, {"user_id": "u" * 65},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"user_id": "u1", "k": 0},
+        {"user_id": "u1", "k": 101},
+        {"user_id": "u1", "instruction": "x" * 501},
+        {"user_id": ""},
+        {"k": 5},
+        {"user_id": "u1", "surprise": 1},
+        {"user_id": "u" * 65},
+    ],
+)
 def test_bad_recommend_requests_are_4xx(client, body):
     assert client.post("/recommend", json=body).status_code == 422
 
@@ -85,12 +95,14 @@ def test_bad_recommend_requests_are_4xx(client, body):
 def test_bad_feedback_is_rejected_with_a_reason(client):
     out = _recommend(client, "u2", k=3)
     shown, rid = out["items"][0]["item_id"], out["request_id"]
-    cases = [({"request_id": "nope", "user_id": "u2", "kind": "like", "item_id": shown}, 404, "unknown request_id"),
-             ({"request_id": rid, "user_id": "u2", "kind": "like"}, 422, "needs item_id"),
-             ({"request_id": rid, "user_id": "u2", "kind": "instruction"}, 422, "needs text"),
-             ({"request_id": rid, "user_id": "u2", "kind": "love", "item_id": shown}, 422, "kind"),
-             ({"request_id": rid, "user_id": "u9", "kind": "like", "item_id": shown}, 422, "was served to user"),
-             ({"request_id": rid, "user_id": "u2", "kind": "like", "item_id": "i-not-shown"}, 422, "was not recommended")]
+    cases = [
+        ({"request_id": "nope", "user_id": "u2", "kind": "like", "item_id": shown}, 404, "unknown request_id"),
+        ({"request_id": rid, "user_id": "u2", "kind": "like"}, 422, "needs item_id"),
+        ({"request_id": rid, "user_id": "u2", "kind": "instruction"}, 422, "needs text"),
+        ({"request_id": rid, "user_id": "u2", "kind": "love", "item_id": shown}, 422, "kind"),
+        ({"request_id": rid, "user_id": "u9", "kind": "like", "item_id": shown}, 422, "was served to user"),
+        ({"request_id": rid, "user_id": "u2", "kind": "like", "item_id": "i-not-shown"}, 422, "was not recommended"),
+    ]
     for body, status, words in cases:
         r = client.post("/feedback", json=body)
         assert r.status_code == status and words in r.text, (body, r.text)
@@ -150,8 +162,15 @@ def test_alias_moves_are_picked_up_without_a_restart_or_a_failed_request(client)
 def test_feedback_loop_tunes_a_candidate_from_the_champion_on_served_feedback(client, world):
     for u in range(48):
         out = _recommend(client, f"u{u}", k=5)
-        client.post("/feedback", json={"request_id": out["request_id"], "user_id": f"u{u}", "kind": "like",
-                                       "item_id": out["items"][0]["item_id"]})
+        client.post(
+            "/feedback",
+            json={
+                "request_id": out["request_id"],
+                "user_id": f"u{u}",
+                "kind": "like",
+                "item_id": out["items"][0]["item_id"],
+            },
+        )
     before = set(registry.versions())
     summary = feedback_loop(profile="tiny", data=str(world["data"]), force=True)
     assert summary.online_outcome == "no_challenger" and summary.new_events >= 48
@@ -164,8 +183,10 @@ def test_feedback_loop_tunes_a_candidate_from_the_champion_on_served_feedback(cl
 
 
 def _react(client, out, user, kind, item=None, text=None):
-    r = client.post("/feedback", json={"request_id": out["request_id"], "user_id": user, "kind": kind,
-                                       "item_id": item, "text": text})
+    r = client.post(
+        "/feedback",
+        json={"request_id": out["request_id"], "user_id": user, "kind": kind, "item_id": item, "text": text},
+    )
     assert r.status_code == 200 and r.json()["stored"], r.text
 
 
@@ -200,8 +221,9 @@ def test_reactions_shape_the_next_list_in_every_process_and_after_a_restart(clie
     restarted = create_app(world["cfg"], emit=lambda n: None, poll=False)
     with TestClient(restarted) as c:
         again = _recommend(c, user, k=10)
-        assert again["request_source"] == "session" and [i["item_id"] for i in again["items"]] == \
-            [i["item_id"] for i in _recommend(client, user, k=10)["items"]]
+        assert again["request_source"] == "session" and [i["item_id"] for i in again["items"]] == [
+            i["item_id"] for i in _recommend(client, user, k=10)["items"]
+        ]
 
 
 def test_more_like_this_and_similar_items(client):
@@ -211,7 +233,11 @@ def test_more_like_this_and_similar_items(client):
     assert similar.status_code == 200 and len(similar.json()["items"]) == 4
     assert item not in {i["item_id"] for i in similar.json()["items"]}
     more = _recommend(client, "u8", k=4, like_item_id=item)
-    assert more["request_source"] == "more_like_this" and item in more["instruction"] or more["instruction"].startswith("more like")
+    assert (
+        more["request_source"] == "more_like_this"
+        and item in more["instruction"]
+        or more["instruction"].startswith("more like")
+    )
     history = client.app.state.slots.current()["champion"].histories["u8"]
     rec = client.app.state.slots.current()["champion"]
     assert not {i["item_id"] for i in more["items"]} & {rec.catalogue.item_ids[i - 1] for i in history}
@@ -230,8 +256,9 @@ def test_without_session_adaptation_a_reaction_only_hides_the_item(world):
         _react(c, first, "u9", "instruction", text="a scary horror movie")
         after = _recommend(c, "u9", k=10)
         assert after["request_source"] == "none" and liked not in [i["item_id"] for i in after["items"]]
-        assert [i["item_id"] for i in after["items"]] == [i["item_id"] for i in first["items"] if i["item_id"] != liked] + \
-            [i["item_id"] for i in after["items"]][9:]
+        assert [i["item_id"] for i in after["items"]] == [
+            i["item_id"] for i in first["items"] if i["item_id"] != liked
+        ] + [i["item_id"] for i in after["items"]][9:]
 
 
 def test_every_endpoint_documents_its_response(client):
@@ -252,8 +279,24 @@ def _mlflow_server(store: str, port: int):
 
     import httpx
 
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            store,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -296,7 +339,9 @@ def test_a_registry_outage_keeps_the_loaded_models_serving_and_shows_in_health(w
             server = _mlflow_server(store, port)
             slots.refresh()
             health = c.get("/health").json()
-            assert health["registry"] == "ok" and health["reload_error"] is None and slots.versions() == {"champion": "1"}
+            assert (
+                health["registry"] == "ok" and health["reload_error"] is None and slots.versions() == {"champion": "1"}
+            )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -328,8 +373,14 @@ def test_a_full_disk_answers_503_and_stores_nothing_it_did_not_acknowledge(world
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "INSTRUCTREC_HOME": str(world["home"]), "MLFLOW_TRACKING_URI": world["cfg"].paths.tracking_uri}
-    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "serve", "--profile", "tiny", "--port", str(port)],
-                            env=env, preexec_fn=limit_files, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "serve", "--profile", "tiny", "--port", str(port)],
+        env=env,
+        preexec_fn=limit_files,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     acked, refused, codes = [], [], []
     try:
@@ -345,8 +396,13 @@ def test_a_full_disk_answers_503_and_stores_nothing_it_did_not_acknowledge(world
                 if out.status_code != 200:
                     assert out.status_code == 503 and "could not store" in out.text
                     continue
-                event = {"request_id": out.json()["request_id"], "user_id": f"u{n % 40}", "kind": "like",
-                         "item_id": out.json()["items"][0]["item_id"], "event_id": f"disk-{n}"}
+                event = {
+                    "request_id": out.json()["request_id"],
+                    "user_id": f"u{n % 40}",
+                    "kind": "like",
+                    "item_id": out.json()["items"][0]["item_id"],
+                    "event_id": f"disk-{n}",
+                }
                 r = c.post("/feedback", json=event)
                 if r.status_code == 200:
                     acked.append(event["event_id"])
@@ -378,7 +434,9 @@ def test_a_token_guards_every_endpoint_but_health_and_bodies_are_bounded(world, 
         auth = {"Authorization": "Bearer s3cret-token"}
         assert c.post("/recommend", json=body, headers=auth).status_code == 200
         assert c.get("/items/i1/similar", headers={}).status_code == 401
-        big = c.post("/recommend", content=b"{" + b" " * 20_000 + b"}", headers={**auth, "content-type": "application/json"})
+        big = c.post(
+            "/recommend", content=b"{" + b" " * 20_000 + b"}", headers={**auth, "content-type": "application/json"}
+        )
         assert big.status_code == 413 and "max_body_bytes" in big.text
 
 

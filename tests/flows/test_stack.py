@@ -37,8 +37,11 @@ from tests.flows.conftest import isolated_home
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(os.environ.get("INSTRUCTREC_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "screenshots"
-TRAINING, BATCH, FEEDBACK = ("instructrec-training/weekly-training", "instructrec-batch-inference/daily-batch-inference",
-                             "instructrec-feedback/feedback-finetune")
+TRAINING, BATCH, FEEDBACK = (
+    "instructrec-training/weekly-training",
+    "instructrec-batch-inference/daily-batch-inference",
+    "instructrec-feedback/feedback-finetune",
+)
 
 
 class WebhookListener:
@@ -101,8 +104,9 @@ def wait_for_final_run(deployment: str, timeout: float = 420):
     test; the profile comes from the event's payload)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = [r for r in runs_of(deployment)
-                if r.state and r.state.is_final() and r.parameters.get("profile") == "tiny"]
+        done = [
+            r for r in runs_of(deployment) if r.state and r.state.is_final() and r.parameters.get("profile") == "tiny"
+        ]
         if done:
             return done[0]
         time.sleep(2)
@@ -145,10 +149,21 @@ def test_new_champion_triggers_batch_inference(stack):
 
 
 def test_feedback_event_from_the_service_runs_the_fine_tuning_deployment(stack):
-    append_events(stack.home / "feedback", pl.DataFrame({
-        "user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i8", "i3"], "kind": ["like", "dislike", "like"],
-        "text": [None] * 3, "model_version": ["1"] * 3, "arm": ["champion"] * 3, "request_id": ["r1", "r2", "r3"],
-        "timestamp": [datetime.now(UTC)] * 3}))
+    append_events(
+        stack.home / "feedback",
+        pl.DataFrame(
+            {
+                "user_id": ["u1", "u2", "u3"],
+                "item_id": ["i1", "i8", "i3"],
+                "kind": ["like", "dislike", "like"],
+                "text": [None] * 3,
+                "model_version": ["1"] * 3,
+                "arm": ["champion"] * 3,
+                "request_id": ["r1", "r2", "r3"],
+                "timestamp": [datetime.now(UTC)] * 3,
+            }
+        ),
+    )
     env = {**os.environ, "PREFECT_API_URL": stack.endpoints.prefect_api}
     emit = "from adapters.events import feedback_threshold; assert feedback_threshold(500, 'tiny')"
     subprocess.run([sys.executable, "-c", emit], env=env, cwd=ROOT, check=True, timeout=120)
@@ -182,9 +197,17 @@ def browser():
     assert binary.exists() and driver.exists(), "Debian chromium + chromium-driver missing: run `make system-deps`"
     options = webdriver.ChromeOptions()
     options.binary_location = str(binary)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1500,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1500,1000",
+    ):
         options.add_argument(flag)
     chrome = webdriver.Chrome(service=Service(str(driver)), options=options)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -210,20 +233,42 @@ def page_shows(chrome, url: str, *texts: str, screenshot: str, timeout: float = 
 def test_reviewer_finds_metrics_plots_and_champion_in_mlflow_ui(stack, browser):
     run, mlrun = stack.runs["training"]
     base = f"{stack.endpoints.mlflow}/#/experiments/{mlrun.info.experiment_id}/runs/{mlrun.info.run_id}"
-    page_shows(browser, base, mlrun.info.run_name, "InstructRec pipeline finished", "Gate: PROMOTE",
-               "test/challenger/ndcg_at_10", "time_s/ingest", screenshot="mlflow-run.png")
-    page_shows(browser, f"{base}/artifacts/evaluation/ndcg_by_type_and_slice.png", "ndcg_by_type_and_slice.png",
-               screenshot="mlflow-plot.png")
+    page_shows(
+        browser,
+        base,
+        mlrun.info.run_name,
+        "InstructRec pipeline finished",
+        "Gate: PROMOTE",
+        "test/challenger/ndcg_at_10",
+        "time_s/ingest",
+        screenshot="mlflow-run.png",
+    )
+    page_shows(
+        browser,
+        f"{base}/artifacts/evaluation/ndcg_by_type_and_slice.png",
+        "ndcg_by_type_and_slice.png",
+        screenshot="mlflow-plot.png",
+    )
     images = [i for i in browser.find_elements("tag name", "img") if i.get_attribute("src").startswith("blob:")]
     assert images and images[0].get_attribute("naturalWidth") not in (None, "0"), "the PNG artifact did not render"
-    page_shows(browser, f"{stack.endpoints.mlflow}/#/models/{registry.MODEL_NAME}", "@ champion", "Gate: PROMOTED",
-               screenshot="mlflow-registry.png")
+    page_shows(
+        browser,
+        f"{stack.endpoints.mlflow}/#/models/{registry.MODEL_NAME}",
+        "@ champion",
+        "Gate: PROMOTED",
+        screenshot="mlflow-registry.png",
+    )
 
 
 def test_reviewer_finds_the_completed_flow_run_in_prefect_ui(stack, browser):
     run, _ = stack.runs["training"]
-    page_shows(browser, f"{stack.endpoints.prefect_ui}/runs/flow-run/{run.id}", run.name, "Completed",
-               screenshot="prefect-flow-run.png")
+    page_shows(
+        browser,
+        f"{stack.endpoints.prefect_ui}/runs/flow-run/{run.id}",
+        run.name,
+        "Completed",
+        screenshot="prefect-flow-run.png",
+    )
 
 
 def test_a_component_that_cannot_start_is_named_with_its_log_and_nothing_is_left_running(tmp_path, monkeypatch):

@@ -22,14 +22,19 @@ def flaky(errors: list[BaseException]):
 
 
 def test_a_dropped_connection_and_a_locked_store_are_retried_until_the_write_lands():
-    write, calls = flaky([ConnectionError("reset by peer"), MlflowException("(sqlite3.OperationalError) database is locked")])
+    write, calls = flaky(
+        [ConnectionError("reset by peer"), MlflowException("(sqlite3.OperationalError) database is locked")]
+    )
     assert retrying(write, attempts=3, delay=0)(21) == 42
     assert len(calls) == 3
 
 
 def test_bad_requests_and_missing_files_raise_at_once():
-    for error in (MlflowException("bad metric key", error_code=INVALID_PARAMETER_VALUE), FileNotFoundError("x"),
-                  ValueError("nan")):
+    for error in (
+        MlflowException("bad metric key", error_code=INVALID_PARAMETER_VALUE),
+        FileNotFoundError("x"),
+        ValueError("nan"),
+    ):
         write, calls = flaky([error])
         with pytest.raises(type(error)):
             retrying(write, attempts=3, delay=0)(1)

@@ -26,11 +26,19 @@ MIX = {"P1/I0": 0.3, "P1/I2": 0.25, "P0/I2": 0.15, "P1/I1": 0.1, "P0/I1": 0.1, "
 def scorer(tiny_cfg, prepared):
     """MiniLM (frozen, as the cpu profile runs it): a random tiny BERT cannot read genre words from 1k examples."""
     torch.manual_seed(0)
-    cfg = tiny_cfg.model_copy(update={"model": tiny_cfg.model.model_copy(update={"backbone": "minilm", "train_bert": False})})
+    cfg = tiny_cfg.model_copy(
+        update={"model": tiny_cfg.model.model_copy(update={"backbone": "minilm", "train_bert": False})}
+    )
     model, tok = build_model(cfg, prepared)
     examples = training_examples(prepared.split, 20, seed=0, mix=MIX, stride=4)
-    fit(model, tok, examples, settings(epochs=40, patience=40, lr=5e-3, train_bert=False), validator(prepared, tok),
-        progress=False)
+    fit(
+        model,
+        tok,
+        examples,
+        settings(epochs=40, patience=40, lr=5e-3, train_bert=False),
+        validator(prepared, tok),
+        progress=False,
+    )
     ids = prepared.catalogue.item_ids
     return TorchScorer("m", model, tok, ids, ids)
 
@@ -99,6 +107,7 @@ def test_minimum_functionality_one_genre_history_gets_that_genre(scorer, prepare
 
 # -- session adaptation on the same trained scorer, served through its ONNX export ----------------------
 
+
 @pytest.fixture(scope="module")
 def served(scorer, prepared, tmp_path_factory):
     """The trained scorer as the service runs it: ONNX graph + bundle with item-tower vectors."""
@@ -111,12 +120,23 @@ def served(scorer, prepared, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("served")
     cat, split = prepared.catalogue, prepared.split
     graph = export_onnx(scorer.model, scorer.tokenizer, tmp / "m.onnx")
-    bundle = write_bundle(tmp / "bundle", scorer.tokenizer, cat, 20, scorer.model.config.max_text_tokens, "hash",
-                          item_vectors=item_tower(scorer.model))
-    rows = [(split.users[u], cat.item_ids[i - 1], t) for u in split.eval_users
-            for t, i in enumerate(split.history_before_test(u))]
+    bundle = write_bundle(
+        tmp / "bundle",
+        scorer.tokenizer,
+        cat,
+        20,
+        scorer.model.config.max_text_tokens,
+        "hash",
+        item_vectors=item_tower(scorer.model),
+    )
+    rows = [
+        (split.users[u], cat.item_ids[i - 1], t)
+        for u in split.eval_users
+        for t, i in enumerate(split.history_before_test(u))
+    ]
     inter = pl.DataFrame(rows, schema=["user_id", "item_id", "t"], orient="row").with_columns(
-        pl.from_epoch("t").dt.replace_time_zone("UTC").alias("timestamp"), pl.lit(4.0).alias("rating"))
+        pl.from_epoch("t").dt.replace_time_zone("UTC").alias("timestamp"), pl.lit(4.0).alias("rating")
+    )
     return Recommender.load(graph, bundle, inter, version="1")
 
 
@@ -134,8 +154,11 @@ def test_a_like_raises_the_liked_genre_in_the_next_list(served, prepared):
         other = GENRES[(GENRES.index(favourite) + 3) % len(GENRES)]
         before = served.recommend(user, k=10)
         shown = {i["item_id"] for i in before["items"]} | {cat.item_ids[i - 1] for i in served.histories[user]}
-        liked = [cat.item_ids[i - 1] for i in range(1, cat.n_items + 1)
-                 if cat.genres_of(i)[0] == other and cat.item_ids[i - 1] not in shown][:2]
+        liked = [
+            cat.item_ids[i - 1]
+            for i in range(1, cat.n_items + 1)
+            if cat.genres_of(i)[0] == other and cat.item_ids[i - 1] not in shown
+        ][:2]
         after = served.recommend(user, k=10, liked=liked)
         assert not {i["item_id"] for i in after["items"]} & set(liked)  # a liked item joins the history
         delta = _genre_count(after, cat, other) - _genre_count(before, cat, other)
@@ -150,7 +173,9 @@ def test_a_dislike_removes_the_item_and_demotes_its_nearest_neighbours(served, p
     top = before["items"][0]["item_id"]
     neighbours = [i["item_id"] for i in served.similar(top, k=5)["items"]]
     after = served.recommend(user, k=10, exclude=[top], disliked=[top])
-    rank_after = {i["item_id"]: i["rank"] for i in served.recommend(user, k=cat.n_items, exclude=[top], disliked=[top])["items"]}
+    rank_after = {
+        i["item_id"]: i["rank"] for i in served.recommend(user, k=cat.n_items, exclude=[top], disliked=[top])["items"]
+    }
     rank_before = {i["item_id"]: i["rank"] for i in served.recommend(user, k=cat.n_items, exclude=[top])["items"]}
     assert top not in {i["item_id"] for i in after["items"]}
     moved = [rank_after[n] - rank_before[n] for n in neighbours if n in rank_before]
@@ -159,7 +184,9 @@ def test_a_dislike_removes_the_item_and_demotes_its_nearest_neighbours(served, p
     from instructrec.recommend import Adaptation
 
     still = served.recommend(user, k=10, exclude=[top], disliked=[top], adapt=Adaptation(demotion=0.0))
-    assert [i["item_id"] for i in still["items"]] == [i["item_id"] for i in served.recommend(user, k=10, exclude=[top])["items"]]
+    assert [i["item_id"] for i in still["items"]] == [
+        i["item_id"] for i in served.recommend(user, k=10, exclude=[top])["items"]
+    ]
 
 
 def test_similar_items_share_the_items_genre_and_explanations_cite_the_history(served, prepared):
@@ -176,7 +203,9 @@ def test_similar_items_share_the_items_genre_and_explanations_cite_the_history(s
     out = served.recommend(user, "something with comedy", k=10)
     assert all(cat.index[i["because"]] in history for i in out["items"] if "because" in i)
     assert any("because" in i for i in out["items"]) and all(i["reason"] for i in out["items"])
-    assert all(i.get("matches") == ["comedy"] for i in out["items"] if "Comedy" in cat.genres_of(cat.index[i["item_id"]]))
+    assert all(
+        i.get("matches") == ["comedy"] for i in out["items"] if "Comedy" in cat.genres_of(cat.index[i["item_id"]])
+    )
 
 
 def test_an_unknown_user_without_a_request_gets_a_varied_popular_list(served):

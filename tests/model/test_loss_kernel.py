@@ -25,7 +25,8 @@ def _value_and_grads(logp: torch.Tensor, weight: torch.Tensor, *leaves: torch.Te
 def test_fused_log_prob_and_its_gradients_equal_log_softmax_over_several_chunks():
     query, table, bias, target, weight = _inputs()  # 600 rows: three CPU chunks of 256, the last one partial
     ref, ref_grads = _value_and_grads(
-        F.log_softmax(query @ table.T + bias, dim=-1).gather(1, target[:, None]).squeeze(1), weight, query, table, bias)
+        F.log_softmax(query @ table.T + bias, dim=-1).gather(1, target[:, None]).squeeze(1), weight, query, table, bias
+    )
     got, got_grads = _value_and_grads(catalogue_log_prob(query, table, target, bias), weight, query, table, bias)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     for g, r in zip(got_grads, ref_grads, strict=True):
@@ -36,8 +37,9 @@ def test_fused_log_prob_and_its_gradients_equal_log_softmax_over_several_chunks(
 def test_bf16_products_keep_the_loss_and_gradients_close():
     query, table, bias, target, weight = _inputs()
     ref, ref_grads = _value_and_grads(catalogue_log_prob(query, table, target, bias), weight, query, table, bias)
-    got, got_grads = _value_and_grads(catalogue_log_prob(query, table, target, bias, low_precision=True),
-                                      weight, query, table, bias)
+    got, got_grads = _value_and_grads(
+        catalogue_log_prob(query, table, target, bias, low_precision=True), weight, query, table, bias
+    )
     assert (got - ref).abs().mean() < 0.05  # bf16 keeps ~3 significant digits of each logit
     for g, r in zip(got_grads, ref_grads, strict=True):
         assert g.dtype == r.dtype == torch.float32

@@ -12,8 +12,20 @@ from tests.model.conftest import build_model
 
 
 def settings(epochs=6, **kw):
-    base = dict(stage="test", epochs=epochs, batch_size=64, lr=3e-3, bert_lr=1e-3, weight_decay=0.0, negatives=32,
-                patience=epochs, train_bert=True, device="cpu", mixed_precision=False, seed=0)
+    base = dict(
+        stage="test",
+        epochs=epochs,
+        batch_size=64,
+        lr=3e-3,
+        bert_lr=1e-3,
+        weight_decay=0.0,
+        negatives=32,
+        patience=epochs,
+        train_bert=True,
+        device="cpu",
+        mixed_precision=False,
+        seed=0,
+    )
     return FitSettings(**{**base, **kw})
 
 
@@ -21,7 +33,11 @@ def validator(prepared, tok):
     ids = prepared.catalogue.item_ids
 
     def run(model):
-        return {"ndcg@10": evaluate(TorchScorer("v", model, tok, ids, ids), prepared.valid_cases, prepared.split).overall["ndcg@10"]}
+        return {
+            "ndcg@10": evaluate(TorchScorer("v", model, tok, ids, ids), prepared.valid_cases, prepared.split).overall[
+                "ndcg@10"
+            ]
+        }
 
     return run
 
@@ -105,13 +121,26 @@ def test_interrupted_training_resumes_from_the_last_checkpoint(tiny_cfg, prepare
             raise KeyboardInterrupt("simulated crash")
 
     with pytest.raises(KeyboardInterrupt):
-        fit(model, tok, prepared.examples, settings(epochs=4), validator(prepared, tok), tmp_path, "fp",
-            crash_after_second_epoch, progress=False)
+        fit(
+            model,
+            tok,
+            prepared.examples,
+            settings(epochs=4),
+            validator(prepared, tok),
+            tmp_path,
+            "fp",
+            crash_after_second_epoch,
+            progress=False,
+        )
     fresh, tok = build_model(tiny_cfg, prepared)
-    result = fit(fresh, tok, prepared.examples, settings(epochs=4), validator(prepared, tok), tmp_path, "fp", progress=False)
+    result = fit(
+        fresh, tok, prepared.examples, settings(epochs=4), validator(prepared, tok), tmp_path, "fp", progress=False
+    )
     assert result.resumed_from == 1
     assert [r["epoch"] for r in result.history] == [-1, 0, 1, 2, 3]
-    again = fit(fresh, tok, prepared.examples, settings(epochs=4), validator(prepared, tok), tmp_path, "fp", progress=False)
+    again = fit(
+        fresh, tok, prepared.examples, settings(epochs=4), validator(prepared, tok), tmp_path, "fp", progress=False
+    )
     assert again.reused and again.resumed_from == 3 and len(again.history) == 5  # finished: nothing retrained
 
 
@@ -119,7 +148,9 @@ def test_checkpoint_of_other_data_or_config_is_not_resumed(tiny_cfg, prepared, t
     model, tok = build_model(tiny_cfg, prepared)
     fit(model, tok, prepared.examples, settings(epochs=1), validator(prepared, tok), tmp_path, "fp-a", progress=False)
     other, tok = build_model(tiny_cfg, prepared)
-    result = fit(other, tok, prepared.examples, settings(epochs=1), validator(prepared, tok), tmp_path, "fp-b", progress=False)
+    result = fit(
+        other, tok, prepared.examples, settings(epochs=1), validator(prepared, tok), tmp_path, "fp-b", progress=False
+    )
     assert result.resumed_from is None
 
 
@@ -147,8 +178,9 @@ def test_loaded_scorer_exports_fusable_attention(trained, prepared, tmp_path):
     loaded, tok2, _ = load_scorer(save_scorer(model, tok, prepared.catalogue.item_ids, tmp_path / "s"))
     assert loaded.bert.config._attn_implementation == "eager"
     bert = loaded.bert.config
-    _, stats = fuse(export_onnx(loaded, tok2, tmp_path / "m.onnx"), tmp_path / "f.onnx", bert.num_attention_heads,
-                    bert.hidden_size)
+    _, stats = fuse(
+        export_onnx(loaded, tok2, tmp_path / "m.onnx"), tmp_path / "f.onnx", bert.num_attention_heads, bert.hidden_size
+    )
     assert stats.get("Attention") == bert.num_hidden_layers
 
 

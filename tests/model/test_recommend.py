@@ -23,5 +23,7 @@ def test_top_k_all_excludes_history_and_clamps_k(tiny_cfg, prepared, tmp_path):
     seen = inter.select("user_id", "item_id")
     assert top.join(seen, on=["user_id", "item_id"]).height == 0
     one = rec.recommend("u1", k=3)
-    assert [i["item_id"] for i in one["items"]] == top.filter(pl.col("user_id") == "u1").sort("rank")["item_id"].to_list()
+    assert [i["item_id"] for i in one["items"]] == top.filter(pl.col("user_id") == "u1").sort("rank")[
+        "item_id"
+    ].to_list()
     assert np.isfinite(top["score"].to_numpy()).all() and one["variant"] == "fp32"

@@ -33,8 +33,12 @@ def test_learns_a_deterministic_successor():
     n = 30
     train = [np.array([(s + t) % n + 1 for t in range(12)]) for s in range(n)]
     model = SASRec(SASRecConfig(n_items=n, max_len=8, dim=32, n_layers=1, dropout=0.0))
-    result = fit_sasrec(model, train, SASRecSettings(epochs=60, batch_size=16, lr=5e-3, eval_every=20, patience=60),
-                        validate=lambda m: 0.0)
+    result = fit_sasrec(
+        model,
+        train,
+        SASRecSettings(epochs=60, batch_size=16, lr=5e-3, eval_every=20, patience=60),
+        validate=lambda m: 0.0,
+    )
     history = np.array([[5, 6, 7, 8, 9, 10, 11, 12]])
     assert SASRecScorer(model).score(["ignored"], history).argmax() + 1 == 13
     assert result.seconds > 0

@@ -17,8 +17,9 @@ def variants(tiny_cfg, prepared, tmp_path_factory):
     model.eval()
     out = tmp_path_factory.mktemp("variants")
     bert = model.bert.config
-    paths, stats = optimize.build_variants(export_onnx(model, tok, out / "model.onnx"), out / "v",
-                                           bert.num_attention_heads, bert.hidden_size)
+    paths, stats = optimize.build_variants(
+        export_onnx(model, tok, out / "model.onnx"), out / "v", bert.num_attention_heads, bert.hidden_size
+    )
     return model, tok, paths, stats
 
 
@@ -76,8 +77,10 @@ def test_fp16_matches_pytorch_on_gpu(variants, prepared):
     texts, hist = inputs(prepared)
     session = make_session(paths["fp16"])
     assert session.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-    p = parity(TorchScorer("t", model, tok, ids, ids).score(texts, hist),
-               OnnxScorer("fp16", session, tok, model.config.max_text_tokens).score(texts, hist))
+    p = parity(
+        TorchScorer("t", model, tok, ids, ids).score(texts, hist),
+        OnnxScorer("fp16", session, tok, model.config.max_text_tokens).score(texts, hist),
+    )
     assert p.max_abs_diff < 0.05 and p.top10_overlap >= 0.95
 
 
@@ -86,8 +89,12 @@ def report(name, loss, provider="CPUExecutionProvider"):
 
 
 def test_variant_losing_more_than_one_percent_is_never_served():
-    reports = {"fp32": report("fp32", 0.0), "fused": report("fused", 0.0), "int8": report("int8", 0.02),
-               "fp16": report("fp16", 0.0, provider=None)}
+    reports = {
+        "fp32": report("fp32", 0.0),
+        "fused": report("fused", 0.0),
+        "int8": report("int8", 0.02),
+        "fp16": report("fp16", 0.0, provider=None),
+    }
     assert choose_for_serving(reports, "cpu") == "fused"  # int8 too lossy: the CPU-fused fp32 graph is next
     assert choose_for_serving(reports, "cuda") == "fused"  # fp16 unverified here
     reports["int8"] = report("int8", 0.005)

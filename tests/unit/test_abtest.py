@@ -17,10 +17,17 @@ USERS = [str(u) for u in range(10_000)]
 def test_split_is_stable_across_calls_and_processes():
     here = [assign_arm(u, "exp-1", 0.5) for u in USERS[:200]]
     assert here == [assign_arm(u, "exp-1", 0.5) for u in USERS[:200]]
-    code = ("from instructrec.abtest import assign_arm; "
-            "print(''.join('1' if assign_arm(str(u), 'exp-1', 0.5) == 'challenger' else '0' for u in range(200)))")
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.strip()
+    code = (
+        "from instructrec.abtest import assign_arm; "
+        "print(''.join('1' if assign_arm(str(u), 'exp-1', 0.5) == 'challenger' else '0' for u in range(200)))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+    ).stdout.strip()
     assert other == "".join("1" if a == "challenger" else "0" for a in here)
 
 
@@ -61,8 +68,15 @@ def test_prob_better_is_near_certain_for_a_clear_win_and_near_half_for_a_tie():
 
 
 def _offline(win: bool = False, regression: bool = False) -> Decision:
-    return Decision("reject", [Check("floor", True, 0.2, 0.1, "floor"), Check("no_regression", not regression, 0.0, -0.005, "nr"),
-                               Check("win", win, 0.0, 0.0, "win")], {"metric": "ndcg@10"})
+    return Decision(
+        "reject",
+        [
+            Check("floor", True, 0.2, 0.1, "floor"),
+            Check("no_regression", not regression, 0.0, -0.005, "nr"),
+            Check("win", win, 0.0, 0.0, "win"),
+        ],
+        {"metric": "ndcg@10"},
+    )
 
 
 def _evidence(champion: tuple[int, int, int], challenger: tuple[int, int, int], share: float = 0.5) -> OnlineEvidence:

@@ -23,7 +23,9 @@ def test_mlflow_backend_picks_the_stacks_store_and_nothing_else(tmp_path):
     env = {"INSTRUCTREC_HOME": str(tmp_path)}
     assert load_config("cpu", environ=env).stack.backend == "sqlite"
     cfg = load_config("cpu", environ={**env, "MLFLOW_BACKEND": "postgres"})
-    assert cfg.stack.backend == "postgres" and cfg.paths.tracking_uri.startswith("sqlite:")  # clients: MLFLOW_TRACKING_URI
+    assert cfg.stack.backend == "postgres" and cfg.paths.tracking_uri.startswith(
+        "sqlite:"
+    )  # clients: MLFLOW_TRACKING_URI
     with pytest.raises(ValidationError):
         load_config("cpu", environ={**env, "MLFLOW_BACKEND": "mysql"})
 
@@ -80,8 +82,14 @@ def _settings_objects(cfg):
     from instructrec.sasrec import baseline_config, baseline_settings
     from instructrec.train import feedback_settings, representation_settings, scorer_config
 
-    return (representation_settings(cfg), feedback_settings(cfg), feedback_settings(cfg, online=True),
-            scorer_config(cfg, n_items=50), baseline_config(cfg, n_items=50), baseline_settings(cfg))
+    return (
+        representation_settings(cfg),
+        feedback_settings(cfg),
+        feedback_settings(cfg, online=True),
+        scorer_config(cfg, n_items=50),
+        baseline_config(cfg, n_items=50),
+        baseline_settings(cfg),
+    )
 
 
 @pytest.mark.parametrize("section", ["train", "model", "baseline", "feedback"])

@@ -23,8 +23,18 @@ from instructrec.feedback import (
 
 
 def _event(event_id: str, **over) -> dict:
-    return {"event_id": event_id, "user_id": "u1", "item_id": "i1", "kind": "like", "text": None, "model_version": "1",
-            "arm": "champion", "request_id": "r1", "timestamp": datetime(2026, 1, 1, tzinfo=UTC).isoformat(), **over}
+    return {
+        "event_id": event_id,
+        "user_id": "u1",
+        "item_id": "i1",
+        "kind": "like",
+        "text": None,
+        "model_version": "1",
+        "arm": "champion",
+        "request_id": "r1",
+        "timestamp": datetime(2026, 1, 1, tzinfo=UTC).isoformat(),
+        **over,
+    }
 
 
 def test_append_is_idempotent_on_event_id_also_after_a_restart(tmp_path):
@@ -78,9 +88,15 @@ sys.stdin.read()  # wait to be killed, file still open
 
 
 def test_store_reads_batch_files_and_service_segments_together(tmp_path):
-    append_events(tmp_path, pl.DataFrame([_event("b1")]).with_columns(
-        pl.col("timestamp").str.to_datetime(time_zone="UTC"), pl.col("text").cast(pl.String)))
-    EventLog(tmp_path, FEEDBACK_LOG, key="event_id").append(_event("s1", kind="instruction", item_id=None, text="scary"))
+    append_events(
+        tmp_path,
+        pl.DataFrame([_event("b1")]).with_columns(
+            pl.col("timestamp").str.to_datetime(time_zone="UTC"), pl.col("text").cast(pl.String)
+        ),
+    )
+    EventLog(tmp_path, FEEDBACK_LOG, key="event_id").append(
+        _event("s1", kind="instruction", item_id=None, text="scary")
+    )
     store = read_store(tmp_path)
     assert store["event_id"].to_list() == ["b1", "s1"]
     assert store.schema["timestamp"] == pl.Datetime("us", "UTC")
@@ -89,11 +105,22 @@ def test_store_reads_batch_files_and_service_segments_together(tmp_path):
 def test_online_counts_count_shown_items_and_likes_per_arm_and_version(tmp_path):
     imp = EventLog(tmp_path, IMPRESSION_LOG)
     now = datetime(2026, 1, 1, tzinfo=UTC).isoformat()
-    for rid, user, arm, version, items in [("r1", "u1", "champion", "1", ["a", "b", "c"]),
-                                           ("r2", "u2", "challenger", "2", ["a", "d"]),
-                                           ("r3", "u2", "challenger", "3", ["e"])]:  # another challenger version
-        imp.append({"request_id": rid, "user_id": user, "arm": arm, "model_version": version, "items": items,
-                    "instruction": None, "timestamp": now})
+    for rid, user, arm, version, items in [
+        ("r1", "u1", "champion", "1", ["a", "b", "c"]),
+        ("r2", "u2", "challenger", "2", ["a", "d"]),
+        ("r3", "u2", "challenger", "3", ["e"]),
+    ]:  # another challenger version
+        imp.append(
+            {
+                "request_id": rid,
+                "user_id": user,
+                "arm": arm,
+                "model_version": version,
+                "items": items,
+                "instruction": None,
+                "timestamp": now,
+            }
+        )
     fb = EventLog(tmp_path, FEEDBACK_LOG, key="event_id")
     fb.append(_event("e1", request_id="r1", item_id="a"))
     fb.append(_event("e2", request_id="r1", item_id="a", kind="more_like_this"))  # same item: one like
@@ -102,7 +129,11 @@ def test_online_counts_count_shown_items_and_likes_per_arm_and_version(tmp_path)
     counts = online_counts(read_impressions(tmp_path), read_store(tmp_path), {"champion": "1", "challenger": "2"})
     assert (counts["champion"].impressions, counts["champion"].likes, counts["champion"].users) == (3, 1, 1)
     assert (counts["challenger"].impressions, counts["challenger"].likes) == (2, 0)
-    assert json.loads(next(tmp_path.glob("impressions-*.jsonl")).read_text().splitlines()[0])["items"] == ["a", "b", "c"]
+    assert json.loads(next(tmp_path.glob("impressions-*.jsonl")).read_text().splitlines()[0])["items"] == [
+        "a",
+        "b",
+        "c",
+    ]
 
 
 FULL_DISK = r"""

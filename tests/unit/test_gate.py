@@ -61,8 +61,12 @@ def test_regression_beyond_epsilon_is_rejected():
 def test_slice_regression_blocks_an_overall_win():
     rng = np.random.default_rng(3)
     champ = rng.uniform(0, 0.3, 200)
-    d = decide(arm("c", champ + 0.05, {"cold_users": 0.10}), arm("pop", np.full(200, 0.01)), POLICY,
-               champion=arm("champ", champ, {"cold_users": 0.20}))
+    d = decide(
+        arm("c", champ + 0.05, {"cold_users": 0.10}),
+        arm("pop", np.full(200, 0.01)),
+        POLICY,
+        champion=arm("champ", champ, {"cold_users": 0.20}),
+    )
     assert d.outcome == "reject"
     assert [c.name for c in d.checks if not c.passed] == ["slice:cold_users"]
 
@@ -76,15 +80,23 @@ def test_broken_onnx_parity_blocks_promotion():
 def test_latency_regression_blocks_promotion():
     rng = np.random.default_rng(4)
     champ = rng.uniform(0, 0.3, 200)
-    d = decide(arm("c", champ + 0.05, latency=10.0), arm("pop", np.full(200, 0.01)), POLICY,
-               champion=arm("champ", champ, latency=2.0))
+    d = decide(
+        arm("c", champ + 0.05, latency=10.0),
+        arm("pop", np.full(200, 0.01)),
+        POLICY,
+        champion=arm("champ", champ, latency=2.0),
+    )
     assert [c.name for c in d.checks if not c.passed] == ["latency"]
 
 
 def test_too_few_paired_users_is_insufficient_data():
     few = np.arange(MIN_PAIRED_USERS - 1)
-    d = decide(arm("c", np.full(len(few), 0.3), users=few), arm("pop", np.full(len(few), 0.1), users=few), POLICY,
-               champion=arm("champ", np.full(len(few), 0.1), users=few))
+    d = decide(
+        arm("c", np.full(len(few), 0.3), users=few),
+        arm("pop", np.full(len(few), 0.1), users=few),
+        POLICY,
+        champion=arm("champ", np.full(len(few), 0.1), users=few),
+    )
     assert d.outcome == "insufficient_data"
 
 

@@ -109,6 +109,7 @@ def test_training_examples_cover_the_mix_and_never_use_eval_targets():
     inter, items = make_tables()
     from instructrec import schema
     from instructrec.sources.coerce import to_canonical
+
     inter = to_canonical(inter, schema.INTERACTIONS_SCHEMA, "interactions", "x")
     items = to_canonical(items, {**schema.ITEMS_SCHEMA, **schema.ITEM_ATTRIBUTES}, "items", "x")
     split = temporal_leave_one_out(inter, Catalogue.from_items(items))

@@ -20,7 +20,9 @@ from instructrec.lists import (
 
 def space(vectors, genres, popularity=None, n_users=10):
     n = len(vectors)
-    return ItemSpace.build(np.asarray(vectors, dtype=float), genres, np.zeros(n) if popularity is None else popularity, n_users)
+    return ItemSpace.build(
+        np.asarray(vectors, dtype=float), genres, np.zeros(n) if popularity is None else popularity, n_users
+    )
 
 
 def test_diversity_is_zero_for_identical_items_and_one_for_disjoint_ones():

@@ -18,8 +18,12 @@ def test_nothing_registered_reads_as_none_and_an_unreachable_registry_raises(tmp
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
         registry.connect("http://127.0.0.1:9")  # nothing listens on the discard port
-        for ask in (lambda: registry.get_alias(registry.CHAMPION), registry.aliases, registry.versions,
-                    lambda: registry.remove_alias(registry.CHALLENGER)):
+        for ask in (
+            lambda: registry.get_alias(registry.CHAMPION),
+            registry.aliases,
+            registry.versions,
+            lambda: registry.remove_alias(registry.CHALLENGER),
+        ):
             with pytest.raises(registry.RegistryUnavailable, match="127.0.0.1:9"):
                 ask()
     finally:

@@ -13,8 +13,15 @@ def ev(event_id, kind, item=None, text=None, user="u1", ts="2026-01-01T00:00:00+
 
 def test_likes_dislikes_and_requests_fold_into_a_session():
     book = SessionBook(max_items=3)
-    book.extend([ev("1", "like", "a"), ev("2", "more_like_this", "b"), ev("3", "dislike", "c"),
-                 ev("4", "instruction", text="something funny"), ev("5", "like", "c")])
+    book.extend(
+        [
+            ev("1", "like", "a"),
+            ev("2", "more_like_this", "b"),
+            ev("3", "dislike", "c"),
+            ev("4", "instruction", text="something funny"),
+            ev("5", "like", "c"),
+        ]
+    )
     s = book.get("u1")
     assert s.liked == ["a", "b", "c"] and s.disliked == [] and s.judged == {"a", "b", "c"}
     assert s.request == "something funny"
@@ -45,7 +52,7 @@ def test_a_log_tail_sees_every_writer_and_never_a_half_written_line(tmp_path):
     torn.write_bytes(b'{"n": 3}\n{"n": ')
     assert [r["n"] for r in tail.new_records()] == [3]
     with torn.open("ab") as fh:
-        fh.write(b'4}\n')
+        fh.write(b"4}\n")
     assert [r["n"] for r in tail.new_records()] == [4]
     a.append({"n": 5})
     assert [r["n"] for r in tail.new_records()] == [5] and json.loads(torn.read_text().splitlines()[1]) == {"n": 4}

@@ -14,7 +14,12 @@ T0 = datetime(2021, 1, 1, tzinfo=UTC)
 def frame(rows):
     return pl.DataFrame(
         [(u, i, T0 + timedelta(hours=h), 4.0) for u, i, h in rows],
-        schema={"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Datetime("us", "UTC"), "rating": pl.Float32},
+        schema={
+            "user_id": pl.String,
+            "item_id": pl.String,
+            "timestamp": pl.Datetime("us", "UTC"),
+            "rating": pl.Float32,
+        },
         orient="row",
     )
 
@@ -44,7 +49,9 @@ def test_row_order_column_orders_ties_after_any_reshuffle():
 
 
 def test_short_users_only_train_and_are_not_evaluated():
-    split = temporal_leave_one_out(frame([("u", "a", 1), ("u", "b", 2), ("v", "a", 1), ("v", "b", 2), ("v", "c", 3)]), CAT)
+    split = temporal_leave_one_out(
+        frame([("u", "a", 1), ("u", "b", 2), ("v", "a", 1), ("v", "b", 2), ("v", "c", 3)]), CAT
+    )
     assert split.users == ["u", "v"]
     assert split.eval_users.tolist() == [1]
     assert split.popularity.tolist() == [0, 2, 1, 0, 0, 0]  # train only
