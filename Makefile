@@ -14,14 +14,37 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo bench bench-gpu bench-service bench-session bench-new-items mlflow-ui clean
+.PHONY: run test test-fast lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo bench bench-gpu bench-service bench-session bench-new-items mlflow-ui clean
 
-$(STAMP): pyproject.toml
+# requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e ".[dev]"
 	touch $(STAMP)
+
+# where the CPU build of torch is found: a local wheel folder where the machine has one, else PyTorch's CPU index
+TORCH_CPU_WHEELS ?= $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
+
+# Re-resolve requirements.lock from pyproject.toml (uv, run from a throw-away tool folder); torch stays out
+lock:
+	$(PYTHON) -m pip install -q --target $(VENV)-tools "uv==0.13.8"
+	echo "$(TORCH_SPEC)+cpu" > $(VENV)-tools/torch-override.txt
+	PYTHONPATH=$(VENV)-tools $(VENV)-tools/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --no-header --annotation-style line $(TORCH_CPU_WHEELS) \
+	  --override $(VENV)-tools/torch-override.txt --no-emit-package torch -o requirements.lock
+
+# ruff (lint + format check) and pyright (basic, through basedpyright) on the library, registry and service
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/basedpyright
+
+# Everything not marked slow (no whole flow runs, no servers): the inner loop
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 setup: $(STAMP)
 

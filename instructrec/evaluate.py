@@ -27,6 +27,7 @@ class Scorer(Protocol):
 
     def score(self, texts: list[str], history: np.ndarray) -> np.ndarray:
         """[B, n_items] scores in catalogue order; history is [B, H] catalogue indices."""
+        ...
 
 
 @dataclass
@@ -71,8 +72,12 @@ def build_cases(
                 continue
             all_seen = np.union1d(split.history_before_test(u), [split.test[u]])
             negs.append(_sample_unseen(rng, n_items, all_seen, n_negatives))
-            rows.append(u), texts.append(ins.text), templates.append(ins.template), hists.append(ins.history)
-            targets.append(tgt), excl.append(np.setdiff1d(seen, [tgt]))
+            rows.append(u)
+            texts.append(ins.text)
+            templates.append(ins.template)
+            hists.append(ins.history)
+            targets.append(tgt)
+            excl.append(np.setdiff1d(seen, [tgt]))
         if rows:
             cases[f"{type_}/{HELD_OUT}" if held_out else type_] = EvalCase(
                 type_,
@@ -262,7 +267,7 @@ def explanation_faithfulness(
         rescored = np.asarray(scorer.score(texts, np.stack(hists)), dtype=np.float64)
         for (kind, j, c), row in zip(asks, rescored, strict=True):
             drops[kind].append(base[j, c] - row[c])
-    out = {"users": int(len(picked)), "k": k}
+    out: dict[str, float] = {"users": int(len(picked)), "k": k}
     for kind, values in drops.items():
         v = np.asarray(values)
         out[f"{kind}_lowered_share"] = float((v > 0).mean()) if len(v) else float("nan")

@@ -13,6 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,8 @@ WITH_TENSORRT = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecu
 
 class _Exported(torch.nn.Module):
     """Freezes item vectors into the graph: serving costs one encoder pass + one matmul."""
+
+    items: torch.Tensor
 
     def __init__(self, model: InstructRecScorer):
         super().__init__()
@@ -78,7 +81,7 @@ CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion", "BiasGeluFusion", "EmbedLayerN
 
 @dataclass(frozen=True)
 class Session:
-    session: object  # onnxruntime.InferenceSession
+    session: Any  # onnxruntime.InferenceSession (imported lazily: importing the library stays cheap)
     provider: str  # the provider actually running the graph
 
     @property
@@ -119,7 +122,7 @@ def cuda_usable() -> bool:
 def provider_options(provider: str, cache_dir: Path | None) -> dict:
     """Per-provider ONNX Runtime options: fp16 and an engine cache for TensorRT, device and cuDNN search for CUDA."""
     if provider == "TensorrtExecutionProvider":
-        options = {"trt_fp16_enable": True}
+        options: dict[str, object] = {"trt_fp16_enable": True}
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
             options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir))
@@ -192,6 +195,7 @@ class OnnxScorer:
             part = self.session.run(ids[rows, :width], mask[rows, :width], history[rows])
             out = np.empty((len(texts), part.shape[1]), dtype=part.dtype) if out is None else out
             out[rows] = part
+        assert out is not None  # texts is longer than one micro-batch, so at least one bucket ran
         return out
 
 

@@ -361,7 +361,9 @@ def sampled_instruction(
 ) -> Instruction:
     """A type drawn from the mix; history-only where the type cannot be expressed (history must be non-empty)."""
     ins = make_instruction(sample_type(rng, mix), int(rng.integers(1 << 30)), catalogue, history, target, max_history)
-    return ins or make_instruction("P1/I0", int(rng.integers(1 << 30)), catalogue, history, None, max_history)
+    ins = ins or make_instruction("P1/I0", int(rng.integers(1 << 30)), catalogue, history, None, max_history)
+    assert ins is not None, "P1/I0 is expressible for any non-empty history"
+    return ins
 
 
 def windows(seq: np.ndarray, max_history: int, stride: int | None = None) -> list[tuple[int, int, int]]:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import BertConfig, BertModel, BertTokenizerFast  # pyright: ignore[reportAttributeAccessIssue]  (lazy module)
 
 from instructrec.io import atomic_dir
 
@@ -101,6 +101,8 @@ class CausalEncoder(nn.Module):
 
 
 class InstructRecScorer(nn.Module):
+    item_text: torch.Tensor  # buffer: frozen BERT features per item
+
     def __init__(self, config: ScorerConfig, bert: BertModel | None = None):
         super().__init__()
         self.config = config
@@ -108,7 +110,7 @@ class InstructRecScorer(nn.Module):
         self.bert = (
             bert
             if bert is not None
-            else BertModel(BertConfig(**config.bert, attn_implementation="eager"), add_pooling_layer=False)
+            else BertModel(BertConfig(**config.bert, attn_implementation="eager"), add_pooling_layer=False)  # pyright: ignore[reportCallIssue]
         )
         if not config.bert:
             config.bert = self.bert.config.to_dict()

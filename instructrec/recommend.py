@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from transformers import BertTokenizerFast
+from transformers import BertTokenizerFast  # pyright: ignore[reportAttributeAccessIssue]  (lazy module)
 
 from instructrec import schema
 from instructrec.config import ServeConfig
@@ -151,7 +151,9 @@ class Recommender:
         if instruction:
             return free_text_instruction(instruction, history, self.max_history, self.catalogue)
         if len(history):
-            return make_instruction(DEFAULT_REQUEST, 0, self.catalogue, history, None, self.max_history)
+            ins = make_instruction(DEFAULT_REQUEST, 0, self.catalogue, history, None, self.max_history)
+            assert ins is not None, "the default request is expressible for any non-empty history"
+            return ins
         return free_text_instruction(
             f"Recommend a popular {self.catalogue.noun}.", history, self.max_history, self.catalogue
         )
@@ -190,7 +192,9 @@ class Recommender:
         scores = self._nudge(scores, fresh - 1, adapt.promotion, adapt.neighbours)
         scores = self._nudge(scores, self.indices(disliked) - 1, -adapt.demotion, adapt.neighbours)
         top = self._pick(scores, k, adapt.diversity, adapt.candidates)
-        items = [self._item(c, scores[c], r, history, set(fresh.tolist()), instruction) for r, c in enumerate(top)]
+        items = [
+            self._item(c, float(scores[c]), r, history, set(fresh.tolist()), instruction) for r, c in enumerate(top)
+        ]
         return {**self._head(str(user_id), bool(len(known)), render(ins, self.catalogue), ins.type), "items": items}
 
     def similar(self, item_id: str, k: int = 10, exclude: Iterable[str] = ()) -> dict:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -90,7 +91,8 @@ def warm_start(model: InstructRecScorer, sasrec: SASRec) -> None:
     with torch.no_grad():
         model.encoder.load_state_dict(sasrec.encoder.state_dict())
         model.item_id.weight.copy_(sasrec.item.weight)
-        for layer in (model.item_text_proj, model.text_proj, model.fuse[-1]):
+        last_fuse = cast(torch.nn.Linear, model.fuse[-1])
+        for layer in (model.item_text_proj, model.text_proj, last_fuse):
             layer.weight.zero_()
             layer.bias.zero_()
 

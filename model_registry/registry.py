@@ -82,7 +82,7 @@ def get_alias(alias: str, name: str = MODEL_NAME) -> VersionRef | None:
     """The version the alias points at; None when the model or alias does not exist; RegistryUnavailable when
     the registry cannot be asked."""
     mv: ModelVersion | None = _lookup(lambda: client().get_model_version_by_alias(name, alias), None, f"alias {alias}")
-    return None if mv is None else VersionRef(str(mv.version), mv.run_id, mv.source)
+    return None if mv is None else VersionRef(str(mv.version), str(mv.run_id), str(mv.source))
 
 
 def aliases(name: str = MODEL_NAME) -> dict[str, str]:

@@ -8,6 +8,7 @@ stops exactly those. The integration tests start their own stack on free ports i
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import pwd
@@ -70,6 +71,8 @@ class LocalPostgres:
         found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
         if not found:
             raise StackError("PostgreSQL server not installed (Debian package `postgresql`): run `make system-deps`")
+        if importlib.util.find_spec("psycopg2") is None:
+            raise StackError("MLflow's PostgreSQL driver is missing: pip install 'instructrec-pipeline[postgres]'")
         return found[-1].parent
 
     @property

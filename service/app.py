@@ -7,6 +7,9 @@ or mixes a request. Every served list and every feedback event is on disk
 (fsync) before the response leaves.
 """
 
+# The request models are built per config (its limits become field constraints), so their types are runtime values.
+# pyright: reportInvalidTypeForm=false
+
 import logging
 import os
 import secrets
