@@ -146,6 +146,9 @@ class ServeConfig(_Frozen):
     port: int = 8000
     workers: int = 1  # service processes (uvicorn workers); they share sessions through the event logs
     api_token_env: str = "INSTRUCTREC_API_TOKEN"  # the token lives in this variable, never in config or MLflow
+    admin_token_env: str = (
+        "INSTRUCTREC_ADMIN_TOKEN"  # DELETE /users/{id} (erasure) needs it; unset: erasure only by CLI
+    )
     max_body_bytes: int = 16_384  # larger request bodies are refused (413) before they are read
     onnx_threads: int = 0  # ONNX Runtime intra-op threads per model (0: one per core)
     experiment: str = "ab-1"  # salt of the user -> arm hash; a new experiment reshuffles users

@@ -3,24 +3,43 @@
 Each writing process appends JSON lines to a segment file of its own
 (`<prefix>-<utc start>-<pid>-<rand>.jsonl`), flushes and fsyncs before it
 returns, so an acknowledged event survives a crash of the process. Segments
-are never rewritten; readers skip a torn last line (a crash mid-write of an
-event that was never acknowledged). Idempotency on `event_id` is the
-writer's: `append` of an id already in any segment is a no-op.
+are only ever rewritten by an erasure (instructrec.erasure), which holds the
+directory's lock exclusively while appends hold it shared, and replaces a
+segment whole: a writer whose segment was replaced starts a new one. Readers
+skip a torn last line (a crash mid-write of an event that was never
+acknowledged). Idempotency on `event_id` is the writer's: `append` of an id
+already in any segment is a no-op.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+
+LOCK_FILE = ".lock"  # in the log's directory: shared by appends, exclusive for an erasure
 
 
 class StoreWriteError(OSError):
     """An event could not be stored (disk full, I/O error); nothing of it was kept."""
+
+
+@contextmanager
+def directory_lock(directory: Path, exclusive: bool) -> Iterator[None]:
+    """flock on the directory's lock file: many appenders at once, or one rewriter alone."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class EventLog:
@@ -35,12 +54,15 @@ class EventLog:
             self._seen = seen if seen is not None else {str(r[key]) for r in self.read() if r.get(key) is not None}
 
     def _segment(self) -> int:
+        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:  # replaced by an erasure: never append to it
+            os.close(self._fd)
+            self._fd = None
         if self._fd is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
             self._path = self.directory / f"{self.prefix}-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}.jsonl"
             self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            _fsync_dir(self.directory)  # the new file's name is durable too
+            fsync_dir(self.directory)  # the new file's name is durable too
         return self._fd
 
     def append(self, record: dict) -> bool:
@@ -51,7 +73,7 @@ class EventLog:
         is left to be flushed later; the next append starts a new segment.
         """
         line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
-        with self._lock:
+        with self._lock, directory_lock(self.directory, exclusive=False):
             if self.key is not None:
                 key = str(record[self.key])
                 if key in self._seen:
@@ -105,7 +127,19 @@ class LogTail:
     def __init__(self, directory: Path, prefix: str):
         self.directory, self.prefix = directory, prefix
         self._offsets: dict[Path, int] = {}
+        self._inodes: dict[Path, int] = {}
         self._lock = threading.Lock()
+
+    def rewritten(self) -> bool:
+        """Whether a segment read before was replaced or removed since (an erasure): the offsets no longer hold,
+        and what was read from it may include records that are gone; the reader must start over."""
+        for path, inode in self._inodes.items():
+            try:
+                if path.stat().st_ino != inode:
+                    return True
+            except FileNotFoundError:
+                return True
+        return False
 
     def new_records(self) -> list[dict]:
         out: list[dict] = []
@@ -115,6 +149,7 @@ class LogTail:
                 if path.stat().st_size <= start:
                     continue
                 with path.open("rb") as fh:
+                    self._inodes[path] = os.fstat(fh.fileno()).st_ino
                     fh.seek(start)
                     data = fh.read()
                 complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
@@ -134,7 +169,7 @@ def iter_records(directory: Path, prefix: str) -> Iterator[dict]:
                     yield json.loads(line)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

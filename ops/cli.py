@@ -96,6 +96,20 @@ def _similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forget(args: argparse.Namespace) -> int:
+    """Erasure works on the store directly: no model, registry or running service is needed (a running service
+    notices the rewritten segments and drops the user's session on its next read)."""
+    import getpass
+    from dataclasses import asdict
+
+    from instructrec.erasure import erase_user
+
+    cfg = load_config()
+    erasure = erase_user(cfg.paths.feedback, args.user_id, requested_by=f"cli:{getpass.getuser()}")
+    print(json.dumps(asdict(erasure), indent=2))
+    return 0
+
+
 def _batch(args: argparse.Namespace) -> int:
     from flows.batch_inference import batch_inference
     from tasks.serving import NoChampion
@@ -245,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--item-id", required=True)
     si.add_argument("-k", type=int, default=10)
     si.set_defaults(run=_similar)
+    fg = sub.add_parser(
+        "forget", help="erase a user's feedback and impressions from serving and all future training (audited)"
+    )
+    fg.add_argument("--user-id", required=True)
+    fg.set_defaults(run=_forget)
     b = sub.add_parser("batch", help="top-k for every user from the champion, written as Parquet")
     b.add_argument("-k", type=int, default=10)
     b.set_defaults(run=_batch)

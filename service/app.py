@@ -18,12 +18,12 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import polars as pl
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -31,6 +31,7 @@ from adapters import events
 from instructrec import schema
 from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, assign_arm, bucket
 from instructrec.config import Config, ServeConfig
+from instructrec.erasure import erase_user
 from instructrec.eventlog import EventLog, LogTail, StoreWriteError
 from instructrec.feedback import FEEDBACK_LOG, IMPRESSION_LOG, STORE_GLOB, read_store
 from instructrec.recommend import Adaptation, Recommender
@@ -169,6 +170,16 @@ class ModelInfo(BaseModel):
     provider: str
 
 
+class ErasureResponse(BaseModel):
+    erasure_id: str
+    user_sha256: str = Field(description="the audit log keeps this digest, not the id")
+    requested_by: str
+    timestamp: str
+    events_removed: int
+    impressions_removed: int
+    files_rewritten: int
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "no_model"]
     models: dict[str, ModelInfo]
@@ -229,17 +240,24 @@ class SharedState:
     def __init__(self, cfg: Config):
         self.feedback_dir = cfg.paths.feedback
         self.ttl = timedelta(seconds=cfg.serve.request_ttl_seconds)
+        self._lock = threading.Lock()
+        self._start_over()
+
+    def _start_over(self) -> None:
+        """Empty state, to be folded from the logs from their start (at start-up, and after an erasure)."""
         self.book = SessionBook()
         self.requests: OrderedDict[str, Served] = OrderedDict()
         self._events = LogTail(self.feedback_dir, FEEDBACK_LOG)
         self._impressions = LogTail(self.feedback_dir, IMPRESSION_LOG)
-        self._lock = threading.Lock()
         for f in sorted(self.feedback_dir.glob(STORE_GLOB)):  # batch files (imports) are never appended to
             self.book.extend(pl.read_parquet(f).to_dicts())
 
     def sync(self) -> None:
-        """Fold in what any process appended since the last call (a few stat calls when nothing did)."""
+        """Fold in what any process appended since the last call (a few stat calls when nothing did); after an
+        erasure replaced a segment, fold everything again, so no process keeps an erased user's session."""
         with self._lock:
+            if self._events.rewritten() or self._impressions.rewritten():
+                self._start_over()
             self.book.extend(self._events.new_records())
             for row in self._impressions.new_records():
                 self.requests[row[schema.REQUEST_ID]] = Served(
@@ -423,6 +441,21 @@ def create_app(
             "variant": rec.variant,
         }
         return {**head, "model_version": rec.version, "items": similar["items"]}
+
+    admin_token = os.environ.get(cfg.serve.admin_token_env) or None
+
+    @app.delete("/users/{user_id}")
+    def forget(user_id: str, x_admin_token: Annotated[str | None, Header()] = None) -> ErasureResponse:
+        """Erase a user's feedback and impressions (admin token only): gone from serving and from every later
+        training run; the erasure itself is kept in the audit log."""
+        if admin_token is None:
+            raise HTTPException(403, f"erasure over HTTP is off: set ${cfg.serve.admin_token_env} for the service")
+        if not secrets.compare_digest((x_admin_token or "").encode(), admin_token.encode()):
+            raise HTTPException(403, f"erasure needs the admin token (${cfg.serve.admin_token_env}) in X-Admin-Token")
+        erasure = erase_user(cfg.paths.feedback, user_id, requested_by="api")
+        shared.sync()
+        log.info("erased user %s: %s", erasure.user_sha256[:12], erasure)
+        return ErasureResponse(**asdict(erasure))
 
     @app.get("/items/{item_id}/similar")
     def similar(item_id: str, k: Annotated[int, Query(ge=1, le=cfg.serve.max_k)] = 10) -> SimilarResponse:

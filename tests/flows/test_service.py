@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 
+import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
@@ -438,6 +439,35 @@ def test_a_token_guards_every_endpoint_but_health_and_bodies_are_bounded(world, 
             "/recommend", content=b"{" + b" " * 20_000 + b"}", headers={**auth, "content-type": "application/json"}
         )
         assert big.status_code == 413 and "max_body_bytes" in big.text
+
+
+def test_an_admin_erases_a_user_from_serving_in_every_process_and_from_training(world, monkeypatch):
+    from instructrec.erasure import erasures, user_digest
+
+    user, feedback_dir = "u21", world["cfg"].paths.feedback
+    with TestClient(create_app(world["cfg"], emit=lambda n: None, poll=False)) as a:
+        out = _recommend(a, user, k=5)
+        _react(a, out, user, "instruction", text="a scary horror movie")
+        _react(a, out, user, "like", out["items"][0]["item_id"])
+        assert _recommend(a, user, k=5)["request_source"] == "session"
+        others = read_store(feedback_dir).filter(pl.col("user_id") != user).height
+        assert a.delete(f"/users/{user}").status_code == 403  # no admin token configured: erasure over HTTP is off
+    monkeypatch.setenv("INSTRUCTREC_ADMIN_TOKEN", "adm1n")
+    with (
+        TestClient(create_app(world["cfg"], emit=lambda n: None, poll=False)) as a,
+        TestClient(create_app(world["cfg"], emit=lambda n: None, poll=False)) as b,
+    ):
+        assert b.app.state.shared.session(user).request  # B (another process) holds the session too
+        assert a.delete(f"/users/{user}", headers={"X-Admin-Token": "wrong"}).status_code == 403
+        r = a.delete(f"/users/{user}", headers={"X-Admin-Token": "adm1n"})
+        assert r.status_code == 200, r.text
+        assert r.json()["events_removed"] == 2 and r.json()["impressions_removed"] >= 2
+        store = read_store(feedback_dir)
+        assert user not in set(store["user_id"]) and store.height == others  # nobody else's event was touched
+        assert user not in set(read_impressions(feedback_dir)["user_id"])
+        assert erasures(feedback_dir)[-1]["user_sha256"] == user_digest(user)
+        assert _recommend(a, user, k=5)["request_source"] == "none"  # the session is gone in A ...
+        assert _recommend(b, user, k=5)["request_source"] == "none"  # ... and in B, which only read the logs
 
 
 def test_serving_beyond_localhost_without_a_token_is_refused(monkeypatch, capsys):
