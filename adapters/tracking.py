@@ -10,6 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import socket
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from instructrec.config import Config
+from instructrec.errors import TrackingStoreError
 
 log = logging.getLogger("instructrec.tracking")
 ARTIFACTS_DIR = "mlartifacts"
@@ -79,6 +83,7 @@ def _counted(fn):
 def configure(cfg: Config) -> str:
     """Point MLflow at the configured store; create the experiment with local artifacts."""
     cfg.paths.home.mkdir(parents=True, exist_ok=True)
+    ensure_writable(cfg.paths.tracking_uri)
     mlflow.set_tracking_uri(cfg.paths.tracking_uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(cfg.experiment)
@@ -88,12 +93,36 @@ def configure(cfg: Config) -> str:
     return client.create_experiment(cfg.experiment, artifact_location=location)
 
 
+def ensure_writable(tracking_uri: str) -> None:
+    """A SQLite store that cannot be written (read-only or immutable file, read-only folder or disk) is named in
+    one paragraph before any run starts; MLflow itself would retry and print hundreds of lines of tracebacks."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return  # a server or a database server answers for itself
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    try:
+        con = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            con.execute(f"PRAGMA user_version = {int(version)}")  # a real write of an unchanged value
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise TrackingStoreError(
+            f"MLflow's tracking store {path} cannot be written ({exc}). The file or its folder may be read-only or "
+            f"immutable (see `ls -l {path}` and `lsattr {path}`), or the disk full or mounted read-only. Make it "
+            "writable, or point MLFLOW_TRACKING_URI (or INSTRUCTREC_HOME) elsewhere. Nothing was run or logged."
+        ) from None
+
+
 @contextmanager
 def pipeline_run(cfg: Config, run_name: str, tags: dict[str, str]) -> Iterator[str]:
-    """Open the flow's MLflow run; close it FINISHED, or FAILED on any exception."""
+    """Open the flow's MLflow run; close it FINISHED, or FAILED on any exception. Runs that an earlier process
+    left RUNNING when it was killed are closed first (mark_abandoned)."""
     experiment_id = configure(cfg)
     client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, **_flow_run_tags()})
+    mark_abandoned(client, experiment_id)
+    owner = {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid())}
+    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, **_flow_run_tags(), **owner})
     run_id = run.info.run_id
     client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in cfg.flat().items()])
     log_json(run_id, cfg.model_dump(mode="json"), "config.json")  # the resolved config, whole
@@ -105,6 +134,55 @@ def pipeline_run(cfg: Config, run_name: str, tags: dict[str, str]) -> Iterator[s
     finally:
         client.log_metric(run_id, LOGGING_TIME, _logging_seconds.pop(run_id, 0.0))
     client.set_terminated(run_id, "FINISHED")
+
+
+OWNER_HOST, OWNER_PID = "instructrec.host", "instructrec.pid"
+
+
+def mark_abandoned(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Close the runs of this host whose process is gone (kill -9, power loss): the MLflow run FAILED and its
+    Prefect flow run CRASHED, instead of RUNNING forever. A run of a live process is left alone."""
+    host = socket.gethostname()
+    running = client.search_runs(
+        [experiment_id], f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{host}'", max_results=1000
+    )
+    closed = []
+    for run in running:
+        pid = int(run.data.tags.get(OWNER_PID, "0"))
+        if pid <= 0 or _alive(pid):
+            continue
+        note = f"process {pid} on {host} ended without closing this run (killed); closed by the next start"
+        client.set_tag(run.info.run_id, "instructrec.abandoned", note)
+        client.set_terminated(run.info.run_id, "FAILED")
+        if flow_run_id := run.data.tags.get("prefect.flow_run_id"):
+            _crash_flow_run(flow_run_id, note)
+        log.warning("run %s: %s", run.info.run_id, note)
+        closed.append(run.info.run_id)
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _crash_flow_run(flow_run_id: str, message: str) -> None:
+    """The killed attempt's flow run, in the same Prefect database, if it still says it runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as prefect:
+        try:
+            state = prefect.read_flow_run(flow_run_id).state
+        except Exception:  # another Prefect database (a moved home, a server since replaced): nothing to mark
+            return
+        if state is not None and not state.is_final():
+            prefect.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
 
 
 def _flow_run_tags() -> dict[str, str]:

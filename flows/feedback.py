@@ -79,7 +79,7 @@ def _loop(cfg: Config, run_id: str, force: bool) -> LoopSummary:
         exported = export_challenger(cfg, prepared, tuned, evaluations.champion, run_id)
     with tracking.timed(run_id, "gate"):
         gate = gate_and_register(cfg, prepared, tuned, evaluations, exported, snap.hash, run_id, online_rollout=True)
-    summary.registered, summary.offline_outcome, summary.aliases = gate.version, gate.decision.outcome, gate.aliases
+    summary.registered, summary.offline_outcome, summary.aliases = gate.version, gate.outcome, gate.aliases
     return summary
 
 

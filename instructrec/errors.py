@@ -47,3 +47,7 @@ class DataValidationError(Exception):
 
 class SourceError(Exception):
     """A source could not be read or fetched (missing file, bad checksum)."""
+
+
+class TrackingStoreError(Exception):
+    """The experiment store (MLflow's database) cannot be written: checked before any run starts."""

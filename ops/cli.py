@@ -7,10 +7,12 @@ import json
 import logging
 import os
 import sys
+from contextlib import nullcontext
 
 from instructrec.config import load_config
-from instructrec.errors import DataValidationError, SourceError
+from instructrec.errors import DataValidationError, SourceError, TrackingStoreError
 from ops.environment import environment_defaults
+from ops.prefect_api import ApiStartError, prefect_api
 
 EXIT_BAD_INPUT = 2
 
@@ -23,7 +25,7 @@ class _NoTracebackForInputErrors(logging.Filter):
     """Bad input is the user's to fix and its message says how: log it without a stack trace."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], (DataValidationError, SourceError)):
+        if record.exc_info and isinstance(record.exc_info[1], (DataValidationError, SourceError, TrackingStoreError)):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -229,6 +231,9 @@ def _stack(args: argparse.Namespace) -> int:
     return 0
 
 
+RUNS_FLOWS = (_pipeline, _batch, _finetune, _demo)  # commands that need a Prefect API (ops.prefect_api)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instructrec", description="Instruction-following recommender pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -331,10 +336,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     environment_defaults()
     try:
-        return args.run(args)
+        with prefect_api() if args.run in RUNS_FLOWS else nullcontext():
+            return args.run(args)
     except (DataValidationError, SourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (ApiStartError, TrackingStoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

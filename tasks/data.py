@@ -12,14 +12,25 @@ from adapters import tracking
 from expectations.runner import ValidationOutcome, validate_table
 from instructrec import schema
 from instructrec.config import Config
-from instructrec.errors import DataValidationError
+from instructrec.errors import DataValidationError, SourceError
 from instructrec.feedback import read_store
 from instructrec.prepare import Prepared, prepare
 from instructrec.snapshot import Snapshot, snapshot_raw, write_tables
 from instructrec.sources import Tables, fetch_raw, read_tables
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def _not_the_users_input(task, task_run, state) -> bool:
+    """Retry what may pass next time (network, disk); never input the user has to fix first."""
+    try:
+        state.result()
+    except (SourceError, DataValidationError):
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_the_users_input, cache_policy=NO_CACHE)
 def ingest(cfg: Config) -> Snapshot:
     """Fetch the source's raw files and keep them by content hash (retried: network, disk)."""
     raw = fetch_raw(cfg.data.source, cfg.paths.downloads)

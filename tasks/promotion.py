@@ -31,6 +31,11 @@ class GateResult:
     decision: Decision
     version: str
     aliases: dict[str, str]
+    outcome: str  # what happened to the version: the decision's outcome, "challenger" or "superseded"
+    note: str | None = None  # what to do next, where the outcome needs it
+
+
+SUPERSEDED = "superseded"  # passed its gate, but another run promoted a version first
 
 
 def _arm(report: EvalReport, version: str | None = None, latency: float | None = None) -> ArmEvaluation:
@@ -96,17 +101,29 @@ def promote(cfg: Config, version: str, champion: str | None) -> None:
     events.champion_promoted(version, champion, cfg.profile)
 
 
-def _place(decision: Decision, version: str, champion: str | None, online_rollout: bool, cfg: Config) -> dict[str, str]:
+def _place(
+    decision: Decision, version: str, champion: str | None, online_rollout: bool, cfg: Config
+) -> tuple[str, dict[str, str]]:
     """Move aliases for an offline decision: promote on a full pass (never in an online rollout); a candidate
     that fails only the offline "win" check, or any passing candidate of an online rollout, becomes the
-    `challenger` and gets its traffic share until the online gate decides; anything else gets no alias."""
+    `challenger` and gets its traffic share until the online gate decides; anything else gets no alias.
+    Returns the outcome recorded on the version, and its extra tags."""
     if decision.promote and not online_rollout:
-        promote(cfg, version, champion)
-        return {}
+        try:
+            promote(cfg, version, champion)
+        except registry.PromotionConflict:
+            winner = registry.get_alias(registry.CHAMPION)
+            return SUPERSEDED, {
+                "superseded_by": winner.version if winner else "none",
+                "next_step": f"this version passed its gate against {f'v{champion}' if champion else 'no champion'}, "
+                f"but another run promoted v{winner.version if winner else '?'} meanwhile; run the pipeline again to "
+                "gate it against that",
+            }
+        return decision.outcome, {}
     if champion is not None and decision.passed(ignore=("win",)):
         registry.mark_challenger(version)
-        return {"challenger_since": datetime.now(UTC).isoformat(), "online_gate": "pending"}
-    return {}
+        return "challenger", {"challenger_since": datetime.now(UTC).isoformat(), "online_gate": "pending"}
+    return decision.outcome, {}
 
 
 @task(name="gate", cache_policy=NO_CACHE)
@@ -134,8 +151,7 @@ def gate_and_register(
 
     version = _log_candidate(cfg, prepared, challenger, exported, snapshot_hash, run_id)
     champion = champion_ref.version if champion_ref else None
-    placed = _place(decision, version, champion, online_rollout, cfg)
-    outcome = "challenger" if placed else decision.outcome  # a challenger waits for the online A/B test
+    outcome, placed = _place(decision, version, champion, online_rollout, cfg)
     tags = {
         "gate_outcome": outcome,
         "snapshot_hash": snapshot_hash,
@@ -145,13 +161,17 @@ def gate_and_register(
         "feedback_until": challenger.feedback_until or "",
         **placed,
     }
-    summary = decision.summary(
-        "CHALLENGER (offline checks passed; the A/B test against the champion decides)" if placed else None
-    )
+    verdicts = {
+        "challenger": "CHALLENGER (offline checks passed; the A/B test against the champion decides)",
+        SUPERSEDED: f"SUPERSEDED, not promoted: {placed.get('next_step')}",
+    }
+    summary = decision.summary(verdicts.get(outcome))
     registry.describe(version, summary, tags)
     tracking.log_json(run_id, {**decision.to_dict(), "version": version}, "gate/decision.json")
     tracking.log_metrics(run_id, {"gate/promoted": float(decision.promote and not online_rollout)})
     mlflow.MlflowClient().set_tag(run_id, "gate_outcome", outcome)
     current = registry.aliases()
     logger.info("gate: %s -> v%s; aliases now %s", outcome, version, current)
-    return GateResult(decision, version, current)
+    if outcome == SUPERSEDED:
+        logger.warning("v%s not promoted: %s", version, placed["next_step"])
+    return GateResult(decision, version, current, outcome, placed.get("next_step"))

@@ -77,13 +77,13 @@ def summarise(
         run_id,
         snap.short,
         gate.version,
-        gate.decision.outcome,
+        gate.outcome,
         gate.aliases,
         metrics,
         str(exported.path),
         exported.provider,
         cfg.paths.tracking_uri,
-        gate.decision.reasons,
+        gate.decision.reasons + ([gate.note] if gate.note else []),
     )
     tracking.describe_run(run_id, f"```\n{summary.render().strip()}\n```")
     return summary

@@ -46,3 +46,31 @@ def test_gives_up_after_the_last_attempt():
     with pytest.raises(TimeoutError):
         retrying(write, attempts=3, delay=0)(1)
     assert len(calls) == 3
+
+
+def test_a_run_that_loses_the_promotion_race_is_superseded_with_a_plain_next_step(tmp_path):
+    """Another run moved `champion` after this one was evaluated: no traceback, aliases untouched, and the version
+    says what happened and what to do."""
+    import mlflow
+
+    from instructrec.config import load_config
+    from instructrec.gate import Decision
+    from model_registry import registry
+    from tasks.promotion import SUPERSEDED, _place
+
+    cfg = load_config("tiny", environ={"INSTRUCTREC_HOME": str(tmp_path)})
+    registry.connect(cfg.paths.tracking_uri)
+    try:
+        c = registry.client()
+        c.create_registered_model(registry.MODEL_NAME)
+        for _ in range(2):
+            c.create_model_version(registry.MODEL_NAME, source=(tmp_path / "model").as_uri())
+        c.set_registered_model_alias(registry.MODEL_NAME, registry.CHAMPION, "2")  # the other run won meanwhile
+        outcome, tags = _place(Decision("promote", [], {}), "1", None, online_rollout=False, cfg=cfg)
+        assert outcome == SUPERSEDED and tags["superseded_by"] == "2"
+        assert "another run promoted v2" in tags["next_step"] and "run the pipeline again" in tags["next_step"]
+        assert registry.aliases() == {"champion": "2"}
+        outcome, _ = _place(Decision("promote", [], {}), "1", "2", online_rollout=False, cfg=cfg)
+        assert outcome == "promote" and registry.aliases() == {"champion": "1", "previous-champion": "2"}
+    finally:
+        mlflow.set_tracking_uri(None)
