@@ -23,10 +23,22 @@ from instructrec.errors import DataValidationError, Violation
 
 SUITE_DIR = Path(__file__).parent
 SUITES = ("interactions", "items", "feedback")
+
+
+def suite_parameters(data: DataConfig) -> dict[str, dict]:
+    """The limits of `data` that the suites read as $PARAMETERs, per suite (named here once)."""
+    return {
+        "items": {
+            "max_title_chars": data.max_title_chars,
+            "max_text_chars": data.max_text_chars,
+            "max_rows": data.max_rows,
+        },
+        "interactions": {"max_rows": data.max_rows},
+    }
+
+
 # suite parameters a caller may leave out: the config's defaults (the pipeline passes its config's values)
-DEFAULT_PARAMETERS = {
-    "items": {"max_title_chars": DataConfig().max_title_chars, "max_text_chars": DataConfig().max_text_chars}
-}
+DEFAULT_PARAMETERS = suite_parameters(DataConfig())
 
 
 @dataclass(frozen=True)

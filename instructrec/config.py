@@ -34,6 +34,8 @@ class DataConfig(_Frozen):
     long_tail_share: float = 0.8  # items outside the most popular 20% of interactions
     max_title_chars: int = 1_000  # longer titles / item texts are refused in validation, before any heavy work
     max_text_chars: int = 20_000
+    max_rows: int = 100_000_000  # per table (interactions, items); checked in validation
+    max_file_bytes: int = 8 * 1024**3  # per input file; checked before the file is read
     seed: int = 7
 
 

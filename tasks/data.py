@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from adapters import tracking
-from expectations.runner import ValidationOutcome, validate_table
+from expectations.runner import ValidationOutcome, suite_parameters, validate_table
 from instructrec import schema
 from instructrec.config import Config
 from instructrec.errors import DataValidationError, SourceError
@@ -33,7 +33,7 @@ def _not_the_users_input(task, task_run, state) -> bool:
 @task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_the_users_input, cache_policy=NO_CACHE)
 def ingest(cfg: Config) -> Snapshot:
     """Fetch the source's raw files and keep them by content hash (retried: network, disk)."""
-    raw = fetch_raw(cfg.data.source, cfg.paths.downloads)
+    raw = fetch_raw(cfg.data.source, cfg.paths.downloads, cfg.data.max_file_bytes)
     snap = snapshot_raw(raw, cfg.paths.snapshots)
     state = "new snapshot" if snap.created else "already ingested (no-op)"
     get_run_logger().info("input %s -> snapshot %s: %s", raw.origin, snap.short, state)
@@ -59,18 +59,15 @@ def validate(cfg: Config, snap: Snapshot, run_id: str) -> Tables:
         outcome.raise_for_failure()
 
     store = read_store(cfg.paths.feedback)
+    limits = suite_parameters(cfg.data)
     try:
-        check(
-            "items",
-            tables.items,
-            tables.files["items"],
-            {"max_title_chars": cfg.data.max_title_chars, "max_text_chars": cfg.data.max_text_chars},
-        )
+        check("items", tables.items, tables.files["items"], limits["items"])
+        catalogue = tables.items[schema.ITEM].drop_nulls().to_list()
         check(
             "interactions",
             tables.interactions,
             tables.files["interactions"],
-            {"catalogue": tables.items[schema.ITEM].drop_nulls().to_list()},
+            {**limits["interactions"], "catalogue": catalogue},
         )
         if store.height:
             check("feedback", store, str(cfg.paths.feedback))

@@ -33,12 +33,12 @@ class Tables:
 READERS = {"movielens": movielens, "directory": directory}
 
 
-def fetch_raw(source: str, downloads: Path) -> RawInput:
+def fetch_raw(source: str, downloads: Path, max_file_bytes: int | None = None) -> RawInput:
     if source in movielens.RELEASES:
         release = movielens.RELEASES[source]
         return RawInput(movielens.KIND, release.origin, movielens.fetch(release, downloads))
     path = Path(source)
-    return RawInput(directory.KIND, str(path.resolve()), directory.collect(path))
+    return RawInput(directory.KIND, str(path.resolve()), directory.collect(path, max_file_bytes))
 
 
 def read_tables(kind: str, raw_dir: Path) -> Tables:

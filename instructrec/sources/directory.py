@@ -1,8 +1,12 @@
-"""Generic directory source: interactions.{parquet,csv} and items.{parquet,csv}.
+"""Generic directory source: interactions.{parquet,csv,tsv} and items.{parquet,csv,tsv}.
 
 Columns follow the canonical schema (schema.py). CSV timestamps may be ISO 8601
 or epoch seconds; an optional `genres` column ('|'-separated in CSV) feeds the
 attribute-based instructions (P2 and I2).
+
+Text files as people export them: a UTF-8 byte-order mark is accepted, a tab-separated
+header selects tabs (also in a file named .csv), and text that is not UTF-8 (Latin-1 or
+Windows-1252 exports) is refused with the line and the command that converts it.
 """
 
 from __future__ import annotations
@@ -12,37 +16,61 @@ from pathlib import Path
 import polars as pl
 
 from instructrec import schema
-from instructrec.errors import SourceError
+from instructrec.errors import DataValidationError, SourceError, Violation
 from instructrec.sources.coerce import to_canonical, with_row_numbers
 
 KIND = "directory"
 ITEM_NOUN = "item"
 TABLES = ("interactions", "items")
-SUFFIXES = (".parquet", ".csv")
+SUFFIXES = (".parquet", ".csv", ".tsv")
 
 
 def _find(root: Path, table: str) -> Path:
     found = [root / f"{table}{suffix}" for suffix in SUFFIXES if (root / f"{table}{suffix}").exists()]
     if not found:
-        raise SourceError(f"{root}: no {table}.parquet or {table}.csv")
+        raise SourceError(f"{root}: no {table}.parquet, {table}.csv or {table}.tsv")
     if len(found) > 1:
         raise SourceError(f"{root}: both {found[0].name} and {found[1].name}; keep one")
     return found[0]
 
 
-def collect(root: Path) -> dict[str, bytes]:
+def collect(root: Path, max_file_bytes: int | None = None) -> dict[str, bytes]:
+    """The tables' bytes; a file over the size limit is refused from its size alone, before it is read."""
     if not root.is_dir():
         raise SourceError(f"--data {root}: not a directory (or the name of a built-in source)")
-    return {path.name: path.read_bytes() for path in (_find(root, t) for t in TABLES)}
+    paths = [_find(root, t) for t in TABLES]
+    for table, path in zip(TABLES, paths, strict=True):
+        size = path.stat().st_size
+        if max_file_bytes is not None and size > max_file_bytes:
+            rule = f"a file must be at most data.max_file_bytes = {max_file_bytes:,} bytes"
+            raise DataValidationError(str(path), [Violation(table, None, rule, examples=(f"{size:,} bytes",))])
+    return {path.name: path.read_bytes() for path in paths}
 
 
 def _load(path: Path) -> pl.DataFrame:
     try:
-        if path.suffix == ".csv":
-            return pl.read_csv(path, infer_schema=False)
+        if path.suffix in (".csv", ".tsv"):
+            return _read_text_table(path)
         return pl.read_parquet(path)
+    except SourceError:
+        raise
     except Exception as exc:  # polars raises many types for malformed files
         raise SourceError(f"{path.name}: cannot be read as {path.suffix[1:]}: {exc}") from exc
+
+
+def _read_text_table(path: Path) -> pl.DataFrame:
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SourceError(
+            f"{path.name}, line {line}: not UTF-8 (byte 0x{data[exc.start]:02x}); this is usually a Latin-1 or "
+            f"Windows-1252 export. Save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8.{path.suffix[1:]}`"
+        ) from None
+    header = data.split(b"\n", 1)[0]
+    separator = "\t" if path.suffix == ".tsv" or (b"\t" in header and b"," not in header) else ","
+    return pl.read_csv(data, separator=separator, infer_schema=False)
 
 
 def read(raw_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, str]]:

@@ -146,3 +146,16 @@ def test_feedback_kinds_are_named_once():
         if e["kwargs"].get("column") == "kind" and "value_set" in e["kwargs"]
     ]
     assert tuple(kinds) == schema.FEEDBACK_KINDS
+
+
+@pytest.mark.parametrize("table", ["interactions", "items"])
+def test_a_table_over_the_row_limit_is_refused(table, tmp_path):
+    inter, items = canonical()
+    df = {"interactions": inter, "items": items}[table]
+    params = {
+        "max_rows": df.height - 1,
+        **({"catalogue": items["item_id"].to_list()} if table == "interactions" else {}),
+    }
+    out = run(table, df, tmp_path, params)
+    assert len(out.violations) == 1 and out.violations[0].rule.startswith("at most data.max_rows rows")
+    assert run(table, df, tmp_path / "at-limit", {**params, "max_rows": df.height}).success

@@ -88,7 +88,7 @@ def test_changed_input_gets_a_new_snapshot_and_keeps_the_old(tmp_path):
 def test_missing_table_file_is_named(tmp_path):
     root = write_dataset(tmp_path / "d")
     (root / "items.csv").unlink()
-    with pytest.raises(SourceError, match="items.parquet or items.csv"):
+    with pytest.raises(SourceError, match="items.parquet, items.csv or items.tsv"):
         fetch_raw(str(root), tmp_path / "dl")
 
 
@@ -171,3 +171,45 @@ def test_unparseable_values_name_file_column_and_row(tmp_path):
     message = str(err.value)
     assert "interactions.csv" in message and "'timestamp'" in message and "'yesterday-ish'" in message
     assert "rows 3" in message
+
+
+def _tables(root: Path, tmp_path: Path):
+    snap = snapshot_raw(fetch_raw(str(root), tmp_path / "dl"), tmp_path / "snaps")
+    return read_tables(snap.kind, snap.raw_dir)
+
+
+@pytest.mark.parametrize("variant", ["bom", "tabs-in-csv", "tsv"])
+def test_text_files_as_people_export_them_read_like_the_plain_csv(tmp_path, variant):
+    """A UTF-8 BOM (Excel's 'CSV UTF-8'), a tab-separated file named .csv, and a .tsv give the same tables."""
+    plain = _tables(write_dataset(tmp_path / "plain"), tmp_path / "p")
+    root = write_dataset(tmp_path / variant)
+    for name in ("interactions", "items"):
+        frame = pl.read_csv(root / f"{name}.csv", infer_schema=False)
+        (root / f"{name}.csv").unlink()
+        if variant == "bom":
+            buffer = io.BytesIO()
+            frame.write_csv(buffer)
+            (root / f"{name}.csv").write_bytes(b"\xef\xbb\xbf" + buffer.getvalue())
+        else:
+            frame.write_csv(root / f"{name}.{'tsv' if variant == 'tsv' else 'csv'}", separator="\t")
+    got = _tables(root, tmp_path / "v")
+    assert got.interactions.equals(plain.interactions) and got.items.equals(plain.items)
+
+
+def test_latin1_text_is_refused_with_the_line_and_the_fix(tmp_path):
+    root = write_dataset(tmp_path / "d")
+    text = (root / "items.csv").read_text().splitlines()
+    text[4] = text[4].replace("Story", "Café Story", 1)
+    (root / "items.csv").write_bytes(("\n".join(text) + "\n").encode("latin-1"))
+    with pytest.raises(SourceError) as err:
+        _tables(root, tmp_path)
+    assert "items.csv, line 5: not UTF-8 (byte 0xe9)" in str(err.value) and "iconv -f latin1 -t utf-8" in str(err.value)
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    root = write_dataset(tmp_path / "d")
+    size = (root / "interactions.csv").stat().st_size
+    with pytest.raises(DataValidationError) as err:
+        fetch_raw(str(root), tmp_path / "dl", max_file_bytes=size - 1)
+    assert "interactions.csv" in str(err.value) and "data.max_file_bytes" in str(err.value)
+    assert fetch_raw(str(root), tmp_path / "dl", max_file_bytes=size * 10).files
