@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-fast lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo bench bench-gpu bench-service bench-session bench-new-items mlflow-ui clean
+.PHONY: run test test-fast lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo bench bench-gpu bench-service bench-bad-input bench-session bench-new-items mlflow-ui clean
 
 # requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
 $(STAMP): pyproject.toml requirements.lock
@@ -91,6 +91,10 @@ bench-gpu: setup-gpu
 # 50 concurrent clients for 60 s against the service (after `make run`): requests/s, p50/p99, no lost feedback
 bench-service: $(STAMP)
 	$(BIN)/python bench/service.py
+
+# Each class of bad input through the tiny pipeline: exit code, seconds to refuse, the message (README table)
+bench-bad-input: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/bad_input.py
 
 # Session adaptation A/B on the demo's simulated users (own home .instructrec-session-ab; trains once)
 bench-session: $(STAMP)

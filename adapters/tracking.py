@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from instructrec.config import Config
 from instructrec.errors import TrackingStoreError
+from instructrec.io import process_alive
 
 log = logging.getLogger("instructrec.tracking")
 ARTIFACTS_DIR = "mlartifacts"
@@ -149,7 +150,7 @@ def mark_abandoned(client: MlflowClient, experiment_id: str) -> list[str]:
     closed = []
     for run in running:
         pid = int(run.data.tags.get(OWNER_PID, "0"))
-        if pid <= 0 or _alive(pid):
+        if pid <= 0 or process_alive(pid):
             continue
         note = f"process {pid} on {host} ended without closing this run (killed); closed by the next start"
         client.set_tag(run.info.run_id, "instructrec.abandoned", note)
@@ -159,16 +160,6 @@ def mark_abandoned(client: MlflowClient, experiment_id: str) -> list[str]:
         log.warning("run %s: %s", run.info.run_id, note)
         closed.append(run.info.run_id)
     return closed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _crash_flow_run(flow_run_id: str, message: str) -> None:

@@ -19,6 +19,7 @@ import polars as pl
 
 from instructrec import schema
 from instructrec.abtest import ArmCounts
+from instructrec.config import Config
 from instructrec.eventlog import iter_records
 from instructrec.instructions import (
     ExampleBuilder,
@@ -150,6 +151,31 @@ def feedback_examples(
     if len(replay):
         examples = _concat(examples, replay)
     return examples, FeedbackStats(likes, dislikes, used, skipped, replay.n_examples)
+
+
+def examples_from_config(
+    cfg: Config,
+    split: SplitData,
+    store: pl.DataFrame,
+    base: Examples,
+    online: bool = False,
+    requests: dict[str, str] | None = None,
+) -> tuple[Examples, FeedbackStats]:
+    """feedback_examples with the config's labels and replay: offline (ratings of the train part + the store) or
+    online (served-traffic events only, with their requests' words)."""
+    f = cfg.feedback
+    return feedback_examples(
+        split,
+        store,
+        base,
+        max_history=cfg.data.max_history,
+        like_min=f.like_min_rating,
+        dislike_max=f.dislike_max_rating,
+        replay_ratio=f.online_replay_ratio if online else f.replay_ratio,
+        seed=cfg.train.seed,
+        from_ratings=not online,
+        requests=requests,
+    )
 
 
 def _replay(base: Examples, n: int, rng: np.random.Generator) -> Examples:

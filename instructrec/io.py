@@ -72,3 +72,17 @@ def content_hash(files: Mapping[str, bytes]) -> str:
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
     return digest.hexdigest()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process runs; a zombie child of this process counts as gone (it is reaped here)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:  # not our child: kill(0) said it exists
+        return True

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from instructrec.config import Config
-from instructrec.io import atomic_path
+from instructrec.io import atomic_path, process_alive
 from ops.environment import ENV_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ class Stack:
             tmp.write_text(json.dumps(state, indent=2))
 
     def running(self) -> dict[str, int]:
-        return {name: pid for name, pid in self.state()["pids"].items() if _alive(pid)}
+        return {name: pid for name, pid in self.state()["pids"].items() if process_alive(pid)}
 
     # -- processes -----------------------------------------------------------------------------------------------
 
@@ -310,7 +310,7 @@ class Stack:
         stopped = []
         for name in ("worker", "prefect-server", "mlflow"):
             pid = self.state()["pids"].get(name)
-            if pid and _alive(pid):
+            if pid and process_alive(pid):
                 _terminate(pid)
                 stopped.append(name)
         if self.state()["pids"].get("postgres"):
@@ -320,19 +320,6 @@ class Stack:
         return stopped
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of this process is gone for every purpose here
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True
-
-
 def _terminate(pid: int, grace: float = 20.0) -> None:
     """SIGTERM the process group, SIGKILL what is left after `grace` seconds."""
     try:
@@ -340,7 +327,7 @@ def _terminate(pid: int, grace: float = 20.0) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and process_alive(pid):
         time.sleep(0.2)
     try:
         os.killpg(pid, signal.SIGKILL)

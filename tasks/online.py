@@ -14,7 +14,7 @@ from adapters import tracking
 from instructrec import schema
 from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM
 from instructrec.config import Config
-from instructrec.feedback import feedback_examples, online_counts, read_impressions, read_store
+from instructrec.feedback import examples_from_config, online_counts, read_impressions, read_store
 from instructrec.gate import Decision, OnlineEvidence, decide_online, decision_from_dict
 from instructrec.lists import served_list_metrics
 from instructrec.model import load_scorer
@@ -137,19 +137,7 @@ def finetune_from_champion(
         )
     impressions = read_impressions(cfg.paths.feedback).filter(pl.col("instruction").is_not_null())
     requests = dict(impressions.select(schema.REQUEST_ID, "instruction").iter_rows())
-    f = cfg.feedback
-    examples, stats = feedback_examples(
-        prepared.split,
-        events,
-        prepared.examples,
-        max_history=cfg.data.max_history,
-        like_min=f.like_min_rating,
-        dislike_max=f.dislike_max_rating,
-        replay_ratio=f.online_replay_ratio,
-        seed=cfg.train.seed,
-        from_ratings=False,
-        requests=requests,
-    )
+    examples, stats = examples_from_config(cfg, prepared.split, events, prepared.examples, True, requests)
     tracking.log_metrics(run_id, {f"{ONLINE_STAGE}/{k}": v for k, v in stats.as_dict().items()})
     fp = fingerprint(ONLINE_STAGE, champion.version, champion.run_id, cfg.feedback, sorted(events[schema.EVENT_ID]))
     epochs = EpochLogger(run_id, ONLINE_STAGE)

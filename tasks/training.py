@@ -16,7 +16,7 @@ from adapters import tracking
 from instructrec import schema
 from instructrec.config import Config
 from instructrec.evaluate import HEADLINE, TorchScorer, evaluate
-from instructrec.feedback import feedback_examples, read_store
+from instructrec.feedback import examples_from_config, read_store
 from instructrec.io import atomic_path
 from instructrec.model import CHECKPOINT_FORMAT, InstructRecScorer
 from instructrec.prepare import Prepared
@@ -228,18 +228,8 @@ def train_representation(
 def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id: str) -> Trained:
     """Likes pull, dislikes push (ratings of the train part + the feedback store), with replay."""
     logger = get_run_logger()
-    f = cfg.feedback
     store = read_store(cfg.paths.feedback)
-    examples, stats = feedback_examples(
-        prepared.split,
-        store,
-        prepared.examples,
-        max_history=cfg.data.max_history,
-        like_min=f.like_min_rating,
-        dislike_max=f.dislike_max_rating,
-        replay_ratio=f.replay_ratio,
-        seed=cfg.train.seed,
-    )
+    examples, stats = examples_from_config(cfg, prepared.split, store, prepared.examples)
     tracking.log_metrics(run_id, {f"feedback/{k}": v for k, v in stats.as_dict().items()})
     settings = feedback_settings(cfg)
     fp = fingerprint("feedback", base.fingerprint, cfg.feedback, sorted(store[schema.EVENT_ID].to_list()))

@@ -61,10 +61,10 @@ READ_IN_PLACE = {
     "train.init_from_baseline": "tasks/training.py",  # warm start of the scorer from SASRec
     "model.backbone": "instructrec/train.py",  # load_backbone in new_scorer
     "baseline.enabled": "tasks/training.py",
-    "feedback.like_min_rating": "tasks/training.py",  # feedback_examples(like_min=...)
-    "feedback.dislike_max_rating": "tasks/training.py",
-    "feedback.replay_ratio": "tasks/training.py",
-    "feedback.online_replay_ratio": "tasks/online.py",
+    "feedback.like_min_rating": "instructrec/feedback.py",  # examples_from_config
+    "feedback.dislike_max_rating": "instructrec/feedback.py",  # examples_from_config
+    "feedback.replay_ratio": "instructrec/feedback.py",  # examples_from_config
+    "feedback.online_replay_ratio": "instructrec/feedback.py",
     "feedback.trigger_events": "service/app.py",  # the fine-tuning trigger
 }
 ROOT = Path(__file__).resolve().parents[2]
