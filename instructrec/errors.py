@@ -32,14 +32,13 @@ class DataValidationError(Exception):
 
     file: str
     violations: list[Violation] = field(default_factory=list)
+    snapshot_kept: bool = True  # False: refused before a snapshot was taken (a file over the size limit)
 
     def __str__(self) -> str:
         table = self.violations[0].table if self.violations else "?"
         parts = "; ".join(v.describe() for v in self.violations)
-        return (
-            f"Invalid {table} data in {self.file}: {parts}. "
-            "Nothing was trained or registered; the raw snapshot was kept for inspection."
-        )
+        kept = "the raw snapshot was kept for inspection" if self.snapshot_kept else "the file was not read"
+        return f"Invalid {table} data in {self.file}: {parts}. Nothing was trained or registered; {kept}."
 
     def __repr__(self) -> str:
         return f"DataValidationError({self.file!r}: {len(self.violations)} violation(s))"

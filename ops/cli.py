@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import sys
+import threading
 from contextlib import nullcontext
 
 from instructrec.config import load_config
@@ -234,6 +236,13 @@ def _stack(args: argparse.Namespace) -> int:
 RUNS_FLOWS = (_pipeline, _batch, _finetune, _demo)  # commands that need a Prefect API (ops.prefect_api)
 
 
+def _preload() -> None:
+    """Import the heavy libraries the flows need (none of them imports Prefect, whose settings must wait for the
+    server's URL): seconds of a command's start-up overlap the server's."""
+    for name in ("torch", "transformers", "mlflow", "great_expectations", "onnxruntime"):
+        importlib.import_module(name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instructrec", description="Instruction-following recommender pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -335,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: -k must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
     environment_defaults()
+    if args.run in RUNS_FLOWS:
+        threading.Thread(target=_preload, daemon=True).start()  # while the Prefect server boots
     try:
         with prefect_api() if args.run in RUNS_FLOWS else nullcontext():
             return args.run(args)

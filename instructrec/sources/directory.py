@@ -43,7 +43,8 @@ def collect(root: Path, max_file_bytes: int | None = None) -> dict[str, bytes]:
         size = path.stat().st_size
         if max_file_bytes is not None and size > max_file_bytes:
             rule = f"a file must be at most data.max_file_bytes = {max_file_bytes:,} bytes"
-            raise DataValidationError(str(path), [Violation(table, None, rule, examples=(f"{size:,} bytes",))])
+            violation = Violation(table, None, rule, examples=(f"{size:,} bytes",))
+            raise DataValidationError(str(path), [violation], snapshot_kept=False)
     return {path.name: path.read_bytes() for path in paths}
 
 

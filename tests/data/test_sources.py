@@ -212,4 +212,5 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
     with pytest.raises(DataValidationError) as err:
         fetch_raw(str(root), tmp_path / "dl", max_file_bytes=size - 1)
     assert "interactions.csv" in str(err.value) and "data.max_file_bytes" in str(err.value)
+    assert "the file was not read" in str(err.value) and not (tmp_path / "dl").exists()
     assert fetch_raw(str(root), tmp_path / "dl", max_file_bytes=size * 10).files
