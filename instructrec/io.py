@@ -66,11 +66,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def content_hash(files: Mapping[str, bytes]) -> str:
-    """Hash of named contents, independent of dict order."""
+def content_hash(files: Mapping[str, bytes | Path]) -> str:
+    """Hash of named contents, independent of dict order; a Path is read in 1 MB blocks, never whole."""
     digest = hashlib.sha256()
     for name in sorted(files):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+        content = files[name]
+        inner = bytes.fromhex(sha256_file(content)) if isinstance(content, Path) else hashlib.sha256(content).digest()
+        digest.update(name.encode() + b"\0" + inner)
     return digest.hexdigest()
 
 

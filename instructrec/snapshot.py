@@ -8,6 +8,7 @@ same directory and writes nothing.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,13 +53,16 @@ def snapshot_raw(raw: RawInput, snapshots: Path) -> Snapshot:
         return Snapshot(digest, root, raw.kind, raw.origin, created=False)
     with atomic_dir(root) as tmp:
         (tmp / "raw").mkdir()
-        for name, data in raw.files.items():
-            (tmp / "raw" / name).write_bytes(data)
+        for name, content in raw.files.items():
+            if isinstance(content, Path):
+                shutil.copyfile(content, tmp / "raw" / name)  # streamed; a copy, so later edits of the original
+            else:  # cannot change what was kept
+                (tmp / "raw" / name).write_bytes(content)
         manifest = {
             "hash": digest,
             "kind": raw.kind,
             "origin": raw.origin,
-            "files": {name: len(data) for name, data in raw.files.items()},
+            "files": {name: (tmp / "raw" / name).stat().st_size for name in raw.files},
             "created_at": datetime.now(UTC).isoformat(),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 from contextlib import nullcontext
+from pathlib import Path
 
 from instructrec.config import load_config
 from instructrec.errors import DataValidationError, SourceError, TrackingStoreError
@@ -111,6 +112,18 @@ def _forget(args: argparse.Namespace) -> int:
     cfg = load_config()
     erasure = erase_user(cfg.paths.feedback, args.user_id, requested_by=f"cli:{getpass.getuser()}")
     print(json.dumps(asdict(erasure), indent=2))
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from instructrec.synth import SynthSpec, write_synthetic
+
+    try:
+        spec = SynthSpec(args.users, args.items, args.interactions, seed=args.seed)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps({**write_synthetic(spec, args.out), "out": str(args.out)}, indent=2))
     return 0
 
 
@@ -278,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fg.add_argument("--user-id", required=True)
     fg.set_defaults(run=_forget)
+    sy = sub.add_parser(
+        "synth", help="a seeded synthetic catalogue and log at any size (power-law popularity), for --data"
+    )
+    sy.add_argument("--users", type=int, required=True)
+    sy.add_argument("--items", type=int, required=True)
+    sy.add_argument("--interactions", type=int, required=True)
+    sy.add_argument("--out", type=Path, required=True)
+    sy.add_argument("--seed", type=int, default=7)
+    sy.set_defaults(run=_synth)
     b = sub.add_parser("batch", help="top-k for every user from the champion, written as Parquet")
     b.add_argument("-k", type=int, default=10)
     b.set_defaults(run=_batch)

@@ -1,12 +1,13 @@
 """Source readers. Each turns raw files into the canonical tables of schema.py.
 
-A source first yields its raw files (bytes, for the content-hash snapshot);
+A source first yields its raw files (bytes or paths, for the content-hash snapshot);
 the tables are then read back from the snapshot, so what was validated and
 trained on is exactly what was kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from instructrec.sources import directory, movielens
 class RawInput:
     kind: str  # reader name: "movielens" (every embedded release) or "directory"
     origin: str  # where it came from, for lineage
-    files: dict[str, bytes]
+    files: Mapping[str, bytes | Path]  # a user's files stay on disk (streamed into the snapshot); fetched ones are bytes
 
 
 @dataclass(frozen=True)

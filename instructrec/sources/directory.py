@@ -11,6 +11,7 @@ Windows-1252 exports) is refused with the line and the command that converts it.
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import polars as pl
@@ -34,8 +35,9 @@ def _find(root: Path, table: str) -> Path:
     return found[0]
 
 
-def collect(root: Path, max_file_bytes: int | None = None) -> dict[str, bytes]:
-    """The tables' bytes; a file over the size limit is refused from its size alone, before it is read."""
+def collect(root: Path, max_file_bytes: int | None = None) -> dict[str, bytes | Path]:
+    """The tables' files (paths: hashed and copied in blocks, never held whole); a file over the size limit is
+    refused from its size alone, before it is read."""
     if not root.is_dir():
         raise SourceError(f"--data {root}: not a directory (or the name of a built-in source)")
     paths = [_find(root, t) for t in TABLES]
@@ -45,7 +47,7 @@ def collect(root: Path, max_file_bytes: int | None = None) -> dict[str, bytes]:
             rule = f"a file must be at most data.max_file_bytes = {max_file_bytes:,} bytes"
             violation = Violation(table, None, rule, examples=(f"{size:,} bytes",))
             raise DataValidationError(str(path), [violation], snapshot_kept=False)
-    return {path.name: path.read_bytes() for path in paths}
+    return {path.name: path for path in paths}
 
 
 def _load(path: Path) -> pl.DataFrame:
@@ -60,18 +62,30 @@ def _load(path: Path) -> pl.DataFrame:
 
 
 def _read_text_table(path: Path) -> pl.DataFrame:
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise SourceError(
-            f"{path.name}, line {line}: not UTF-8 (byte 0x{data[exc.start]:02x}); this is usually a Latin-1 or "
-            f"Windows-1252 export. Save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8.{path.suffix[1:]}`"
-        ) from None
-    header = data.split(b"\n", 1)[0]
+    _require_utf8(path)
+    with path.open("rb") as fh:
+        header = fh.readline()
     separator = "\t" if path.suffix == ".tsv" or (b"\t" in header and b"," not in header) else ","
-    return pl.read_csv(data, separator=separator, infer_schema=False)
+    return pl.read_csv(path, separator=separator, infer_schema=False)
+
+
+def _require_utf8(path: Path, block: int = 1 << 20) -> None:
+    """Checked block by block (an incremental decoder: a character split between blocks is fine)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = 0
+    with path.open("rb") as fh:
+        while data := fh.read(block):
+            try:
+                decoder.decode(data)
+            except UnicodeDecodeError as exc:  # exc.object: this block, after any bytes carried from the last
+                line = lines + exc.object.count(b"\n", 0, exc.start) + 1
+                raise SourceError(
+                    f"{path.name}, line {line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x}); "
+                    "this is usually a Latin-1 or Windows-1252 export. Save it as UTF-8, e.g. "
+                    f"`iconv -f latin1 -t utf-8 {path.name} > utf8.{path.suffix[1:]}`"
+                ) from None
+            lines += data.count(b"\n")
+        decoder.decode(b"", final=True)
 
 
 def read(raw_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, str]]:

@@ -214,3 +214,31 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
     assert "interactions.csv" in str(err.value) and "data.max_file_bytes" in str(err.value)
     assert "the file was not read" in str(err.value) and not (tmp_path / "dl").exists()
     assert fetch_raw(str(root), tmp_path / "dl", max_file_bytes=size * 10).files
+
+
+def test_utf8_is_checked_in_blocks_without_false_alarms_at_block_edges(tmp_path):
+    from instructrec.sources.directory import _require_utf8
+
+    path = tmp_path / "items.csv"
+    good = "item_id,title\n" + "".join(f"i{n},Amélie ünd Zoë 東京 {n}\n" for n in range(40))
+    path.write_bytes(good.encode())
+    for block in (1, 2, 3, 5, 7, 64):  # every split of a multi-byte character is crossed somewhere
+        _require_utf8(path, block=block)
+    path.write_bytes(good.encode() + "i99,Caf\xe9\n".encode("latin-1"))
+    for block in (3, 7, 1 << 20):
+        with pytest.raises(SourceError, match="line 42: not UTF-8 \\(byte 0xe9\\)"):
+            _require_utf8(path, block=block)
+
+
+def test_a_snapshot_of_files_on_disk_hashes_and_keeps_the_same_bytes(tmp_path):
+    from instructrec.io import content_hash
+
+    root = write_dataset(tmp_path / "d")
+    raw = fetch_raw(str(root), tmp_path / "dl")
+    assert all(isinstance(v, Path) for v in raw.files.values())  # streamed, not read whole
+    as_bytes = {name: path.read_bytes() for name, path in raw.files.items()}
+    assert content_hash(raw.files) == content_hash(as_bytes)
+    snap = snapshot_raw(raw, tmp_path / "snaps")
+    assert all((snap.raw_dir / name).read_bytes() == data for name, data in as_bytes.items())
+    (root / "items.csv").write_text("changed afterwards")  # the original may change; the snapshot may not
+    assert (snap.raw_dir / "items.csv").read_bytes() == as_bytes["items.csv"]
