@@ -20,7 +20,9 @@ from instructrec.sources import directory, movielens
 class RawInput:
     kind: str  # reader name: "movielens" (every embedded release) or "directory"
     origin: str  # where it came from, for lineage
-    files: Mapping[str, bytes | Path]  # a user's files stay on disk (streamed into the snapshot); fetched ones are bytes
+    files: Mapping[
+        str, bytes | Path
+    ]  # a user's files stay on disk (streamed into the snapshot); fetched ones are bytes
 
 
 @dataclass(frozen=True)
