@@ -113,7 +113,7 @@ def test_two_runs_at_once_on_a_loaded_machine_both_start_and_leave_one_champion(
 
 
 def test_kill_9_resumes_marks_the_killed_run_failed_and_leaves_no_server(home):
-    long = ["--set", "train.epochs=400", "--set", "train.patience=400", "--set", "train.seed=3"]
+    long = ["--set", "train.epochs=150", "--set", "train.patience=150", "--set", "train.seed=3"]
     before = set(home["home"].glob("checkpoints/*/last.pt"))
     victim = _pipeline(home["home"], home["data"], home["logs"] / "killed.log", *long)
     _wait_for(lambda: set(home["home"].glob("checkpoints/*/last.pt")) - before, 600, "the first epoch checkpoint")

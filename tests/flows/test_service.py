@@ -444,7 +444,7 @@ def test_a_token_guards_every_endpoint_but_health_and_bodies_are_bounded(world, 
 def test_an_admin_erases_a_user_from_serving_in_every_process_and_from_training(world, monkeypatch):
     from instructrec.erasure import erasures, user_digest
 
-    user, feedback_dir = "u21", world["cfg"].paths.feedback
+    user, feedback_dir = "forget-me", world["cfg"].paths.feedback  # no other test plays this user
     with TestClient(create_app(world["cfg"], emit=lambda n: None, poll=False)) as a:
         out = _recommend(a, user, k=5)
         _react(a, out, user, "instruction", text="a scary horror movie")
