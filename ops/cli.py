@@ -256,6 +256,10 @@ def _preload() -> None:
         importlib.import_module(name)
 
 
+def _add_set(parser: argparse.ArgumentParser, help: str = "override a config value, e.g. --set train.epochs=5") -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=f"{help} (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instructrec", description="Instruction-following recommender pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -266,13 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="'movielens-100k' (default), 'movielens-1m', or a directory with interactions.* and items.*",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=5 --set train.seed=3 (repeatable)",
-    )
+    _add_set(p, "override a config value, e.g. --set train.epochs=5 --set train.seed=3")
     p.set_defaults(run=_pipeline)
     r = sub.add_parser("recommend", help="top-k from the champion's ONNX scorer, as JSON")
     r.add_argument("--user-id", required=True)
@@ -307,19 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
     sv.add_argument("--host", default=None, help="default: serve.host (127.0.0.1)")
     sv.add_argument("--port", type=int, default=None, help="default: serve.port (8000)")
-    sv.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="e.g. --set serve.session_share=0.5 --set serve.diversity=0.2 (repeatable)",
-    )
+    _add_set(sv, "e.g. --set serve.session_share=0.5 --set serve.diversity=0.2")
     sv.set_defaults(run=_serve)
     ft = sub.add_parser("finetune", help="judge the running A/B test, then tune a challenger on new feedback")
     ft.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
     ft.add_argument("--data", default=None, help="default: the champion's data source")
     ft.add_argument("--force", action="store_true", help="tune even below feedback.trigger_events new events")
-    ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_set(ft)
     ft.set_defaults(run=_finetune)
     sm = sub.add_parser("simulate", help="play simulated users (reacting from their unseen future) against a service")
     sm.add_argument("--url", default="http://127.0.0.1:8000")
@@ -339,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of users who play, a fresh cohort each round (the rest: control)",
     )
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_set(d)
     d.set_defaults(run=_demo)
     st = sub.add_parser("stack", help="local Prefect server + worker + MLflow server, deployments from prefect.yaml")
     st.add_argument("action", choices=["up", "down", "status"])
@@ -349,13 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="MLflow's store (default: stack.backend, or env MLFLOW_BACKEND)",
     )
-    st.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="e.g. --set stack.prefect_port=4201 --set stack.mlflow_port=5001",
-    )
+    _add_set(st, "e.g. --set stack.prefect_port=4201 --set stack.mlflow_port=5001")
     st.set_defaults(run=_stack)
     return parser
 
