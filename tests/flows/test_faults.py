@@ -27,10 +27,11 @@ QUICK = ["--set", "export.variants=false", "--set", "gate.n_bootstrap=100"]
 CLI = [sys.executable, "-m", "ops.cli", "pipeline", "--profile", "tiny"]
 
 
-def _pipeline(home: Path, data: Path, log: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "INSTRUCTREC_HOME": str(home)}
+def _pipeline(home: Path, data: Path, log: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    base = {**os.environ, "INSTRUCTREC_HOME": str(home)}
     for key in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME"):
-        env.pop(key, None)
+        base.pop(key, None)
+    env = {**base, **(env or {})}
     return subprocess.Popen(
         [*CLI, "--data", str(data), *QUICK, *extra], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
@@ -161,20 +162,28 @@ def _flow_run_state(home: Path, flow_run_id: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def test_an_unwritable_tracking_store_is_named_in_one_paragraph(tmp_path):
+@pytest.mark.parametrize("how", ["immutable file", "folder that is a file"])
+def test_an_unwritable_tracking_store_is_named_in_one_paragraph(tmp_path, how):
+    """The file exists but cannot change (chattr +i: even root cannot write it), or it cannot even be created."""
     import sqlite3
 
     home = tmp_path / "home"
     home.mkdir()
-    store = home / "mlflow.db"
-    sqlite3.connect(store).execute("create table t(x)").connection.commit()
-    if subprocess.run(["chattr", "+i", str(store)], capture_output=True).returncode != 0:
-        pytest.skip("this filesystem has no immutable flag (chattr)")
+    extra_env = {}
+    if how == "immutable file":
+        store = home / "mlflow.db"
+        sqlite3.connect(store).execute("create table t(x)").connection.commit()
+        subprocess.run(["chattr", "+i", str(store)], check=True)  # ext4 and most Linux filesystems have the flag
+    else:
+        (tmp_path / "not-a-folder").write_text("")
+        store = tmp_path / "not-a-folder" / "mlflow.db"
+        extra_env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
     try:
-        out = _pipeline(home, write_dataset(tmp_path / "data"), tmp_path / "ro.log")
+        out = _pipeline(home, write_dataset(tmp_path / "data"), tmp_path / "ro.log", env=extra_env)
         assert out.wait(timeout=600) == 1
     finally:
-        subprocess.run(["chattr", "-i", str(store)], check=True)
+        if how == "immutable file":
+            subprocess.run(["chattr", "-i", str(store)], check=True)
     log = (tmp_path / "ro.log").read_text()
     assert f"MLflow's tracking store {store} cannot be written" in log and "lsattr" in log
     assert "Traceback" not in log and len(log.splitlines()) < 40, log
