@@ -30,16 +30,29 @@ class StoreWriteError(OSError):
     """An event could not be stored (disk full, I/O error); nothing of it was kept."""
 
 
+def _open_lock(directory: Path) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    return os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+@contextmanager
+def _flocked(fd: int, exclusive: bool) -> Iterator[None]:
+    fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 @contextmanager
 def directory_lock(directory: Path, exclusive: bool) -> Iterator[None]:
     """flock on the directory's lock file: many appenders at once, or one rewriter alone."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(directory)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
+        with _flocked(fd, exclusive):
+            yield
     finally:
-        os.close(fd)  # releases the lock
+        os.close(fd)
 
 
 class EventLog:
@@ -48,6 +61,7 @@ class EventLog:
         self.directory, self.prefix, self.key = directory, prefix, key
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._lock_fd: int | None = None  # the directory's lock file, opened once: appends are the hot path
         self._path: Path | None = None
         self._seen: set[str] = set()
         if key is not None:
@@ -73,25 +87,32 @@ class EventLog:
         is left to be flushed later; the next append starts a new segment.
         """
         line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
-        with self._lock, directory_lock(self.directory, exclusive=False):
-            if self.key is not None:
-                key = str(record[self.key])
-                if key in self._seen:
-                    return False
-            fd = self._segment()
-            start = os.lseek(fd, 0, os.SEEK_END)
-            try:
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            except OSError as exc:
-                self._cut_back(fd, start)
-                raise StoreWriteError(
-                    exc.errno, f"could not store the event in {self._path}: {exc.strerror}; nothing of it was kept"
-                ) from exc
-            if self.key is not None:
-                self._seen.add(key)
+        with self._lock:
+            if self._lock_fd is None:
+                self._lock_fd = _open_lock(self.directory)
+            with _flocked(self._lock_fd, exclusive=False):
+                return self._append(line, record)
+
+    def _append(self, line: bytes, record: dict) -> bool:
+        """append's body, under both locks."""
+        if self.key is not None:
+            key = str(record[self.key])
+            if key in self._seen:
+                return False
+        fd = self._segment()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError as exc:
+            self._cut_back(fd, start)
+            raise StoreWriteError(
+                exc.errno, f"could not store the event in {self._path}: {exc.strerror}; nothing of it was kept"
+            ) from exc
+        if self.key is not None:
+            self._seen.add(key)
         return True
 
     def _cut_back(self, fd: int, size: int) -> None:
@@ -112,9 +133,10 @@ class EventLog:
 
     def close(self) -> None:
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            for fd in (self._fd, self._lock_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._fd = self._lock_fd = None
 
 
 class LogTail:
