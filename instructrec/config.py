@@ -187,6 +187,19 @@ class ExportConfig(_Frozen):
     parity_rows_per_type: int = 64  # evaluation instructions per type for the PyTorch parity check
 
 
+class RuntimeConfig(_Frozen):
+    """Where the heavy stages run: in this process, or on a Ray cluster (a local one unless RAY_ADDRESS names one)."""
+
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # env RAY_ADDRESS ("auto", "ray://head:10001"); None: start a local cluster
+    cpus: int | None = None  # a local cluster's CPUs (None: all of this machine's)
+    object_store_mb: int = 512  # a local cluster's object store (Ray's default takes 30% of memory)
+    actor_threads: int = 1  # ONNX Runtime intra-op threads per inference actor (= the CPUs it reserves)
+    actors: int | None = None  # inference actors (None: the cluster's CPUs less one, over actor_threads)
+    batch_users: int = 256  # users per scored batch, either engine
+    train_workers: int = 2  # Ray Train DDP ranks (train.distributed)
+
+
 class PathsConfig(_Frozen):
     home: Path
     tracking_uri: str
@@ -229,6 +242,7 @@ class Config(_Frozen):
     export: ExportConfig = ExportConfig()
     serve: ServeConfig = ServeConfig()
     stack: StackConfig = StackConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     experiment: str = "instructrec"
     progress: bool = True
 
@@ -324,6 +338,8 @@ def load_config(
     raw = _merge(_merge(_PROFILES[profile], _SOURCE_PRESETS.get(source, {}).get(profile, {})), overrides)
     if env.get("MLFLOW_BACKEND"):
         raw = _merge(raw, {"stack": {"backend": env["MLFLOW_BACKEND"]}})
+    if env.get("RAY_ADDRESS"):
+        raw = _merge(raw, {"runtime": {"ray_address": env["RAY_ADDRESS"]}})
     return Config(profile=profile, paths=PathsConfig(home=home, tracking_uri=tracking_uri), **raw)
 
 

@@ -60,6 +60,12 @@ def write_bundle(
     return target
 
 
+def read_catalogue(bundle: Path) -> Catalogue:
+    """The catalogue a bundle was trained on (titles and genres; item texts are not shipped)."""
+    m = json.loads((bundle / BUNDLE_MANIFEST).read_text())
+    return Catalogue(m["item_ids"], m["titles"], [""] * len(m["item_ids"]), [tuple(g) for g in m["genres"]], m["noun"])
+
+
 def serving_graph(fp32_file: Path, bundle: Path) -> tuple[Path, str]:
     """(graph file, variant name) that this host should serve, per the bundle's checked choice."""
     host = "cuda" if cuda_usable() else "cpu"
@@ -116,35 +122,26 @@ class Recommender:
         cls, onnx_file: Path, bundle: Path, interactions: pl.DataFrame, version: str = "?", threads: int | None = None
     ) -> Recommender:
         """threads: ONNX Runtime intra-op threads (None: one per core)."""
+        rec = cls.from_bundle(onnx_file, bundle, version, threads)
+        rec.histories = user_histories(interactions, rec.catalogue)
+        rec.popularity = item_counts(rec.histories, rec.catalogue.n_items)
+        if (bundle / ITEM_VECTORS).exists():
+            rec.space = ItemSpace.build(
+                np.load(bundle / ITEM_VECTORS), rec.catalogue.genres, rec.popularity, len(rec.histories)
+            )
+            rec._neighbours = nearest_neighbours(rec.space.unit, NEIGHBOUR_TABLE)  # before the first request
+        return rec
+
+    @classmethod
+    def from_bundle(cls, onnx_file: Path, bundle: Path, version: str = "?", threads: int | None = None) -> Recommender:
+        """The scorer and catalogue alone, without users: what a batch worker needs to rank the users it is sent."""
         m = json.loads((bundle / BUNDLE_MANIFEST).read_text())
-        catalogue = Catalogue(
-            m["item_ids"], m["titles"], [""] * len(m["item_ids"]), [tuple(g) for g in m["genres"]], m["noun"]
-        )
         tokenizer = BertTokenizerFast.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)
         graph, variant = serving_graph(onnx_file, bundle)
-        histories = user_histories(interactions, catalogue)
-        space = None
-        if (bundle / ITEM_VECTORS).exists():
-            space = ItemSpace.build(
-                np.load(bundle / ITEM_VECTORS),
-                catalogue.genres,
-                item_counts(histories, catalogue.n_items),
-                len(histories),
-            )
-        rec = cls(
-            make_session(graph, threads=threads),
-            tokenizer,
-            catalogue,
-            histories,
-            m["max_history"],
-            m["max_text_tokens"],
-            version,
-            variant,
-            space,
+        session = make_session(graph, threads=threads)
+        return cls(
+            session, tokenizer, read_catalogue(bundle), {}, m["max_history"], m["max_text_tokens"], version, variant
         )
-        if space is not None:  # before the first request, not during it
-            rec._neighbours = nearest_neighbours(space.unit, NEIGHBOUR_TABLE)
-        return rec
 
     def request(self, history: np.ndarray, instruction: str | None = None) -> Instruction:
         """The user's own words beside their history; history alone; or a cold-start request."""
@@ -310,32 +307,41 @@ class Recommender:
 
 
 def top_k_all(rec: Recommender, k: int = 10, batch_size: int = 256) -> pl.DataFrame:
-    """Top-k for every known user (history-only instruction), history excluded, in batches.
-
-    Item vectors are constants of the graph, so each batch costs one encoder
-    pass over its instructions plus one product with the catalogue.
-    """
+    """Top-k for every known user (history-only instruction), history excluded, in batches of users."""
     users = sorted(rec.histories)
+    parts = [
+        top_k_rows(rec, chunk, [rec.histories[u] for u in chunk], k)
+        for chunk in (users[s : s + batch_size] for s in range(0, len(users), batch_size))
+    ]
+    return pl.concat(parts) if parts else top_k_rows(rec, [], [], k)
+
+
+def top_k_rows(rec: Recommender, users: list[str], histories: list[np.ndarray], k: int) -> pl.DataFrame:
+    """Top-k rows (user_id, rank, item_id, score) for one batch of users, each history excluded.
+
+    The one scoring step of batch inference, whatever runs it (one process, or a Ray actor).
+    Item vectors are constants of the graph, so a batch costs one encoder pass over its
+    instructions plus one product with the catalogue.
+    """
     k = min(k, rec.catalogue.n_items - 1)  # argpartition needs k < catalogue size
-    scorer = rec.scorer
-    rows: dict[str, list] = {"user_id": [], "rank": [], "item_id": [], "score": []}
-    ids = np.asarray(rec.catalogue.item_ids)
-    for start in range(0, len(users), batch_size):
-        chunk = users[start : start + batch_size]
-        requests = [rec.request(rec.histories[user]) for user in chunk]
-        padded = pad_histories([ins.history for ins in requests], rec.max_history)
-        scores = scorer.score([ins.text for ins in requests], padded).astype(np.float32)
-        for r, user in enumerate(chunk):
-            scores[r, rec.histories[user] - 1] = -np.inf
-        top = np.argpartition(-scores, k, axis=1)[:, :k]
-        order = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable"), 1)
-        for r, user in enumerate(chunk):
-            rows["user_id"] += [user] * k
-            rows["rank"] += list(range(1, k + 1))
-            rows["item_id"] += ids[order[r]].tolist()
-            rows["score"] += scores[r, order[r]].tolist()
+    columns = {"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "score": pl.Float32}
+    if not users:
+        return pl.DataFrame(schema=columns)
+    requests = [rec.request(h) for h in histories]
+    padded = pad_histories([ins.history for ins in requests], rec.max_history)
+    scores = rec.scorer.score([ins.text for ins in requests], padded).astype(np.float32)
+    for r, history in enumerate(histories):
+        scores[r, history - 1] = -np.inf
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    order = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable"), 1)
     return pl.DataFrame(
-        rows, schema={"user_id": pl.String, "rank": pl.Int32, "item_id": pl.String, "score": pl.Float32}
+        {
+            "user_id": np.repeat(np.asarray(users, dtype=object), k),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(users)),
+            "item_id": np.asarray(rec.catalogue.item_ids, dtype=object)[order.ravel()],
+            "score": np.take_along_axis(scores, order, 1).ravel(),
+        },
+        schema=columns,
     )
 
 

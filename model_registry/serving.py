@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
 
 from instructrec.config import Config
 from instructrec.recommend import BUNDLE_MANIFEST, Recommender
-from instructrec.snapshot import load_snapshot, read_table
+from instructrec.snapshot import Snapshot, load_snapshot, read_table
 from model_registry import registry
 
 
@@ -14,22 +18,44 @@ class NoChampion(RuntimeError):
     pass
 
 
-def load_version(cfg: Config, ref: registry.VersionRef) -> Recommender:
-    """Download once per version (kept under paths.serving), then load the variant chosen for this host."""
+@dataclass(frozen=True)
+class ServingFiles:
+    """A registered version on local disk: its fp32 graph, its bundle, and the snapshot it was trained on."""
+
+    onnx_file: Path
+    bundle: Path
+    version: str
+    snapshot: Snapshot
+
+    def interactions(self) -> pl.DataFrame:
+        return read_table(self.snapshot, "interactions")
+
+
+def fetch_version(cfg: Config, ref: registry.VersionRef) -> ServingFiles:
+    """Download once per version (kept under paths.serving)."""
     local = cfg.paths.serving / f"v{ref.version}"
     if not (local / registry.SERVING_ARTIFACT / BUNDLE_MANIFEST).exists():
         registry.download_serving(ref, local)
     bundle = local / registry.SERVING_ARTIFACT
     manifest = json.loads((bundle / BUNDLE_MANIFEST).read_text())
     snapshot = load_snapshot(cfg.paths.snapshots / manifest["snapshot_hash"][:16])
-    interactions = read_table(snapshot, "interactions")
+    return ServingFiles(local / "onnx" / "model.onnx", bundle, ref.version, snapshot)
+
+
+def load_version(cfg: Config, ref: registry.VersionRef) -> Recommender:
+    """The version as a recommender, on the variant chosen for this host."""
+    files = fetch_version(cfg, ref)
     return Recommender.load(
-        local / "onnx" / "model.onnx", bundle, interactions, ref.version, cfg.serve.onnx_threads or None
+        files.onnx_file, files.bundle, files.interactions(), files.version, cfg.serve.onnx_threads or None
     )
 
 
-def load_champion(cfg: Config) -> Recommender:
+def champion_ref() -> registry.VersionRef:
     ref = registry.get_alias(registry.CHAMPION)
     if ref is None:
         raise NoChampion("no champion model yet; run `instructrec pipeline` (or `make run`) first")
-    return load_version(cfg, ref)
+    return ref
+
+
+def load_champion(cfg: Config) -> Recommender:
+    return load_version(cfg, champion_ref())

@@ -1,7 +1,8 @@
-"""Serving-side tasks: the champion's ONNX scorer, and batch top-k for every user."""
+"""Serving-side tasks: the champion's ONNX scorer, and batch top-k for every user (one process or Ray)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,32 +13,35 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from adapters import tracking
+from instructrec.batch import BatchJob, top_k_users, write_users
 from instructrec.config import Config
-from instructrec.io import write_parquet
-from instructrec.recommend import top_k_all
-from model_registry.serving import NoChampion, load_champion
+from instructrec.recommend import read_catalogue, user_histories
+from model_registry.serving import NoChampion, champion_ref, fetch_version, load_champion
 
 BATCH_EXPERIMENT = "instructrec-batch"
 
 
 @task(name="batch-top-k", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def batch_top_k(cfg: Config, k: int) -> Path:
-    """Top-k for every user from the champion, as Parquet, recorded as an MLflow run."""
+    """Top-k for every user from the champion (runtime.engine: this process or Ray), as Parquet parts,
+    recorded as an MLflow run."""
     logger = get_run_logger()
     t0 = time.perf_counter()
     tracking.configure(cfg)
-    rec = load_champion(cfg)
-    loaded = time.perf_counter()
-    table = top_k_all(rec, k)
-    scored = time.perf_counter()
+    files = fetch_version(cfg, champion_ref())
     stamp = datetime.now(UTC)
-    table = table.with_columns(
-        pl.lit(rec.version).alias("model_version"),
-        pl.lit(rec.variant).alias("variant"),
-        pl.lit(stamp).alias("generated_at"),
-    )
-    target = write_parquet(table, cfg.paths.home / "batch" / f"top{k}-v{rec.version}-{stamp:%Y%m%dT%H%M%S}.parquet")
-    users = table["user_id"].n_unique()
+    target = cfg.paths.home / "batch" / f"top{k}-v{files.version}-{stamp:%Y%m%dT%H%M%S}"
+    histories = user_histories(files.interactions(), read_catalogue(files.bundle))
+    users = write_users(histories, target.with_name(f".{target.name}.users"))
+    loaded = time.perf_counter()
+    job = BatchJob(files.onnx_file, files.bundle, files.version, k, stamp)
+    try:
+        top_k_users(job, users, target, cfg.runtime)
+    finally:
+        shutil.rmtree(users, ignore_errors=True)
+    scored = time.perf_counter()
+    summary = pl.scan_parquet(target / "*.parquet").select(pl.len().alias("rows"), pl.col("variant").first()).collect()
+    variant = summary["variant"][0] or "fp32"
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(BATCH_EXPERIMENT) or client.get_experiment(
         client.create_experiment(
@@ -46,28 +50,28 @@ def batch_top_k(cfg: Config, k: int) -> Path:
     )
     run = client.create_run(
         exp.experiment_id,
-        run_name=f"top{k}-v{rec.version}",
-        tags={"model_version": rec.version, "variant": rec.variant, "provider": rec.session.provider},
+        run_name=f"top{k}-v{files.version}",
+        tags={"model_version": files.version, "variant": variant, "engine": cfg.runtime.engine},
     )
     tracking.log_metrics(
         run.info.run_id,
         {
-            "users": users,
-            "rows": table.height,
+            "users": len(histories),
+            "rows": summary["rows"][0],
             "load_s": loaded - t0,
             "score_s": scored - loaded,
-            "users_per_s": users / (scored - loaded),
+            "users_per_s": len(histories) / (scored - loaded),
         },
     )
     client.log_param(run.info.run_id, "output", str(target))
     client.set_terminated(run.info.run_id, "FINISHED")
     logger.info(
-        "top-%d for %d users from v%s (%s on %s) in %.2f s -> %s",
+        "top-%d for %d users from v%s (%s, engine %s) in %.2f s -> %s",
         k,
-        users,
-        rec.version,
-        rec.variant,
-        rec.session.provider,
+        len(histories),
+        files.version,
+        variant,
+        cfg.runtime.engine,
         scored - loaded,
         target,
     )

@@ -81,3 +81,20 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("INSTRUCTREC_HOME", str(h))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return h
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster for the session: 3 logical CPUs on this 2-core machine (two single-threaded
+    actors and the CPU Ray Data's reads need beside them), a small object store; shut down at the end."""
+    import ray
+
+    ray.init(
+        num_cpus=3,
+        object_store_memory=128 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ray.cluster_resources()
+    ray.shutdown()

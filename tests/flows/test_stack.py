@@ -142,8 +142,8 @@ def test_new_champion_triggers_batch_inference(stack):
     run = wait_for_final_run(BATCH)
     assert run.state.is_completed(), run.state
     assert run.parameters["profile"] == "tiny"  # from the event's payload
-    (written,) = (stack.home / "batch").glob("top10-v1-*.parquet")
-    table = pl.read_parquet(written)
+    (written,) = (stack.home / "batch").glob("top10-v1-*")
+    table = pl.read_parquet(written / "*.parquet")
     assert {"user_id", "item_id", "rank", "model_version", "generated_at"} <= set(table.columns)
     assert set(table["model_version"]) == {"1"}
 
