@@ -36,7 +36,7 @@ class BatchJob:
     generated_at: datetime
 
 
-def write_users(histories: dict[str, np.ndarray], target: Path, users_per_file: int = 65_536) -> Path:
+def write_users(histories: dict[str, np.ndarray], target: Path, users_per_file: int = 16_384) -> Path:
     """The users to rank, sorted by id, as a directory of Parquet files: the input every engine reads
     (a file is what one Ray read task takes, so the files are the input's parallelism)."""
     users = sorted(histories)
@@ -103,7 +103,7 @@ def top_k_ray(job: BatchJob, users: Path, out: Path, runtime: RuntimeConfig) -> 
             fn_constructor_kwargs={"job": job, "threads": runtime.actor_threads},
             batch_size=runtime.batch_users,
             batch_format="pyarrow",
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=runtime.actor_threads,
             num_gpus=1 if gpus else 0,
         )
