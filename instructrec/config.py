@@ -49,6 +49,7 @@ class ModelConfig(_Frozen):
         0.0  # on the history encoder's attention weights (off by default: it costs CPU time and was not tuned)
     )
     text_dropout: float = 0.5  # dropout on the instruction's BERT vector (robustness to unseen wordings)
+    bert_dropout: float | None = None  # BERT's own dropout while it is tuned (None: the backbone's, 0.1)
     train_bert: bool = False  # fine-tune BERT itself (GPU); else BERT features are cached
     max_text_tokens: int = 64
 
@@ -178,6 +179,10 @@ class StackConfig(_Frozen):
     mlflow_port: int = 5000
     postgres_port: int = 5433
     backend: Literal["sqlite", "postgres"] = "sqlite"  # MLflow's store; env MLFLOW_BACKEND
+    # where the MLflow server keeps artifacts (it proxies them: clients need no credentials); env
+    # MLFLOW_ARTIFACTS_DESTINATION, e.g. s3://bucket/mlflow (the server reads AWS_* / MLFLOW_S3_ENDPOINT_URL);
+    # None: <home>/mlartifacts
+    artifacts_destination: str | None = None
     work_pool: str = "instructrec-pool"  # the pool every deployment in prefect.yaml names
 
 
@@ -338,6 +343,8 @@ def load_config(
     raw = _merge(_merge(_PROFILES[profile], _SOURCE_PRESETS.get(source, {}).get(profile, {})), overrides)
     if env.get("MLFLOW_BACKEND"):
         raw = _merge(raw, {"stack": {"backend": env["MLFLOW_BACKEND"]}})
+    if env.get("MLFLOW_ARTIFACTS_DESTINATION"):
+        raw = _merge(raw, {"stack": {"artifacts_destination": env["MLFLOW_ARTIFACTS_DESTINATION"]}})
     if env.get("RAY_ADDRESS"):
         raw = _merge(raw, {"runtime": {"ray_address": env["RAY_ADDRESS"]}})
     return Config(profile=profile, paths=PathsConfig(home=home, tracking_uri=tracking_uri), **raw)

@@ -289,12 +289,22 @@ def load_scorer(path: Path, device: str = "cpu") -> tuple[InstructRecScorer, Ber
     return model, tokenizer, json.loads((path / ITEMS).read_text())
 
 
-def _like_dislike(logp: torch.Tensor, label: torch.Tensor, weight: torch.Tensor, dislike_weight: float) -> torch.Tensor:
-    """Likes: cross-entropy -log p; dislikes: unlikelihood -log(1 - p); weighted mean."""
+def _like_dislike(
+    logp: torch.Tensor,
+    label: torch.Tensor,
+    weight: torch.Tensor,
+    dislike_weight: float,
+    total: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Likes: cross-entropy -log p; dislikes: unlikelihood -log(1 - p); weighted mean.
+
+    total: the weight the mean divides by, where it is not this batch's own (a data-parallel rank
+    divides its part by the whole step's weight, so the ranks' gradients add up to the step's).
+    """
     like = -logp
     dislike = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * dislike_weight
     loss = torch.where(label > 0, like, dislike) * weight
-    return loss.sum() / weight.sum().clamp(min=1e-6)
+    return loss.sum() / (weight.sum() if total is None else total).clamp(min=1e-6)
 
 
 def bf16_capable(device: torch.device) -> bool:
@@ -377,10 +387,11 @@ def full_softmax_loss(
     items: torch.Tensor,
     dislike_weight: float = 1.0,
     low_precision: bool = False,
+    total: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the whole catalogue: exact, and cheap while the catalogue has thousands of items."""
     logp = catalogue_log_prob(query, items[1:], target - 1, model.item_bias[1:], low_precision)
-    return _like_dislike(logp, label, weight, dislike_weight)
+    return _like_dislike(logp, label, weight, dislike_weight, total)
 
 
 def sampled_softmax_loss(
@@ -393,8 +404,9 @@ def sampled_softmax_loss(
     items: torch.Tensor,
     dislike_weight: float = 1.0,
     log_q: torch.Tensor | None = None,
+    total: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Softmax over in-batch targets + shared uniform negatives.
+    """Softmax over in-batch targets + shared uniform negatives (a data-parallel rank: its own shard's targets).
 
     Likes (label > 0) pull the item toward the instruction (cross-entropy);
     dislikes push it away with the unlikelihood term -log(1 - p(item)).
@@ -412,4 +424,4 @@ def sampled_softmax_loss(
     clash[rows, rows] = False
     logits = logits.float().masked_fill(clash, float("-inf"))
     logp = F.log_softmax(logits, dim=-1)[rows, rows]
-    return _like_dislike(logp, label, weight, dislike_weight)
+    return _like_dislike(logp, label, weight, dislike_weight, total)

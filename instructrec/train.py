@@ -63,6 +63,10 @@ def new_scorer(cfg: Config, catalogue: Catalogue) -> tuple[InstructRecScorer, ob
     """A fresh scorer on the configured backbone, its item tower fed the catalogue's texts."""
     torch.manual_seed(cfg.train.seed)
     bert, tokenizer = load_backbone(cfg.model.backbone, seed=cfg.train.seed)
+    if cfg.model.bert_dropout is not None:
+        for layer in bert.modules():
+            if isinstance(layer, torch.nn.Dropout):
+                layer.p = cfg.model.bert_dropout
     model = InstructRecScorer(scorer_config(cfg, catalogue.n_items), bert)
     model.to(cfg.train.device)
     model.set_catalogue(tokenizer, catalogue.texts)
@@ -226,6 +230,7 @@ def _history_loss(
     label: torch.Tensor,
     items: torch.Tensor,
     low_precision: bool = False,
+    ranks: Ranks | None = None,
 ) -> torch.Tensor:
     """Auxiliary next-item loss on the bare history states (SASRec's objective) at every real transition.
 
@@ -233,7 +238,107 @@ def _history_loss(
     so the history-only signal is as dense as SASRec's; dislikes are left out.
     """
     real = (seq[:, :-1] > 0) & (seq[:, 1:] > 0) & (label >= 0)
-    return -catalogue_log_prob(states[real], items[1:], seq[:, 1:][real] - 1, model.item_bias[1:], low_precision).mean()
+    logp = catalogue_log_prob(states[real], items[1:], seq[:, 1:][real] - 1, model.item_bias[1:], low_precision)
+    return -logp.sum() / (ranks or Ranks()).divisor(real.sum()).clamp(min=1)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a data-parallel group (torch.distributed initialised by the launcher).
+
+    A step's batch is split across the ranks; each rank divides its loss by the whole step's
+    weight (over the world size, as DDP averages gradients), so the averaged gradient is the
+    gradient of the step's mean loss: 2 ranks of 64 windows train as 1 process on 128.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> Ranks:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0: the one that validates, checkpoints and reports."""
+        return self.rank == 0
+
+    def divisor(self, local: torch.Tensor) -> torch.Tensor:
+        """What this rank divides its summed loss by: the step's total of `local` over the world size."""
+        if self.world == 1:
+            return local
+        import torch.distributed as dist
+
+        total = local.detach().float().clone()
+        dist.all_reduce(total)
+        return total / self.world
+
+    def mean(self, value: float) -> float:
+        """The ranks' mean of a scalar (the step's loss, from each rank's part)."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t) / self.world
+
+    def from_lead(self, value: float) -> float:
+        """Rank 0's value on every rank (its validation score decides early stopping for all)."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.broadcast(t, 0)
+        return float(t)
+
+
+class _StepLoss(torch.nn.Module):
+    """One step's loss on a rank's rows, as a module's forward so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model, texts, tensors, s: FitSettings, log_q, low_precision: bool, ranks: Ranks):
+        super().__init__()
+        self.model = model
+        self.texts, self.tensors, self.s, self.log_q = texts, tensors, s, log_q
+        self.low_precision, self.ranks = low_precision, ranks
+
+    def forward(self, rows: torch.Tensor, negatives: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        model, tensors, s = self.model, self.tensors, self.s
+        seq, weight = tensors["seq"][rows], tensors["weight"][rows]
+        at = weight > 0
+        target, label, weight = seq[:, 1:][at], tensors["label"][rows][at], weight[at]
+        total = self.ranks.divisor(weight.sum())
+        with autocast(weight.device, s.mixed_precision):
+            items = model.item_vectors()
+            inputs = seq[:, :-1]
+            states = model.history_states(inputs, items)
+            q = model.window_queries(
+                self.texts(tensors["text_id"][rows][at]), states, inputs, tensors["use_history"][rows], at
+            )
+            if negatives is None:
+                loss = full_softmax_loss(
+                    model, q, target, label, weight, items, s.dislike_weight, self.low_precision, total
+                )
+            else:
+                loss = sampled_softmax_loss(
+                    model, q, target, label, weight, negatives, items, s.dislike_weight, self.log_q, total
+                )
+            if s.history_loss_weight > 0:
+                loss = loss + s.history_loss_weight * _history_loss(
+                    model, states, seq, tensors["label"][rows], items, self.low_precision, self.ranks
+                )
+        return loss, len(target)
+
+
+def _validated(validate: Validate, model: InstructRecScorer, ranks: Ranks) -> dict[str, float]:
+    """Rank 0 validates; every rank learns its NDCG@10, so all take the same early-stopping decisions."""
+    metrics = validate(model) if ranks.lead else {}
+    return {**metrics, "ndcg@10": ranks.from_lead(metrics.get("ndcg@10", 0.0))}
 
 
 def _optimizer(model: InstructRecScorer, s: FitSettings) -> torch.optim.Optimizer:
@@ -261,10 +366,14 @@ def fit(
     on_epoch: OnEpoch | None = None,
     progress: bool = True,
     text_cache: dict[str, torch.Tensor] | None = None,
+    ranks: Ranks = Ranks(),
 ) -> FitResult:
     """Train in place; leaves the model holding its best-validation weights.
 
     text_cache: BERT vectors of texts already embedded (frozen BERT only; see InstructRecScorer.text_vectors).
+    ranks: data-parallel training (instructrec.distributed launches it): every rank runs this with the
+    same examples and settings; each takes its part of each step's batch of `s.batch_size` x world windows
+    from one shared permutation; only rank 0 validates, writes checkpoints and calls `on_epoch`.
     """
     device = torch.device(s.device)
     model.to(device)
@@ -288,7 +397,7 @@ def fit(
                 start_epoch, result.reused = s.epochs, True
                 model.eval()
     if best_state is None:
-        metrics = validate(model)
+        metrics = _validated(validate, model, ranks)
         result.best_metric, best_state = metrics["ndcg@10"], copy.deepcopy(model.state_dict())
         result.history.append({"epoch": -1, "loss": float("nan"), **{f"val_{k}": v for k, v in metrics.items()}})
 
@@ -307,6 +416,12 @@ def fit(
         else None
     )
     low_precision = s.mixed_precision and bf16_capable(device)
+    step: torch.nn.Module = _StepLoss(model, texts, tensors, s, log_q, low_precision, ranks)
+    if ranks.world > 1:
+        step = torch.nn.parallel.DistributedDataParallel(
+            step, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    batch = s.batch_size * ranks.world
     seen = 0
     started = time.perf_counter()
     for epoch in range(start_epoch, s.epochs):
@@ -316,55 +431,38 @@ def fit(
         gen = torch.Generator(device="cpu").manual_seed(s.seed * 1000 + epoch)
         order = torch.randperm(len(examples), generator=gen).to(device)
         losses, t0, n_epoch = [], time.perf_counter(), 0
-        batches = range(0, len(order), s.batch_size)
+        batches = [b for b in range(0, len(order), batch) if len(order) - b >= ranks.world]  # every rank gets rows
         # disable=None: bars only on a terminal (a log file would get one line of carriage returns per stage)
         for b in tqdm(
             batches,
             desc=f"{s.stage} epoch {epoch + 1}/{s.epochs}",
-            disable=None if progress else True,
+            disable=None if progress and ranks.lead else True,
             leave=False,
             mininterval=2.0,
         ):
-            rows = order[b : b + s.batch_size]
-            seq, weight = tensors["seq"][rows], tensors["weight"][rows]
-            at = weight > 0
-            target, label, weight = seq[:, 1:][at], tensors["label"][rows][at], weight[at]
-            with autocast(device, s.mixed_precision):
-                items = model.item_vectors()
-                inputs = seq[:, :-1]
-                states = model.history_states(inputs, items)
-                q = model.window_queries(
-                    texts(tensors["text_id"][rows][at]), states, inputs, tensors["use_history"][rows], at
-                )
-                if s.full_softmax:
-                    loss = full_softmax_loss(model, q, target, label, weight, items, s.dislike_weight, low_precision)
-                else:
-                    negatives = torch.randint(1, n_items + 1, (s.negatives,), generator=gen).to(device)
-                    loss = sampled_softmax_loss(
-                        model, q, target, label, weight, negatives, items, s.dislike_weight, log_q
-                    )
-                if s.history_loss_weight > 0:
-                    loss = loss + s.history_loss_weight * _history_loss(
-                        model, states, seq, tensors["label"][rows], items, low_precision
-                    )
+            rows = order[b : b + batch].tensor_split(ranks.world)[ranks.rank]
+            negatives = (
+                None if s.full_softmax else torch.randint(1, n_items + 1, (s.negatives,), generator=gen).to(device)
+            )
+            loss, n = step(rows, negatives)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optim.step()
-            losses.append(loss.item())
-            n_epoch += len(target)
+            losses.append(ranks.mean(loss.item()))
+            n_epoch += n
         seen += n_epoch
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
         result.history.append(row)
         if (epoch + 1) % s.eval_every and epoch + 1 < s.epochs:
             metrics = None
         else:
-            metrics = validate(model)
+            metrics = _validated(validate, model, ranks)
             row.update({f"val_{k}": v for k, v in metrics.items()})
         if metrics is not None and (metrics["ndcg@10"] > result.best_metric or not s.select_best):
             result.best_metric, result.best_epoch = metrics["ndcg@10"], epoch
             best_state = copy.deepcopy(model.state_dict())
-        if ckpt:  # before the callback: a failing logger never loses a finished epoch
+        if ckpt and ranks.lead:  # before the callback: a failing logger never loses a finished epoch
             _save_checkpoint(
                 ckpt,
                 {
@@ -379,13 +477,13 @@ def fit(
                     "finished": False,
                 },
             )
-        if on_epoch:
+        if on_epoch and ranks.lead:
             on_epoch(row)
     model.load_state_dict(best_state)
     model.eval()
     elapsed = time.perf_counter() - started
     result.examples_per_s = seen / elapsed if seen else 0.0
-    if ckpt:
+    if ckpt and ranks.lead:
         _save_checkpoint(
             ckpt,
             {

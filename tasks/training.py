@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import matplotlib.pyplot as plt
 import mlflow
@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from adapters import tracking
 from instructrec import schema
 from instructrec.config import Config
+from instructrec.distributed import TrainJob, fit_on_ray
 from instructrec.evaluate import HEADLINE, TorchScorer, evaluate
 from instructrec.feedback import examples_from_config, read_store
 from instructrec.io import atomic_path
@@ -203,18 +204,22 @@ def train_representation(
     )
     epochs = EpochLogger(run_id, "representation")
     cache = text_cache(cfg)
-    result = fit(
-        model,
-        tokenizer,
-        prepared.examples,
-        settings,
-        validator(prepared, tokenizer, cfg, cache),
-        cfg.paths.checkpoints / fp,
-        fp,
-        epochs,
-        cfg.progress,
-        cache,
-    )
+    validate = validator(prepared, tokenizer, cfg, cache)
+    if cfg.runtime.engine == "ray":
+        result = fit_ranks(cfg, model, prepared, settings, validate, cache, fp)
+    else:
+        result = fit(
+            model,
+            tokenizer,
+            prepared.examples,
+            settings,
+            validate,
+            cfg.paths.checkpoints / fp,
+            fp,
+            epochs,
+            cfg.progress,
+            cache,
+        )
     if result.reused:
         logger.info("reused the finished training of checkpoint %s (same data and config): nothing to train", fp)
     elif result.resumed_from is not None:
@@ -222,6 +227,27 @@ def train_representation(
     logger.info("representation: best validation NDCG@10 %.4f at epoch %d", result.best_metric, result.best_epoch + 1)
     _summarise(run_id, "representation", result, epochs)
     return Trained(model, tokenizer, result, fp, text_cache=cache)
+
+
+def fit_ranks(cfg: Config, model, prepared: Prepared, settings, validate, cache, fp: str) -> FitResult:
+    """DDP on the Ray cluster (runtime.train_workers ranks, each runs batch_size / ranks of every step),
+    started from `model`'s weights; the model then holds rank 0's best weights. Epochs are logged
+    when it returns (ranks do not talk to MLflow); a crash restarts the stage."""
+    workers = cfg.runtime.train_workers
+    job = TrainJob(
+        cfg,
+        prepared.catalogue,
+        prepared.examples,
+        replace(settings, batch_size=max(1, settings.batch_size // workers)),
+        validate,
+        init_state=model.state_dict(),
+        text_cache=cache or {},
+    )
+    weights, result = fit_on_ray(job, workers, cfg.paths.checkpoints / fp / "ray", cfg.runtime)
+    model.load_state_dict(weights)
+    model.eval()
+    get_run_logger().info("representation trained by %d DDP ranks on Ray", workers)
+    return result
 
 
 @task(name="finetune-feedback", cache_policy=NO_CACHE)

@@ -60,6 +60,7 @@ def test_a_source_preset_sits_between_the_profile_and_overrides(tmp_path):
 READ_IN_PLACE = {
     "train.init_from_baseline": "tasks/training.py",  # warm start of the scorer from SASRec
     "model.backbone": "instructrec/train.py",  # load_backbone in new_scorer
+    "model.bert_dropout": "instructrec/train.py",  # new_scorer
     "baseline.enabled": "tasks/training.py",
     "feedback.like_min_rating": "instructrec/feedback.py",  # examples_from_config
     "feedback.dislike_max_rating": "instructrec/feedback.py",  # examples_from_config

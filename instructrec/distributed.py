@@ -1,0 +1,96 @@
+"""Data-parallel training of the scorer on a Ray cluster.
+
+Ray Train's TorchTrainer starts the ranks and their process group (gloo on CPU, NCCL on GPU);
+each rank builds the same scorer and runs `fit` on its part of every step (see train.Ranks);
+rank 0 validates and hands its weights back through a Ray Train checkpoint.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from instructrec.cluster import ray_cluster
+from instructrec.config import Config, RuntimeConfig
+from instructrec.instructions import Examples
+from instructrec.split import Catalogue
+from instructrec.train import FitResult, FitSettings, Ranks, Validate, fit, new_scorer
+
+WEIGHTS = "weights.pt"
+
+
+def _no_validation(model) -> dict[str, float]:
+    return {"ndcg@10": 0.0}
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a rank needs, shipped to it by Ray (so: picklable, `validate` included).
+
+    settings.batch_size is per rank: a step trains on batch_size x workers windows.
+    """
+
+    cfg: Config
+    catalogue: Catalogue
+    examples: Examples
+    settings: FitSettings
+    validate: Validate = _no_validation
+    init_state: dict[str, torch.Tensor] | None = None  # starting weights (a warm start); None: new_scorer's
+    text_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _rank_main(config: dict) -> None:
+    """One rank's whole run (Ray Train calls it on every worker, the process group already up)."""
+    import ray.train
+
+    job: TrainJob = config["job"]
+    ranks = Ranks.current()
+    model, tokenizer = new_scorer(job.cfg, job.catalogue)
+    if job.init_state is not None:
+        model.load_state_dict(job.init_state)
+    result = fit(
+        model,
+        tokenizer,
+        job.examples,
+        job.settings,
+        job.validate,
+        progress=False,
+        text_cache=job.text_cache,
+        ranks=ranks,
+    )
+    if not ranks.lead:
+        ray.train.report({"best_metric": result.best_metric})
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({"model": model.state_dict(), "result": result}, Path(tmp) / WEIGHTS)
+        ray.train.report({"best_metric": result.best_metric}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def fit_on_ray(
+    job: TrainJob, workers: int, storage: Path, runtime: RuntimeConfig | None = None
+) -> tuple[dict[str, torch.Tensor], FitResult]:
+    """Train with `workers` DDP ranks; returns rank 0's final (best-validation) weights and its FitResult.
+
+    storage: where Ray Train keeps the run and its checkpoint (shared storage on a multi-node cluster).
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    on_gpu = job.settings.device.startswith("cuda")
+    with ray_cluster(runtime or RuntimeConfig()):
+        trainer = TorchTrainer(
+            _rank_main,
+            train_loop_config={"job": job},
+            torch_config=TorchConfig(backend="nccl" if on_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=on_gpu),
+            run_config=RunConfig(storage_path=str(storage.resolve()), name=f"{job.settings.stage}-ddp"),
+        )
+        outcome = trainer.fit()
+        if outcome.checkpoint is None:
+            raise RuntimeError(f"distributed {job.settings.stage} training returned no checkpoint: {outcome.error}")
+        with outcome.checkpoint.as_directory() as folder:
+            saved = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=False)
+    return saved["model"], saved["result"]

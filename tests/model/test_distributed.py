@@ -1,0 +1,60 @@
+"""Data-parallel training: 2 gloo ranks launched by Ray Train train as 1 process on the doubled batch."""
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from instructrec.distributed import TrainJob, fit_on_ray
+from instructrec.train import fit, new_scorer, representation_settings
+
+PER_RANK, STEPS_PER_EPOCH, EPOCHS = 2, 10, 2  # 20 steps of 4 windows (each holds up to 5 examples)
+
+
+def _comparable(name: str, delta: torch.Tensor) -> torch.Tensor:
+    """The parameter difference, less the key third of attention's qkv bias: adding a constant to every
+    key's logit leaves the softmax unchanged, so its exact gradient is zero and Adam turns the float noise
+    of either run (1e-9) into steps of up to lr; no data-parallel scheme can agree there (seen: 1e-4)."""
+    if name.endswith("qkv.bias"):
+        q, _, v = delta.reshape(3, -1)
+        return torch.cat([q, v])
+    return delta.float()
+
+
+def _no_validation(model):
+    return {"ndcg@10": 0.0}
+
+
+def test_two_gloo_ranks_reproduce_one_process_on_the_doubled_batch(tiny_cfg, prepared, ray_local, tmp_path):
+    cfg = tiny_cfg.model_copy(
+        update={
+            "model": tiny_cfg.model.model_copy(
+                update={"dropout": 0.0, "text_dropout": 0.0, "attention_dropout": 0.0, "bert_dropout": 0.0}
+            )
+        }
+    )
+    examples = prepared.examples.subset(np.arange(2 * PER_RANK * STEPS_PER_EPOCH))
+    settings = replace(
+        representation_settings(cfg), epochs=EPOCHS, patience=EPOCHS, history_loss_weight=1.0, select_best=False
+    )  # select_best off: both keep their last weights, not the (unvalidated) initial ones
+    assert settings.train_bert and settings.full_softmax  # BERT's gradients cross the ranks too
+
+    single, tok = new_scorer(cfg, prepared.catalogue)
+    initial = {k: v.clone() for k, v in single.state_dict().items()}
+    alone = fit(single, tok, examples, replace(settings, batch_size=2 * PER_RANK), _no_validation, progress=False)
+    weights, ranked = fit_on_ray(
+        TrainJob(cfg, prepared.catalogue, examples, replace(settings, batch_size=PER_RANK), _no_validation),
+        workers=2,
+        storage=tmp_path / "ray-train",
+    )
+
+    losses = [row["loss"] for row in ranked.history if row["epoch"] >= 0]
+    expected = [row["loss"] for row in alone.history if row["epoch"] >= 0]
+    assert len(losses) == EPOCHS and np.allclose(losses, expected, rtol=0, atol=1e-5), (losses, expected)
+    reference = single.state_dict()
+    assert weights.keys() == reference.keys()
+    moved = max(float((reference[k].float() - initial[k].float()).abs().max()) for k in reference)
+    assert moved > 1e-3  # training moved the weights: agreeing is not agreeing on the initial ones
+    diffs = {k: float(_comparable(k, weights[k] - reference[k]).abs().max()) for k in reference}
+    worst = max(diffs, key=diffs.get)
+    assert diffs[worst] <= 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:8]
