@@ -82,16 +82,26 @@ def _counted(fn):
 
 
 def configure(cfg: Config) -> str:
-    """Point MLflow at the configured store; create the experiment with local artifacts."""
+    """Point MLflow at the configured store; create the pipeline's experiment."""
     cfg.paths.home.mkdir(parents=True, exist_ok=True)
     ensure_writable(cfg.paths.tracking_uri)
     mlflow.set_tracking_uri(cfg.paths.tracking_uri)
+    return experiment_id(cfg, cfg.experiment)
+
+
+def experiment_id(cfg: Config, name: str, folder: str = "") -> str:
+    """The experiment's id, created where missing: with local artifacts (under mlartifacts/<folder>) on a
+    local store; on a tracking server, with the server's own artifact root, which the server proxies
+    (its --artifacts-destination: a folder, or s3:// with credentials only the server holds)."""
     client = MlflowClient()
-    exp = client.get_experiment_by_name(cfg.experiment)
+    exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = (cfg.paths.home / ARTIFACTS_DIR).resolve().as_uri()
-    return client.create_experiment(cfg.experiment, artifact_location=location)
+    if cfg.paths.tracking_uri.startswith(("http://", "https://")):
+        return client.create_experiment(name)
+    return client.create_experiment(
+        name, artifact_location=(cfg.paths.home / ARTIFACTS_DIR / folder).resolve().as_uri()
+    )
 
 
 def ensure_writable(tracking_uri: str) -> None:

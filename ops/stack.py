@@ -215,7 +215,9 @@ class Stack:
         if self.cfg.stack.backend == "postgres" and "postgres" not in running:
             self._record("postgres", LocalPostgres(self.dir, self.cfg.stack.postgres_port).start())
         if "mlflow" not in running:
-            (self.cfg.paths.home / "mlartifacts").mkdir(parents=True, exist_ok=True)
+            artifacts = self.cfg.stack.artifacts_destination or str(self.cfg.paths.home / "mlartifacts")
+            if "://" not in artifacts:
+                Path(artifacts).mkdir(parents=True, exist_ok=True)
             proc = self._spawn(
                 "mlflow",
                 [
@@ -230,7 +232,7 @@ class Stack:
                     "--workers",
                     "1",
                     "--artifacts-destination",
-                    str(self.cfg.paths.home / "mlartifacts"),
+                    artifacts,
                 ],
                 env,
             )

@@ -43,13 +43,8 @@ def batch_top_k(cfg: Config, k: int) -> Path:
     summary = pl.scan_parquet(target / "*.parquet").select(pl.len().alias("rows"), pl.col("variant").first()).collect()
     variant = summary["variant"][0] or "fp32"
     client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(BATCH_EXPERIMENT) or client.get_experiment(
-        client.create_experiment(
-            BATCH_EXPERIMENT, artifact_location=(cfg.paths.home / tracking.ARTIFACTS_DIR / "batch").resolve().as_uri()
-        )
-    )
     run = client.create_run(
-        exp.experiment_id,
+        tracking.experiment_id(cfg, BATCH_EXPERIMENT, "batch"),
         run_name=f"top{k}-v{files.version}",
         tags={"model_version": files.version, "variant": variant, "engine": cfg.runtime.engine},
     )
