@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from expectations.exact import covers, exact_violations, plain, shown
 from instructrec import schema
 from instructrec.config import DataConfig
 from instructrec.errors import DataValidationError, Violation
@@ -82,10 +83,21 @@ def validate_table(
     file: str,
     workdir: Path,
     parameters: dict | None = None,
+    sample_rows: int | None = None,
 ) -> ValidationOutcome:
-    """Validate `df` against suite `table`; never raises for bad data itself."""
+    """Validate `df` against suite `table`; never raises for bad data itself.
+
+    sample_rows: past this many rows GX sees a seeded sample of that size, and every expectation
+    that expectations.exact reads is decided over the whole table in Polars instead (bounded memory).
+    """
+    spec = load_suite(table)
+    exact = sample_rows is not None and df.height > sample_rows
+    whole = df
+    if exact:
+        assert sample_rows is not None
+        df = df.sample(n=sample_rows, seed=0).sort(schema.ROW if schema.ROW in df.columns else pl.first())
     gx, ctx = _context(workdir)
-    suite = ctx.suites.add(gx.ExpectationSuite(**load_suite(table)))
+    suite = ctx.suites.add(gx.ExpectationSuite(**spec))
     asset = ctx.data_sources.add_pandas(f"{table}-source").add_dataframe_asset(table)
     batch = asset.add_batch_definition_whole_dataframe("whole")
     definition = ctx.validation_definitions.add(gx.ValidationDefinition(name=table, data=batch, suite=suite))
@@ -103,9 +115,14 @@ def validate_table(
     params = {"now": datetime.now(UTC), **DEFAULT_PARAMETERS.get(table, {}), **(parameters or {})}
     run = checkpoint.run(batch_parameters={"dataframe": _to_pandas(df)}, expectation_parameters=params)
     (validation,) = run.run_results.values()
-    violations = _violations(table, df.height, validation.results)
     docs = workdir / "gx" / "uncommitted" / "data_docs" / "local_site"
-    return ValidationOutcome(table, file, bool(validation.success), violations, validation.to_json_dict(), docs)
+    if not exact:
+        violations = _violations(table, df.height, validation.results)
+        return ValidationOutcome(table, file, bool(validation.success), violations, validation.to_json_dict(), docs)
+    sampled = [r for r in validation.results if not covers({"type": r.expectation_config.type})]
+    violations = exact_violations(table, whole.lazy(), spec, params) + _violations(table, df.height, sampled)
+    result = {**validation.to_json_dict(), "sample_rows": df.height, "rows": whole.height, "exact_in_polars": True}
+    return ValidationOutcome(table, file, not violations, violations, result, docs)
 
 
 def _violations(table: str, total: int, results) -> list[Violation]:
@@ -129,9 +146,9 @@ def _violations(table: str, total: int, results) -> list[Violation]:
         if is_existence:
             out.append(Violation(table, column, f"{rule} ({cfg.type}): column is missing"))
             continue
-        examples = tuple(_shown(v) for v in res.get("partial_unexpected_list", []) or [])
+        examples = tuple(shown(v) for v in res.get("partial_unexpected_list", []) or [])
         if not examples and "observed_value" in res:
-            examples = (f"observed {_plain(res['observed_value'])!r}",)
+            examples = (f"observed {plain(res['observed_value'])!r}",)
         rows = tuple(_row_number(entry) for entry in res.get("partial_unexpected_index_list", []) or [])
         out.append(
             Violation(
@@ -147,22 +164,6 @@ def _violations(table: str, total: int, results) -> list[Violation]:
     return out
 
 
-def _shown(value, limit: int = 60) -> str:
-    """An offending value as the message shows it: a 10 MB title is cut, with its length said."""
-    text = repr(_plain(value))
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value)):,} characters)"
-
-
 def _row_number(entry) -> int:
     """1-based source row: our _row column when present, else the frame's 0-based index."""
     return int(entry[schema.ROW]) if isinstance(entry, dict) else int(entry) + 1
-
-
-def _plain(value):
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value

@@ -36,6 +36,7 @@ class DataConfig(_Frozen):
     max_text_chars: int = 20_000
     max_rows: int = 100_000_000  # per table (interactions, items); checked in validation
     max_file_bytes: int = 8 * 1024**3  # per input file; checked before the file is read
+    validation_sample_rows: int = 200_000  # past this, GX sees a seeded sample; Polars checks every row exactly
     seed: int = 7
 
 

@@ -53,7 +53,7 @@ def validate(cfg: Config, snap: Snapshot, run_id: str) -> Tables:
     outcomes: list[ValidationOutcome] = []
 
     def check(table: str, df: pl.DataFrame, file: str, params: dict | None = None) -> None:
-        outcome = validate_table(table, df, file, workdir, params)
+        outcome = validate_table(table, df, file, workdir, params, cfg.data.validation_sample_rows)
         outcomes.append(outcome)
         tracking.log_json(run_id, outcome.result, f"validation/{table}.json")
         outcome.raise_for_failure()
