@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-fast lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo bench bench-gpu bench-service bench-bad-input bench-session bench-new-items mlflow-ui clean
+.PHONY: run test test-fast lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo bench bench-gpu bench-service bench-bad-input bench-session bench-new-items bench-scale bench-ray mlflow-ui clean
 
 # requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
 $(STAMP): pyproject.toml requirements.lock
@@ -103,6 +103,14 @@ bench-session: $(STAMP)
 # Items held out of training, served through their text vectors: NDCG@10 on them vs popularity
 bench-new-items: $(STAMP)
 	$(BIN)/python bench/new_items.py --profile $(PROFILE)
+
+# Cost growth of every pipeline stage at 1x, 10x, 100x ML-100k's size (about 100k, 1M, 10M interactions; ~20 min)
+bench-scale: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/scale.py
+
+# Batch top-k for 1M synthetic users, one process vs a Ray Data actor pool, side by side (~5 min)
+bench-ray: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/ray_batch.py --users 1000000
 
 # Prefect server + worker + MLflow server, every deployment of prefect.yaml (schedules, triggers), the failure
 # automation; MLFLOW_BACKEND=postgres puts MLflow on a local PostgreSQL server. Stopped by recorded pid.

@@ -11,5 +11,6 @@ from tasks.serving import batch_top_k
 
 
 @flow(name="instructrec-batch-inference", flow_run_name="batch-top{k}", log_prints=True)
-def batch_inference(k: int = 10, profile: Profile = "cpu") -> Path:
-    return batch_top_k(load_config(profile), k)
+def batch_inference(k: int = 10, profile: Profile = "cpu", overrides: dict | None = None) -> Path:
+    """overrides: config values, e.g. {"runtime": {"engine": "ray"}} for the Ray Data actor pool."""
+    return batch_top_k(load_config(profile, overrides=overrides), k)

@@ -36,3 +36,4 @@ def training_pipeline(
         with tracking.timed(run_id, "gate"):
             gate = gate_and_register(cfg, prepared, tuned, evaluations, exported, snap.hash, run_id)
         return summarise(cfg, run_id, snap, evaluations, exported, gate)
+

@@ -22,22 +22,27 @@ def ray_cluster(runtime: RuntimeConfig) -> Iterator[dict[str, float]]:
 
     started = False
     if not ray.is_initialized():
-        if runtime.ray_address:
-            ray.init(address=runtime.ray_address, log_to_driver=False)
-        else:
-            ray.init(
-                num_cpus=runtime.cpus or os.cpu_count() or 1,
-                object_store_memory=runtime.object_store_mb * 1024**2,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+        ray.init(**init_kwargs(runtime))
         started = True
     try:
         yield ray.cluster_resources()
     finally:
         if started:
             ray.shutdown()
+
+
+def init_kwargs(runtime: RuntimeConfig) -> dict:
+    """ray.init's arguments: join runtime.ray_address, else a local cluster of runtime.cpus CPUs and a
+    small object store (Ray's default takes 30% of the machine's memory)."""
+    if runtime.ray_address:
+        return {"address": runtime.ray_address, "log_to_driver": False}
+    return {
+        "num_cpus": runtime.cpus or os.cpu_count() or 1,
+        "object_store_memory": runtime.object_store_mb * 1024**2,
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": False,
+    }
 
 
 def actor_pool_size(resources: dict[str, float], runtime: RuntimeConfig) -> int:

@@ -41,7 +41,11 @@ def _pipeline(args: argparse.Namespace) -> int:
         if not any(isinstance(f, _NoTracebackForInputErrors) for f in logger.filters):
             logger.addFilter(_NoTracebackForInputErrors())
 
-    summary = training_pipeline(profile=args.profile, data=args.data, overrides=parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    pipeline = training_pipeline
+    if load_config(args.profile, args.data, overrides).runtime.engine == "ray":
+        from flows.training_ray import training_pipeline_ray as pipeline  # fan-out through RayTaskRunner
+    summary = pipeline(profile=args.profile, data=args.data, overrides=overrides)
     print(summary.render())
     return 0
 
@@ -132,7 +136,7 @@ def _batch(args: argparse.Namespace) -> int:
     from tasks.serving import NoChampion
 
     try:
-        path = batch_inference(k=args.k)
+        path = batch_inference(k=args.k, profile=args.profile, overrides=parse_overrides(args.set))
     except NoChampion as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -300,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     sy.set_defaults(run=_synth)
     b = sub.add_parser("batch", help="top-k for every user from the champion, written as Parquet")
     b.add_argument("-k", type=int, default=10)
+    b.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
+    _add_set(b, "override a config value, e.g. --set runtime.engine=ray (a Ray Data actor pool; RAY_ADDRESS to join)")
     b.set_defaults(run=_batch)
     sv = sub.add_parser("serve", help="HTTP service: /recommend, /feedback, /health (champion/challenger split)")
     sv.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")

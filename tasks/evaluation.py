@@ -260,28 +260,45 @@ def _lists_and_reasons(cfg: Config, prepared: Prepared, scorer: Scorer, space: I
     )
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate-model", task_run_name="evaluate-{name}", cache_policy=NO_CACHE)
+def evaluate_scorer(name: str, scorer: Scorer, cases: dict, split, cold_max: int, tail: float, space) -> EvalReport:
+    """One model on every test case: independent of the others, so the flow's task runner may run them
+    side by side (threads here, Ray workers with RayTaskRunner)."""
+    return evaluate(scorer, cases, split, cold_max, tail, 256, space)
+
+
+def evaluation_reports(
+    cfg: Config, prepared: Prepared, portable: dict[str, Scorer], here: dict[str, Scorer], space
+) -> dict[str, EvalReport]:
+    """Each scorer on the test split, the `portable` ones (picklable: PyTorch, counts) submitted to the
+    flow's task runner, those `here` (an ONNX session cannot travel) scored in this process meanwhile;
+    reports in the order challenger, champion, popularity, SASRec."""
+    args = (prepared.test_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share, space)
+    futures = {name: evaluate_scorer.submit(name, scorer, *args) for name, scorer in portable.items()}
+    reports = {name: evaluate_scorer(name, scorer, *args) for name, scorer in here.items()}
+    reports |= {name: future.result() for name, future in futures.items()}
+    return {name: reports[name] for name in (CHALLENGER, CHAMPION, POPULARITY, SASREC) if name in reports}
+
+
 def evaluate_models(
     cfg: Config, prepared: Prepared, challenger: Trained, sasrec: SASRec | None, run_id: str
 ) -> Evaluations:
-    """Challenger, the current champion (re-loaded, re-scored), popularity and SASRec on the test split."""
+    """Every model on the test split (fanned out as tasks), then the reports, plots and lists logged to the run."""
     logger = get_run_logger()
     ids = prepared.catalogue.item_ids
     space = item_space(prepared, challenger)
-    args = (prepared.test_cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share, 256, space)
-    scorers = {
-        CHALLENGER: TorchScorer(
-            CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device, challenger.text_cache
-        )
+    challenger_scorer = TorchScorer(
+        CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device, challenger.text_cache
+    )
+    portable: dict[str, Scorer] = {
+        CHALLENGER: challenger_scorer,
+        POPULARITY: PopularityScorer(prepared.split.popularity),
+        **({SASREC: SASRecScorer(sasrec)} if sasrec is not None else {}),
     }
     champion = registry.get_alias(registry.CHAMPION)
-    if champion is not None:
-        scorers[CHAMPION] = champion_scorer(cfg, champion, ids, logger)
-    reports = {name: evaluate(scorer, *args) for name, scorer in scorers.items()}
-    _plot_scores(scorers, prepared.test_cases[HEADLINE], run_id)
-    reports[POPULARITY] = evaluate(PopularityScorer(prepared.split.popularity), *args)
-    if sasrec is not None:
-        reports[SASREC] = evaluate(SASRecScorer(sasrec), *args)
+    here = {CHAMPION: champion_scorer(cfg, champion, ids, logger)} if champion is not None else {}
+    reports = evaluation_reports(cfg, prepared, portable, here, space)
+    _plot_scores({CHALLENGER: challenger_scorer, **here}, prepared.test_cases[HEADLINE], run_id)
     for name, rep in reports.items():
         _log_report(run_id, name, rep)
         o = rep.overall
@@ -302,7 +319,7 @@ def evaluate_models(
     tracking.log_json(run_id, {n: r.to_dict() for n, r in reports.items()}, "evaluation/report.json")
     _plot(reports, run_id)
     _plot_metrics(reports, run_id)
-    _lists_and_reasons(cfg, prepared, scorers[CHALLENGER], space, run_id)
+    _lists_and_reasons(cfg, prepared, challenger_scorer, space, run_id)
     return Evaluations(reports, champion)
 
 

@@ -15,6 +15,12 @@ import numpy as np
 import polars as pl
 import pytest
 
+from instructrec.cluster import init_kwargs
+from instructrec.config import RuntimeConfig, load_config
+from instructrec.prepare import prepare
+from instructrec.snapshot import snapshot_raw
+from instructrec.sources import fetch_raw, read_tables
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -89,12 +95,20 @@ def ray_local():
     actors and the CPU Ray Data's reads need beside them), a small object store; shut down at the end."""
     import ray
 
-    ray.init(
-        num_cpus=3,
-        object_store_memory=128 * 1024**2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    ray.init(**init_kwargs(RuntimeConfig(cpus=3, object_store_mb=128)))
     yield ray.cluster_resources()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    return load_config("tiny", environ={"INSTRUCTREC_HOME": str(home)})
+
+
+@pytest.fixture(scope="session")
+def prepared(tiny_cfg, tmp_path_factory):
+    root = write_dataset(tmp_path_factory.mktemp("data"))
+    snap = snapshot_raw(fetch_raw(str(root), tiny_cfg.paths.downloads), tiny_cfg.paths.snapshots)
+    tables = read_tables(snap.kind, snap.raw_dir)
+    return prepare(tiny_cfg, tables.interactions, tables.items, tables.item_noun)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import mlflow
 import polars as pl
 import pytest
 
 from flows.training import training_pipeline
+from instructrec.batch import read_top_k
 from instructrec.errors import DataValidationError
 from instructrec.feedback import append_events
 from model_registry import registry
@@ -196,7 +198,7 @@ def test_broken_input_raises_a_typed_error_from_the_flow(runs, tmp_path):
 def test_batch_inference_writes_top_k_for_every_user(runs, capsys):
     assert main(["batch", "-k", "4"]) == 0
     path = capsys.readouterr().out.strip().splitlines()[-1]
-    table = pl.read_parquet(path)
+    table = pl.read_parquet(Path(path) / "*.parquet")
     assert table.schema == {
         "user_id": pl.String,
         "rank": pl.Int32,
@@ -216,6 +218,23 @@ def test_batch_inference_writes_top_k_for_every_user(runs, capsys):
     assert (
         ordered.group_by("user_id", maintain_order=True).agg(pl.col("score").diff().drop_nulls().max())["score"] <= 0
     ).all()
+
+
+def test_batch_inference_on_ray_lists_what_the_local_engine_lists(runs, ray_local, capsys):
+    """The flow, CLI to Parquet, on the Ray Data actor pool of the session's local cluster."""
+    assert main(["batch", "-k", "4"]) == 0
+    local = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["batch", "-k", "4", "--set", "runtime.engine=ray", "--set", "runtime.actors=2"]) == 0
+    distributed = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert distributed != local
+    key = ["user_id", "rank", "item_id"]
+    assert read_top_k(distributed).select(key).equals(read_top_k(local).select(key))
+    run = registry.client().search_runs(
+        [registry.client().get_experiment_by_name("instructrec-batch").experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+    assert run.data.tags["engine"] == "ray" and run.data.metrics["users"] == read_top_k(local)["user_id"].n_unique()
 
 
 def test_a_champion_this_code_cannot_load_is_scored_through_its_onnx_graph(runs, monkeypatch):
