@@ -60,6 +60,7 @@ def build_cases(
     n_items = split.catalogue.n_items
     users = split.eval_users
     cases = {}
+    excluded: dict[int, np.ndarray] = {}  # per user, shared by every type's case (the same items)
     for type_ in types:
         rows, texts, templates, hists, targets, excl, negs = [], [], [], [], [], [], []
         for u in users:
@@ -77,7 +78,9 @@ def build_cases(
             templates.append(ins.template)
             hists.append(ins.history)
             targets.append(tgt)
-            excl.append(np.setdiff1d(seen, [tgt]))
+            if u not in excluded:
+                excluded[u] = np.setdiff1d(seen, [tgt])
+            excl.append(excluded[u])
         if rows:
             cases[f"{type_}/{HELD_OUT}" if held_out else type_] = EvalCase(
                 type_,

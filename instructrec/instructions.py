@@ -18,6 +18,7 @@ target's attributes, never its title or id.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 
@@ -302,46 +303,66 @@ class Examples:
 
 
 class ExampleBuilder:
-    """Accumulates instructions into `Examples`, interning texts."""
+    """Accumulates instructions into `Examples`, interning texts.
+
+    Flat typed arrays, not the Instruction objects: 10M examples would otherwise hold 10M
+    objects with their history tuples (gigabytes) until `build`.
+    """
 
     def __init__(self, max_history: int):
         self.max_history = max_history
-        self.windows: list[tuple[int, tuple[int, ...], list[tuple[int, Instruction, float, float]]]] = []
+        self.users, self.items, self.lengths = array("q"), array("q"), array("q")  # per window; items flat
+        self.rows, self.slots, self.text_ids = array("q"), array("q"), array("q")  # per example
+        self.use_history, self.labels, self.weights = array("b"), array("f"), array("f")
+        self.types: list[str] = []  # per example; the few distinct strings are shared, not copied
+        self.templates: list[str] = []
         self.text_index: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return sum(len(w[2]) for w in self.windows)
+        return len(self.rows)
 
     def add(self, user: int, target: int, ins: Instruction, label: float = 1.0, weight: float = 1.0) -> None:
         """One example as its own window: the instruction's history, then the target."""
         items = ins.history[-self.max_history :] + (target,)
         self.add_window(user, items, [(len(items) - 2, ins, label, weight)])
 
-    def add_window(
-        self, user: int, items: tuple[int, ...], examples: list[tuple[int, Instruction, float, float]]
-    ) -> None:
+    def add_window(self, user: int, items, examples: list[tuple[int, Instruction, float, float]]) -> None:
         """items: at most max_history + 1; examples: (t, instruction, label, weight), target items[t + 1]."""
         assert len(items) <= self.max_history + 1, "a window holds at most max_history + 1 items"
-        self.windows.append((user, tuple(items), examples))
-        for _, ins, _, _ in examples:
-            self.text_index.setdefault(ins.text, len(self.text_index))
+        row, offset = len(self.lengths), self.max_history + 1 - len(items)
+        self.users.append(user)
+        self.items.extend(int(i) for i in items)
+        self.lengths.append(len(items))
+        for t, ins, label, weight in examples:
+            self.rows.append(row)
+            self.slots.append(offset + t)
+            self.text_ids.append(self.text_index.setdefault(ins.text, len(self.text_index)))
+            self.use_history.append(bool(ins.history))
+            self.types.append(ins.type)
+            self.templates.append(ins.template)
+            self.labels.append(label)
+            self.weights.append(weight)
 
     def build(self) -> Examples:
-        h, w = self.max_history, len(self.windows)
-        seq = pad_histories([items for _, items, _ in self.windows], h + 1)
+        h, w = self.max_history, len(self.lengths)
+        lengths = np.frombuffer(self.lengths, dtype=np.int64)
+        seq = np.zeros((w, h + 1), dtype=np.int64)
+        cols = np.arange(h + 1) >= (h + 1 - lengths)[:, None]  # left padding: a window's items fill its tail
+        seq[cols] = np.frombuffer(self.items, dtype=np.int64)
+        at = (np.frombuffer(self.rows, dtype=np.int64), np.frombuffer(self.slots, dtype=np.int64))
         text_id = np.full((w, h), -1, dtype=np.int64)
+        text_id[at] = np.frombuffer(self.text_ids, dtype=np.int64)
         use_history = np.zeros((w, h), dtype=bool)
+        use_history[at] = np.frombuffer(self.use_history, dtype=np.int8).astype(bool)
         types = np.full((w, h), "", dtype=object)
+        types[at] = np.asarray(self.types, dtype=object)
         templates = np.full((w, h), "", dtype=object)
+        templates[at] = np.asarray(self.templates, dtype=object)
         label = np.zeros((w, h), dtype=np.float32)
+        label[at] = np.frombuffer(self.labels, dtype=np.float32)
         weight = np.zeros((w, h), dtype=np.float32)
-        for r, (_, items, examples) in enumerate(self.windows):
-            offset = h + 1 - len(items)
-            for t, ins, lab, wt in examples:
-                c = offset + t
-                text_id[r, c], use_history[r, c] = self.text_index[ins.text], bool(ins.history)
-                types[r, c], templates[r, c], label[r, c], weight[r, c] = ins.type, ins.template, lab, wt
-        users = np.asarray([u for u, _, _ in self.windows], dtype=np.int64)
+        weight[at] = np.frombuffer(self.weights, dtype=np.float32)
+        users = np.frombuffer(self.users, dtype=np.int64).copy()
         return Examples(users, seq, text_id, use_history, types, templates, label, weight, list(self.text_index))
 
 
