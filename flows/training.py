@@ -36,4 +36,3 @@ def training_pipeline(
         with tracking.timed(run_id, "gate"):
             gate = gate_and_register(cfg, prepared, tuned, evaluations, exported, snap.hash, run_id)
         return summarise(cfg, run_id, snap, evaluations, exported, gate)
-

@@ -6,14 +6,14 @@ Ray is imported here and only when a Ray path runs: the local engine never pays 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from instructrec.config import RuntimeConfig
 
 
 @contextmanager
-def ray_cluster(runtime: RuntimeConfig) -> Iterator[dict[str, float]]:
+def ray_cluster(runtime: RuntimeConfig) -> Iterator[Mapping[str, float]]:
     """Connect to runtime.ray_address, else start a local cluster; yield its resources; leave it as found.
 
     A cluster this process did not start (an address, or one already connected) is never shut down.
@@ -45,7 +45,7 @@ def init_kwargs(runtime: RuntimeConfig) -> dict:
     }
 
 
-def actor_pool_size(resources: dict[str, float], runtime: RuntimeConfig) -> int:
+def actor_pool_size(resources: Mapping[str, float], runtime: RuntimeConfig) -> int:
     """Inference actors: runtime.actors, else as many as fit; never every CPU of the cluster.
 
     Ray Data's read and write tasks need a CPU of their own: a pool holding every CPU starves
