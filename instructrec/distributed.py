@@ -1,13 +1,15 @@
-"""Data-parallel training of the scorer on a Ray cluster.
+"""Data-parallel training of the scorer and of SASRec on a Ray cluster.
 
 Ray Train's TorchTrainer starts the ranks and their process group (gloo on CPU, NCCL on GPU);
-each rank builds the same scorer and runs `fit` on its part of every step (see train.Ranks);
-rank 0 validates and hands its weights back through a Ray Train checkpoint.
+each rank builds the same model and runs its loop (`fit`, `fit_sasrec`) on its part of every
+step (see instructrec.ranks); rank 0 validates and hands its weights back through a Ray Train
+checkpoint.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +18,10 @@ import torch
 from instructrec.cluster import ray_cluster
 from instructrec.config import Config, RuntimeConfig
 from instructrec.instructions import Examples
+from instructrec.ranks import Ranks
+from instructrec.sasrec import SASRec, SASRecFit, SASRecSettings, baseline_config, fit_sasrec
 from instructrec.split import Catalogue
-from instructrec.train import FitResult, FitSettings, Ranks, Validate, fit, new_scorer
+from instructrec.train import FitResult, FitSettings, Validate, fit, new_scorer
 
 WEIGHTS = "weights.pt"
 
@@ -41,26 +45,67 @@ class TrainJob:
     init_state: dict[str, torch.Tensor] | None = None  # starting weights (a warm start); None: new_scorer's
     text_cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    @property
+    def name(self) -> str:
+        return self.settings.stage
+
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    def run(self, ranks: Ranks) -> tuple[torch.nn.Module, FitResult]:
+        model, tokenizer = new_scorer(self.cfg, self.catalogue)
+        if self.init_state is not None:
+            model.load_state_dict(self.init_state)
+        result = fit(
+            model,
+            tokenizer,
+            self.examples,
+            self.settings,
+            self.validate,
+            progress=False,
+            text_cache=self.text_cache,
+            ranks=ranks,
+        )
+        return model, result
+
+
+def _no_sasrec_validation(model) -> float:
+    return 0.0
+
+
+@dataclass(frozen=True)
+class SASRecJob:
+    """SASRec's training on every rank; settings.batch_size is per rank, as in TrainJob."""
+
+    cfg: Config
+    train: list  # per user: train item indices, time order (SplitData.train)
+    n_items: int
+    settings: SASRecSettings
+    validate: Callable[[SASRec], float] = _no_sasrec_validation
+    init_state: dict[str, torch.Tensor] | None = None
+
+    name = "sasrec"
+
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    def run(self, ranks: Ranks) -> tuple[torch.nn.Module, SASRecFit]:
+        torch.manual_seed(self.cfg.train.seed)
+        model = SASRec(baseline_config(self.cfg, self.n_items))
+        if self.init_state is not None:
+            model.load_state_dict(self.init_state)
+        return model, fit_sasrec(model, self.train, self.settings, self.validate, ranks)
+
 
 def _rank_main(config: dict) -> None:
     """One rank's whole run (Ray Train calls it on every worker, the process group already up)."""
     import ray.train
 
-    job: TrainJob = config["job"]
+    job: TrainJob | SASRecJob = config["job"]
     ranks = Ranks.current()
-    model, tokenizer = new_scorer(job.cfg, job.catalogue)
-    if job.init_state is not None:
-        model.load_state_dict(job.init_state)
-    result = fit(
-        model,
-        tokenizer,
-        job.examples,
-        job.settings,
-        job.validate,
-        progress=False,
-        text_cache=job.text_cache,
-        ranks=ranks,
-    )
+    model, result = job.run(ranks)
     if not ranks.lead:
         ray.train.report({"best_metric": result.best_metric})
         return
@@ -69,28 +114,27 @@ def _rank_main(config: dict) -> None:
         ray.train.report({"best_metric": result.best_metric}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def fit_on_ray(
-    job: TrainJob, workers: int, storage: Path, runtime: RuntimeConfig | None = None
-) -> tuple[dict[str, torch.Tensor], FitResult]:
-    """Train with `workers` DDP ranks; returns rank 0's final (best-validation) weights and its FitResult.
+def fit_on_ray(job: TrainJob | SASRecJob, workers: int, storage: Path, runtime: RuntimeConfig | None = None):
+    """Train with `workers` DDP ranks; returns rank 0's final (best-validation) weights and its fit result
+    (FitResult, or SASRecFit for SASRec).
 
     storage: where Ray Train keeps the run and its checkpoint (shared storage on a multi-node cluster).
     """
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    on_gpu = job.settings.device.startswith("cuda")
+    on_gpu = job.device.startswith("cuda")
     with ray_cluster(runtime or RuntimeConfig()):
         trainer = TorchTrainer(
             _rank_main,
             train_loop_config={"job": job},
             torch_config=TorchConfig(backend="nccl" if on_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=on_gpu),
-            run_config=RunConfig(storage_path=str(storage.resolve()), name=f"{job.settings.stage}-ddp"),
+            run_config=RunConfig(storage_path=str(storage.resolve()), name=f"{job.name}-ddp"),
         )
         outcome = trainer.fit()
         if outcome.checkpoint is None:
-            raise RuntimeError(f"distributed {job.settings.stage} training returned no checkpoint: {outcome.error}")
+            raise RuntimeError(f"distributed {job.name} training returned no checkpoint: {outcome.error}")
         with outcome.checkpoint.as_directory() as folder:
             saved = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=False)
     return saved["model"], saved["result"]

@@ -24,6 +24,7 @@ from torch import nn
 from instructrec.config import Config
 from instructrec.instructions import pad_histories, windows
 from instructrec.model import CausalEncoder, autocast, bf16_capable, catalogue_log_prob
+from instructrec.ranks import Ranks
 
 
 @dataclass(frozen=True)
@@ -115,41 +116,66 @@ class SASRecFit:
     seconds: float
 
 
+class _SASRecStep(torch.nn.Module):
+    """One step's loss on a rank's windows, as a forward that DistributedDataParallel can wrap."""
+
+    def __init__(self, model: SASRec, windows: torch.Tensor, s: SASRecSettings, ranks: Ranks):
+        super().__init__()
+        self.model, self.windows, self.s, self.ranks = model, windows, s, ranks
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        w = self.windows[rows]
+        inputs, targets = w[:, :-1], w[:, 1:]
+        real = targets > 0  # padded slots cost nothing in the softmax
+        device = w.device
+        with autocast(device, self.s.mixed_precision):
+            states = self.model.states(inputs)
+        logp = catalogue_log_prob(
+            states[real],
+            self.model.item.weight[1:],
+            targets[real] - 1,
+            low_precision=self.s.mixed_precision and bf16_capable(device),
+        )
+        return -logp.sum() / self.ranks.divisor(real.sum()).clamp(min=1)  # the step's mean over every rank
+
+
 def fit_sasrec(
-    model: SASRec, train: list[np.ndarray], s: SASRecSettings, validate: Callable[[SASRec], float]
+    model: SASRec,
+    train: list[np.ndarray],
+    s: SASRecSettings,
+    validate: Callable[[SASRec], float],
+    ranks: Ranks = Ranks(),
 ) -> SASRecFit:
-    """Full-softmax next-item training on every position; keeps the best-validation weights."""
+    """Full-softmax next-item training on every position; keeps the best-validation weights.
+
+    ranks: data-parallel (instructrec.distributed): each rank takes its part of every step of
+    batch_size x world windows from one shared permutation; rank 0 validates for all.
+    """
     torch.manual_seed(s.seed)
     device = torch.device(s.device)
     model.to(device)
     windows = torch.as_tensor(training_windows(train, model.config.max_len), device=device)
     optim = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    step: torch.nn.Module = _SASRecStep(model, windows, s, ranks)
+    if ranks.world > 1:
+        step = torch.nn.parallel.DistributedDataParallel(step)
     gen = torch.Generator().manual_seed(s.seed)
     best, best_epoch, best_state, history = float("-inf"), -1, copy.deepcopy(model.state_dict()), []
     started = time.perf_counter()
     for epoch in range(s.epochs):
         model.train()
         losses = []
-        for rows in torch.randperm(len(windows), generator=gen).to(device).split(s.batch_size):
-            w = windows[rows]
-            inputs, targets = w[:, :-1], w[:, 1:]
-            real = targets > 0  # padded slots cost nothing in the softmax
-            with autocast(device, s.mixed_precision):
-                states = model.states(inputs)
-            logp = catalogue_log_prob(
-                states[real],
-                model.item.weight[1:],
-                targets[real] - 1,
-                low_precision=s.mixed_precision and bf16_capable(device),
-            )
-            loss = -logp.mean()
+        for rows in torch.randperm(len(windows), generator=gen).to(device).split(s.batch_size * ranks.world):
+            if len(rows) < ranks.world:
+                continue  # every rank needs rows
+            loss = step(rows.tensor_split(ranks.world)[ranks.rank])
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
-            losses.append(loss.item())
+            losses.append(ranks.mean(loss.item()))
         if (epoch + 1) % s.eval_every and epoch + 1 != s.epochs:
             continue
-        metric = validate(model)
+        metric = ranks.from_lead(validate(model) if ranks.lead else 0.0)
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_ndcg@10": metric})
         if metric > best:
             best, best_epoch, best_state = metric, epoch, copy.deepcopy(model.state_dict())

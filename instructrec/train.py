@@ -37,6 +37,7 @@ from instructrec.model import (
     full_softmax_loss,
     sampled_softmax_loss,
 )
+from instructrec.ranks import Ranks
 from instructrec.sasrec import SASRec
 from instructrec.split import Catalogue
 
@@ -240,62 +241,6 @@ def _history_loss(
     real = (seq[:, :-1] > 0) & (seq[:, 1:] > 0) & (label >= 0)
     logp = catalogue_log_prob(states[real], items[1:], seq[:, 1:][real] - 1, model.item_bias[1:], low_precision)
     return -logp.sum() / (ranks or Ranks()).divisor(real.sum()).clamp(min=1)
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """This process's place in a data-parallel group (torch.distributed initialised by the launcher).
-
-    A step's batch is split across the ranks; each rank divides its loss by the whole step's
-    weight (over the world size, as DDP averages gradients), so the averaged gradient is the
-    gradient of the step's mean loss: 2 ranks of 64 windows train as 1 process on 128.
-    """
-
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def current(cls) -> Ranks:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls()
-
-    @property
-    def lead(self) -> bool:
-        """Rank 0: the one that validates, checkpoints and reports."""
-        return self.rank == 0
-
-    def divisor(self, local: torch.Tensor) -> torch.Tensor:
-        """What this rank divides its summed loss by: the step's total of `local` over the world size."""
-        if self.world == 1:
-            return local
-        import torch.distributed as dist
-
-        total = local.detach().float().clone()
-        dist.all_reduce(total)
-        return total / self.world
-
-    def mean(self, value: float) -> float:
-        """The ranks' mean of a scalar (the step's loss, from each rank's part)."""
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t) / self.world
-
-    def from_lead(self, value: float) -> float:
-        """Rank 0's value on every rank (its validation score decides early stopping for all)."""
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.broadcast(t, 0)
-        return float(t)
 
 
 class _StepLoss(torch.nn.Module):

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from adapters import tracking
 from instructrec import schema
 from instructrec.config import Config
-from instructrec.distributed import TrainJob, fit_on_ray
+from instructrec.distributed import SASRecJob, TrainJob, fit_on_ray
 from instructrec.evaluate import HEADLINE, TorchScorer, evaluate
 from instructrec.feedback import examples_from_config, read_store
 from instructrec.io import atomic_path
@@ -152,7 +152,10 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
         def validate(m: SASRec) -> float:
             return evaluate(SASRecScorer(m), case, prepared.split).by_type[HEADLINE]["ndcg@10"]
 
-        result = fit_sasrec(model, prepared.split.train, settings, validate)
+        if cfg.runtime.engine == "ray":
+            result = sasrec_on_ray(cfg, model, prepared, settings, validate, fp)
+        else:
+            result = fit_sasrec(model, prepared.split.train, settings, validate)
         history = result.history
         with atomic_path(path) as tmp:
             torch.save({"model": model.state_dict(), "history": history}, tmp)
@@ -227,6 +230,24 @@ def train_representation(
     logger.info("representation: best validation NDCG@10 %.4f at epoch %d", result.best_metric, result.best_epoch + 1)
     _summarise(run_id, "representation", result, epochs)
     return Trained(model, tokenizer, result, fp, text_cache=cache)
+
+
+def sasrec_on_ray(cfg: Config, model: SASRec, prepared: Prepared, settings, validate, fp: str):
+    """SASRec on runtime.train_workers DDP ranks (each batch_size / ranks windows of every step)."""
+    workers = cfg.runtime.train_workers
+    job = SASRecJob(
+        cfg,
+        prepared.split.train,
+        prepared.catalogue.n_items,
+        replace(settings, batch_size=max(1, settings.batch_size // workers)),
+        validate,
+        init_state=model.state_dict(),
+    )
+    weights, result = fit_on_ray(job, workers, cfg.paths.checkpoints / fp / "ray", cfg.runtime)
+    model.load_state_dict(weights)
+    model.eval()
+    get_run_logger().info("SASRec trained by %d DDP ranks on Ray", workers)
+    return result
 
 
 def fit_ranks(cfg: Config, model, prepared: Prepared, settings, validate, cache, fp: str) -> FitResult:

@@ -5,7 +5,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from instructrec.distributed import TrainJob, fit_on_ray
+from instructrec.distributed import SASRecJob, TrainJob, fit_on_ray
+from instructrec.sasrec import SASRec, baseline_config, baseline_settings, fit_sasrec, training_windows
 from instructrec.train import fit, new_scorer, representation_settings
 
 PER_RANK, STEPS_PER_EPOCH, EPOCHS = 2, 10, 2  # 20 steps of 4 windows (each holds up to 5 examples)
@@ -58,3 +59,34 @@ def test_two_gloo_ranks_reproduce_one_process_on_the_doubled_batch(tiny_cfg, pre
     diffs = {k: float(_comparable(k, weights[k] - reference[k]).abs().max()) for k in reference}
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] <= 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:8]
+
+
+def test_sasrec_on_two_gloo_ranks_trains_as_one_process_on_the_doubled_batch(tiny_cfg, prepared, ray_local, tmp_path):
+    cfg = tiny_cfg.model_copy(update={"baseline": tiny_cfg.baseline.model_copy(update={"dropout": 0.0})})
+    train = prepared.split.train
+    n_items = prepared.catalogue.n_items
+    windows = len(training_windows(train, cfg.data.max_history))
+    settings = replace(baseline_settings(cfg), epochs=4, eval_every=1, patience=10, batch_size=2 * PER_RANK)
+    steps = settings.epochs * -(-windows // settings.batch_size)
+    assert steps >= 20, steps  # at least 20 steps
+
+    torch.manual_seed(cfg.train.seed)
+    single = SASRec(baseline_config(cfg, n_items))
+    initial = {k: v.clone() for k, v in single.state_dict().items()}
+    alone = fit_sasrec(single, train, settings, _last_epoch_best)
+    weights, ranked = fit_on_ray(
+        SASRecJob(cfg, train, n_items, replace(settings, batch_size=PER_RANK), _last_epoch_best, initial),
+        workers=2,
+        storage=tmp_path / "ray-train",
+    )
+    assert np.allclose([r["loss"] for r in ranked.history], [r["loss"] for r in alone.history], rtol=0, atol=1e-5)
+    reference = single.state_dict()
+    assert max(float((reference[k] - initial[k]).abs().max()) for k in reference) > 1e-3
+    diffs = {k: float(_comparable(k, weights[k] - reference[k]).abs().max()) for k in reference}
+    assert max(diffs.values()) <= 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
+
+
+def _last_epoch_best(model) -> float:
+    """A validation score that grows every epoch, so both runs keep their last weights."""
+    _last_epoch_best.calls = getattr(_last_epoch_best, "calls", 0) + 1
+    return float(_last_epoch_best.calls)
