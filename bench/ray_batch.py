@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from instructrec.batch import BatchJob, read_top_k, top_k_local, top_k_ray, write_users
-from instructrec.cluster import ray_cluster
+from instructrec.cluster import actor_pool_size, ray_cluster
 from instructrec.config import RuntimeConfig, load_config
 from instructrec.export import export_onnx
 from instructrec.recommend import user_histories, write_bundle
@@ -85,7 +85,7 @@ def main() -> None:
                 "seconds": round(ray_s, 1),
                 "users_per_s": round(len(histories) / ray_s),
                 "cluster_cpus": resources.get("CPU"),
-                "actors": int(resources.get("CPU", 1)) - 1,
+                "actors": actor_pool_size(resources, runtime),
                 "actor_threads": runtime.actor_threads,
             },
             "ray_over_local": round(local_s / ray_s, 2),

@@ -62,7 +62,10 @@ def write_bundle(
 
 def read_catalogue(bundle: Path) -> Catalogue:
     """The catalogue a bundle was trained on (titles and genres; item texts are not shipped)."""
-    m = json.loads((bundle / BUNDLE_MANIFEST).read_text())
+    return _catalogue(json.loads((bundle / BUNDLE_MANIFEST).read_text()))
+
+
+def _catalogue(m: dict) -> Catalogue:
     return Catalogue(m["item_ids"], m["titles"], [""] * len(m["item_ids"]), [tuple(g) for g in m["genres"]], m["noun"])
 
 
@@ -139,9 +142,7 @@ class Recommender:
         tokenizer = BertTokenizerFast.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)
         graph, variant = serving_graph(onnx_file, bundle)
         session = make_session(graph, threads=threads)
-        return cls(
-            session, tokenizer, read_catalogue(bundle), {}, m["max_history"], m["max_text_tokens"], version, variant
-        )
+        return cls(session, tokenizer, _catalogue(m), {}, m["max_history"], m["max_text_tokens"], version, variant)
 
     def request(self, history: np.ndarray, instruction: str | None = None) -> Instruction:
         """The user's own words beside their history; history alone; or a cold-start request."""

@@ -231,7 +231,7 @@ def _history_loss(
     label: torch.Tensor,
     items: torch.Tensor,
     low_precision: bool = False,
-    ranks: Ranks | None = None,
+    ranks: Ranks = Ranks(),
 ) -> torch.Tensor:
     """Auxiliary next-item loss on the bare history states (SASRec's objective) at every real transition.
 
@@ -240,7 +240,7 @@ def _history_loss(
     """
     real = (seq[:, :-1] > 0) & (seq[:, 1:] > 0) & (label >= 0)
     logp = catalogue_log_prob(states[real], items[1:], seq[:, 1:][real] - 1, model.item_bias[1:], low_precision)
-    return -logp.sum() / (ranks or Ranks()).divisor(real.sum()).clamp(min=1)
+    return -logp.sum() / ranks.divisor(real.sum()).clamp(min=1)
 
 
 class _StepLoss(torch.nn.Module):

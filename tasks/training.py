@@ -153,7 +153,15 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
             return evaluate(SASRecScorer(m), case, prepared.split).by_type[HEADLINE]["ndcg@10"]
 
         if cfg.runtime.engine == "ray":
-            result = sasrec_on_ray(cfg, model, prepared, settings, validate, fp)
+            job = SASRecJob(
+                cfg,
+                prepared.split.train,
+                prepared.catalogue.n_items,
+                per_rank(settings, cfg),
+                validate,
+                init_state=model.state_dict(),
+            )
+            result = train_on_ray(cfg, model, job, fp)
         else:
             result = fit_sasrec(model, prepared.split.train, settings, validate)
         history = result.history
@@ -209,7 +217,16 @@ def train_representation(
     cache = text_cache(cfg)
     validate = validator(prepared, tokenizer, cfg, cache)
     if cfg.runtime.engine == "ray":
-        result = fit_ranks(cfg, model, prepared, settings, validate, cache, fp)
+        job = TrainJob(
+            cfg,
+            prepared.catalogue,
+            prepared.examples,
+            per_rank(settings, cfg),
+            validate,
+            init_state=model.state_dict(),
+            text_cache=cache or {},
+        )
+        result = train_on_ray(cfg, model, job, fp)
     else:
         result = fit(
             model,
@@ -232,42 +249,20 @@ def train_representation(
     return Trained(model, tokenizer, result, fp, text_cache=cache)
 
 
-def sasrec_on_ray(cfg: Config, model: SASRec, prepared: Prepared, settings, validate, fp: str):
-    """SASRec on runtime.train_workers DDP ranks (each batch_size / ranks windows of every step)."""
+def per_rank(settings, cfg: Config):
+    """The stage's settings for one of runtime.train_workers DDP ranks: each takes batch_size / ranks windows
+    of every step, so a step still trains on the configured batch."""
+    return replace(settings, batch_size=max(1, settings.batch_size // cfg.runtime.train_workers))
+
+
+def train_on_ray(cfg: Config, model: torch.nn.Module, job: TrainJob | SASRecJob, fp: str):
+    """Run the job on runtime.train_workers DDP ranks of the Ray cluster; `model` then holds rank 0's best
+    weights. Epochs are logged when it returns (ranks do not talk to MLflow); a crash restarts the stage."""
     workers = cfg.runtime.train_workers
-    job = SASRecJob(
-        cfg,
-        prepared.split.train,
-        prepared.catalogue.n_items,
-        replace(settings, batch_size=max(1, settings.batch_size // workers)),
-        validate,
-        init_state=model.state_dict(),
-    )
     weights, result = fit_on_ray(job, workers, cfg.paths.checkpoints / fp / "ray", cfg.runtime)
     model.load_state_dict(weights)
     model.eval()
-    get_run_logger().info("SASRec trained by %d DDP ranks on Ray", workers)
-    return result
-
-
-def fit_ranks(cfg: Config, model, prepared: Prepared, settings, validate, cache, fp: str) -> FitResult:
-    """DDP on the Ray cluster (runtime.train_workers ranks, each runs batch_size / ranks of every step),
-    started from `model`'s weights; the model then holds rank 0's best weights. Epochs are logged
-    when it returns (ranks do not talk to MLflow); a crash restarts the stage."""
-    workers = cfg.runtime.train_workers
-    job = TrainJob(
-        cfg,
-        prepared.catalogue,
-        prepared.examples,
-        replace(settings, batch_size=max(1, settings.batch_size // workers)),
-        validate,
-        init_state=model.state_dict(),
-        text_cache=cache or {},
-    )
-    weights, result = fit_on_ray(job, workers, cfg.paths.checkpoints / fp / "ray", cfg.runtime)
-    model.load_state_dict(weights)
-    model.eval()
-    get_run_logger().info("representation trained by %d DDP ranks on Ray", workers)
+    get_run_logger().info("%s trained by %d DDP ranks on Ray", job.name, workers)
     return result
 
 
