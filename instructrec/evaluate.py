@@ -160,19 +160,25 @@ def evaluate(
         {},
         {"cold_users": [], "warm_users": [], "long_tail": [], "head_items": []},
     )
+    buffer = np.empty((0, n_items))  # one [batch, items] array reused by every batch (no per-batch churn)
     for type_, case in cases.items():
         full_ranks, samp_ranks, tops = [], [], []
         for start in range(0, len(case.users), batch_size):
             sl = slice(start, start + batch_size)
-            scores = np.asarray(scorer.score(case.texts[sl], case.history[sl]), dtype=np.float64)
-            exclude = np.zeros((scores.shape[0], n_items), dtype=bool)
-            for r, seen in enumerate(case.exclude[sl]):
-                exclude[r, seen - 1] = True
+            raw = np.asarray(scorer.score(case.texts[sl], case.history[sl]))
+            dtype = np.result_type(raw.dtype, np.float32)  # the scorer's own precision: ranks as it ranks
+            if buffer.dtype != dtype or len(buffer) < len(raw):
+                buffer = np.empty((max(batch_size, len(raw)), n_items), dtype)
+            scores = buffer[: len(raw)]
+            scores[...] = raw
+            seen = _seen_cells(case.exclude[sl])
+            scores[seen] = np.nan  # never ahead of the target: the protocol's exclusion
             tcol = case.target[sl] - 1
-            full_ranks.append(metrics.target_ranks(scores, tcol, exclude))
+            full_ranks.append(metrics.target_ranks(scores, tcol))
             samp_ranks.append(metrics.sampled_ranks(scores, tcol, case.negatives[sl] - 1))
             if space is not None:
-                tops.append(top_columns(np.where(exclude, -np.inf, scores), 10))
+                scores[seen] = -np.inf
+                tops.append(top_columns(scores, 10))
         full = metrics.per_row(np.concatenate(full_ranks), metrics.FULL_METRICS)
         samp = metrics.per_row(np.concatenate(samp_ranks), metrics.SAMPLED_METRICS, prefix="s_")
         by_type[type_] = {k: float(v.mean()) for k, v in {**full, **samp}.items()}
@@ -193,6 +199,12 @@ def evaluate(
         slices[name] = {"ndcg@10": float(values.mean()) if len(values) else float("nan"), "n": int(len(values))}
     counts = {t: int(len(c.users)) for t, c in cases.items()}
     return EvalReport(scorer.name, by_type, slices, per_user, users, counts)
+
+
+def _seen_cells(exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of every row's excluded items, for one fancy-indexed assignment."""
+    rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
+    return rows, np.concatenate(exclude).astype(np.int64) - 1
 
 
 def _ranked(scorer: Scorer, case: EvalCase, rows: np.ndarray, n_items: int) -> np.ndarray:
@@ -303,9 +315,12 @@ class CatalogueMap:
         model_index = {item: i + 1 for i, item in enumerate(model_item_ids)}
         self.to_model = np.asarray([0] + [model_index.get(i, 0) for i in catalogue_ids], dtype=np.int64)
         self.known = self.to_model[1:] > 0
+        self.identity = list(model_item_ids) == list(catalogue_ids)
 
     def scores(self, model_scores: np.ndarray) -> np.ndarray:
         """[B, model items] -> [B, catalogue items]; items the model never saw score -inf."""
+        if self.identity:
+            return model_scores
         out = np.full((len(model_scores), len(self.known)), -np.inf)
         out[:, self.known] = model_scores[:, self.to_model[1:][self.known] - 1]
         return out

@@ -12,7 +12,8 @@ import numpy as np
 def target_ranks(scores: np.ndarray, target_col: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
     """0-based rank of each row's target among the non-excluded columns.
 
-    scores [B, N]; target_col [B]; exclude [B, N] bool (the target is never excluded).
+    scores [B, N]; target_col [B]; exclude [B, N] bool (the target is never excluded). A NaN score is
+    never ahead either: evaluation marks excluded items NaN in place instead of building the mask.
     """
     rows = np.arange(len(target_col))
     s_t = scores[rows, target_col][:, None]

@@ -37,6 +37,15 @@ def test_excluded_items_do_not_count_ahead():
     assert metrics.target_ranks(scores, np.array([3]), exclude).tolist() == [0]
 
 
+def test_nan_scores_are_excluded_exactly_as_the_mask_excludes_even_beside_an_unscorable_target():
+    scores = np.array([[0.9, -np.inf, 0.8, -np.inf, 0.5], [0.9, 0.8, 0.1, 0.5, 0.2]])
+    exclude = np.array([[True, True, False, False, False], [False, True, False, False, True]])
+    target = np.array([3, 2])  # row 0: a target the model cannot score (-inf), tied with an excluded -inf
+    marked = np.where(exclude, np.nan, scores)
+    assert metrics.target_ranks(marked, target).tolist() == metrics.target_ranks(scores, target, exclude).tolist()
+    assert metrics.target_ranks(marked, target).tolist() == [2, 2]  # unexcluded, row 0 would be 4
+
+
 def test_ties_break_by_position_so_constant_scores_are_not_rewarded():
     scores = np.zeros((1, 100))
     assert metrics.target_ranks(scores, np.array([50])).tolist() == [50]
