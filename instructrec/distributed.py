@@ -2,8 +2,9 @@
 
 Ray Train's TorchTrainer starts the ranks and their process group (gloo on CPU, NCCL on GPU);
 each rank builds the same model and runs its loop (`fit`, `fit_sasrec`) on its part of every
-step (see instructrec.ranks); rank 0 validates and hands its weights back through a Ray Train
-checkpoint.
+step (see instructrec.ranks); rank 0 validates, writes the per-epoch checkpoint every rank resumes
+from after a crash, calls the epoch callback (MLflow, from the tasks layer) and hands its weights
+back through a Ray Train checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from instructrec.instructions import Examples
 from instructrec.ranks import Ranks
 from instructrec.sasrec import SASRec, SASRecFit, SASRecSettings, baseline_config, fit_sasrec
 from instructrec.split import Catalogue
-from instructrec.train import FitResult, FitSettings, Validate, fit, new_scorer
+from instructrec.train import FitResult, FitSettings, OnEpoch, Validate, fit, new_scorer
 
 WEIGHTS = "weights.pt"
 
@@ -34,7 +35,9 @@ def _no_validation(model) -> dict[str, float]:
 class TrainJob:
     """Everything a rank needs, shipped to it by Ray (so: picklable, `validate` included).
 
-    settings.batch_size is per rank: a step trains on batch_size x workers windows.
+    settings.batch_size is per rank: a step trains on batch_size x workers windows. With a
+    checkpoint_dir (storage every rank reads: shared on a multi-node cluster) a rerun with the same
+    fingerprint resumes after the last epoch rank 0 finished, as `fit` does in one process.
     """
 
     cfg: Config
@@ -44,6 +47,9 @@ class TrainJob:
     validate: Validate = _no_validation
     init_state: dict[str, torch.Tensor] | None = None  # starting weights (a warm start); None: new_scorer's
     text_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    checkpoint_dir: Path | None = None
+    fingerprint: str = ""
+    on_epoch: OnEpoch | None = None  # rank 0 calls it after each epoch (picklable: it runs in the rank's process)
 
     @property
     def name(self) -> str:
@@ -63,6 +69,9 @@ class TrainJob:
             self.examples,
             self.settings,
             self.validate,
+            self.checkpoint_dir,
+            self.fingerprint,
+            self.on_epoch,
             progress=False,
             text_cache=self.text_cache,
             ranks=ranks,

@@ -75,20 +75,23 @@ def validator(prepared: Prepared, tokenizer, cfg: Config, cache: dict | None):
 
 
 class EpochLogger:
-    """Logs epochs live; `replay` adds those restored from a checkpoint (resumed or reused runs)."""
+    """Logs epochs live, from this process or from DDP rank 0's (it carries the tracking URI there);
+    `replay` adds the epochs no process logged live (restored from a checkpoint: resumed or reused runs)."""
 
     def __init__(self, run_id: str, stage: str):
-        self.run_id, self.stage, self.logged = run_id, stage, set()
+        self.run_id, self.stage, self.tracking_uri = run_id, stage, mlflow.get_tracking_uri()
 
     def __call__(self, row: dict) -> None:
+        if mlflow.get_tracking_uri() != self.tracking_uri:
+            mlflow.set_tracking_uri(self.tracking_uri)
         tracking.log_metrics(
             self.run_id, {f"{self.stage}/{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"] + 1
         )
-        self.logged.add(row["epoch"])
 
     def replay(self, result: FitResult) -> None:
+        logged = tracking.logged_steps(self.run_id, f"{self.stage}/seconds")  # every trained epoch's row has it
         for row in result.history:
-            if row["epoch"] not in self.logged:
+            if row["epoch"] + 1 not in logged:
                 self(row)
 
 
@@ -225,6 +228,9 @@ def train_representation(
             validate,
             init_state=model.state_dict(),
             text_cache=cache or {},
+            checkpoint_dir=cfg.paths.checkpoints / fp / f"ddp-{cfg.runtime.train_workers}",
+            fingerprint=fp,
+            on_epoch=epochs,
         )
         result = train_on_ray(cfg, model, job, fp)
     else:
@@ -257,7 +263,8 @@ def per_rank(settings, cfg: Config):
 
 def train_on_ray(cfg: Config, model: torch.nn.Module, job: TrainJob | SASRecJob, fp: str):
     """Run the job on runtime.train_workers DDP ranks of the Ray cluster; `model` then holds rank 0's best
-    weights. Epochs are logged when it returns (ranks do not talk to MLflow); a crash restarts the stage."""
+    weights. The scorer's ranks resume from rank 0's last epoch checkpoint after a crash and rank 0 logs
+    its epochs live; SASRec's epochs are logged when it returns, as in one process."""
     workers = cfg.runtime.train_workers
     weights, result = fit_on_ray(job, workers, cfg.paths.checkpoints / fp / "ray", cfg.runtime)
     model.load_state_dict(weights)

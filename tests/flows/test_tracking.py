@@ -74,3 +74,30 @@ def test_a_run_that_loses_the_promotion_race_is_superseded_with_a_plain_next_ste
         assert outcome == "promote" and registry.aliases() == {"champion": "1", "previous-champion": "2"}
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_a_ranks_epoch_logger_writes_to_the_runs_store_and_replay_adds_only_what_no_process_logged(tmp_path):
+    """DDP rank 0 logs from its own process (pickled there, another tracking URI or none); the driver then
+    replays the epochs restored from a checkpoint, without logging the rank's twice."""
+    import pickle
+
+    import mlflow
+
+    from instructrec.train import FitResult
+    from tasks.training import EpochLogger
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(client.create_experiment("x", f"file://{tmp_path / 'art'}")).info.run_id
+    logger = EpochLogger(run_id, "representation")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # the rank's process knows nothing of it
+    pickle.loads(pickle.dumps(logger))({"epoch": 1, "loss": 0.5, "seconds": 2.0})
+    restored = {"epoch": 0, "loss": 0.9, "seconds": 2.0, "val_ndcg@10": 0.1}  # from the checkpoint
+    initial = {"epoch": -1, "loss": float("nan"), "val_ndcg@10": 0.05}
+    mlflow.set_tracking_uri(store)
+    logger.replay(FitResult(history=[initial, restored, {"epoch": 1, "loss": 0.5, "seconds": 2.0}]))
+
+    losses = client.get_metric_history(run_id, "representation/loss")
+    assert sorted((m.step, m.value) for m in losses) == [(1, 0.9), (2, 0.5)]  # epoch 2 once, from the rank
+    assert [m.step for m in client.get_metric_history(run_id, "representation/val_ndcg_at_10")] == [0, 1]

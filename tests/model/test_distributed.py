@@ -1,5 +1,6 @@
 """Data-parallel training: 2 gloo ranks launched by Ray Train train as 1 process on the doubled batch."""
 
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -90,3 +91,62 @@ def _last_epoch_best(model) -> float:
     """A validation score that grows every epoch, so both runs keep their last weights."""
     _last_epoch_best.calls = getattr(_last_epoch_best, "calls", 0) + 1
     return float(_last_epoch_best.calls)
+
+
+class _EpochLog:
+    """An epoch callback that records which process called it, and fails after `fail_at` (a crash after rank 0
+    wrote that epoch's checkpoint)."""
+
+    def __init__(self, path, fail_at: int | None = None):
+        self.path, self.fail_at = path, fail_at
+
+    def __call__(self, row: dict) -> None:
+        import json
+        import os
+
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"epoch": row["epoch"], "pid": os.getpid()}) + "\n")
+        if row["epoch"] == self.fail_at:
+            raise RuntimeError("the rank's host went away")
+
+
+def test_a_crashed_ddp_run_resumes_from_rank_0s_checkpoint_and_ends_where_one_process_ends(
+    tiny_cfg, prepared, ray_local, tmp_path
+):
+    import json
+
+    import pytest
+    import ray.train
+
+    cfg = tiny_cfg.model_copy(
+        update={"model": tiny_cfg.model.model_copy(update={"dropout": 0.0, "text_dropout": 0.0, "bert_dropout": 0.0})}
+    )
+    examples = prepared.examples.subset(np.arange(2 * PER_RANK * 4))
+    settings = replace(representation_settings(cfg), epochs=2, patience=2, select_best=False)
+    single, tok = new_scorer(cfg, prepared.catalogue)
+    alone = fit(single, tok, examples, replace(settings, batch_size=2 * PER_RANK), _no_validation, progress=False)
+
+    log = tmp_path / "epochs.jsonl"
+    job = TrainJob(
+        cfg,
+        prepared.catalogue,
+        examples,
+        replace(settings, batch_size=PER_RANK),
+        _no_validation,
+        checkpoint_dir=tmp_path / "ckpt",
+        fingerprint="fp",
+        on_epoch=_EpochLog(log, fail_at=0),
+    )
+    with pytest.raises(ray.train.TrainingFailedError):
+        fit_on_ray(job, workers=2, storage=tmp_path / "ray-train")
+    weights, resumed = fit_on_ray(replace(job, on_epoch=_EpochLog(log)), workers=2, storage=tmp_path / "ray-train-2")
+
+    assert resumed.resumed_from == 0  # epoch 1 came from the checkpoint, only epoch 2 ran again
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c["epoch"] for c in calls] == [0, 1]  # rank 0 alone called back, once per epoch it trained
+    assert calls[0]["pid"] != calls[1]["pid"] != os.getpid()  # from each run's rank 0, not from this process
+    losses = [row["loss"] for row in resumed.history if row["epoch"] >= 0]
+    assert np.allclose(losses, [row["loss"] for row in alone.history if row["epoch"] >= 0], rtol=0, atol=1e-5)
+    reference = single.state_dict()
+    diffs = {k: float(_comparable(k, weights[k] - reference[k]).abs().max()) for k in reference}
+    assert max(diffs.values()) <= 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
