@@ -10,9 +10,12 @@ synth (writing the data), ingest (hash + snapshot), validate (GX on a seeded sam
 data.validation_sample_rows + exact Polars checks of every row), prepare (split, instructions, cases),
 train (the tiny profile's scorer, capped at --train-steps steps: a step's cost grows with the catalogue,
 not with the interactions), evaluate (every test case, full ranking), export (ONNX) and batch (top-10 for
-every user, local engine). Peak memory is the process's peak RSS while the stage runs (sampled every
-20 ms; the process's baseline, Python + libraries + what earlier stages still hold, included).
-The growth exponent of a stage is log(time ratio) / log(interactions ratio): 1 is linear.
+every user, local engine). Each scale runs in a fresh process; peak memory is that process's peak RSS while
+the stage runs (sampled every 20 ms; its baseline, Python + libraries + what earlier stages still hold,
+included).
+The growth exponent of a stage is log(time ratio) / log(interactions ratio): 1 is linear. Beside it,
+the exponent in the stage's own work (WORK): full ranking costs instructions x items, top-k for every
+user costs users x items, a capped training step costs items; both grow with the data in this family.
 Writes bench/results/scale.json and scale.png (log-log).
 """
 
@@ -22,6 +25,8 @@ import argparse
 import json
 import math
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -164,16 +169,31 @@ def run_scale(scale: int, work: Path, steps: int) -> dict:
     }
 
 
+# what each stage's cost is proportional to, from a scale's row (the rest: interactions)
+WORK: dict[str, Callable[[dict], float]] = {
+    "train": lambda r: r["train_steps"] * r["items"],
+    "evaluate": lambda r: r["eval_cases"] * r["items"],
+    "export": lambda r: r["items"],
+    "batch": lambda r: r["users"] * r["items"],
+}
+
+
+def work(stage: str, row: dict) -> float:
+    return WORK.get(stage, lambda r: r["interactions"])(row)
+
+
 def growth(results: list[dict]) -> dict:
-    """Per stage and pair of neighbouring scales: the time ratio and its exponent in the interactions' ratio."""
+    """Per stage and pair of neighbouring scales: the time ratio, its exponent in the interactions' ratio
+    and in the stage's work ratio."""
     out: dict = {}
     for a, b in zip(results, results[1:]):
         n = b["interactions"] / a["interactions"]
         for name, row in b["stages"].items():
-            ratio = row["seconds"] / max(a["stages"][name]["seconds"], 1e-3)
+            ratio = max(row["seconds"], 1e-2) / max(a["stages"][name]["seconds"], 1e-2)  # the timer's resolution
             out.setdefault(name, {})[f"{b['scale']}x/{a['scale']}x"] = {
                 "time_ratio": round(ratio, 2),
                 "exponent": round(math.log(ratio) / math.log(n), 2),
+                "work_exponent": round(math.log(ratio) / math.log(work(name, b) / work(name, a)), 2),
                 "memory_ratio": round(row["peak_rss_gb"] / max(a["stages"][name]["peak_rss_gb"], 1e-3), 2),
             }
     return out
@@ -194,16 +214,40 @@ def plot(results: list[dict], target: Path) -> None:
     plt.close(fig)
 
 
+def measured_alone(scale: int, steps: int) -> dict:
+    """One scale in a fresh process, so its peak memory is its own (not what earlier scales left behind)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        row = Path(tmp) / "row.json"
+        cmd = [sys.executable, __file__, "--scales", str(scale), "--train-steps", str(steps), "--one", str(row)]
+        subprocess.run(cmd, check=True)
+        return json.loads(row.read_text())
+
+
+def print_summary(report: dict) -> None:
+    print(f"{'stage':<9} {'exponent in interactions':>26} {'exponent in its work':>22}")
+    for name, pairs in report["growth"].items():
+        by_n = ", ".join(f"{k} {v['exponent']:+.2f}" for k, v in pairs.items())
+        by_work = ", ".join(f"{v['work_exponent']:+.2f}" for v in pairs.values())
+        print(f"{name:<9} {by_n:>26} {by_work:>22}")
+    exponents = [(v["exponent"], k) for k, pairs in report["growth"].items() for v in pairs.values()]
+    if exponents:
+        worst = max(exponents)
+        print(f"worst exponent in interactions: {worst[0]:+.2f} ({worst[1]}); target <= 1")
+    print(f"peak RSS: {report['peak_rss_gb']:.2f} GB; target < 8 GB at the largest scale")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100], choices=sorted(SHAPES))
     ap.add_argument("--train-steps", type=int, default=50)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
+    ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # run the one scale here, its row to this file
     args = ap.parse_args()
-    results = []
-    for scale in sorted(args.scales):
+    if args.one:
         with tempfile.TemporaryDirectory() as tmp:
-            results.append(run_scale(scale, Path(tmp), args.train_steps))
+            args.one.write_text(json.dumps(run_scale(args.scales[0], Path(tmp), args.train_steps)))
+        return
+    results = [measured_alone(scale, args.train_steps) for scale in sorted(args.scales)]
     report = {
         "machine": {"cores": os.cpu_count()},
         "note": f"train capped at {args.train_steps} steps of the tiny profile's batch; other stages run in full",
@@ -211,7 +255,7 @@ def main() -> None:
         "growth": growth(results),
         "peak_rss_gb": max(row["peak_rss_gb"] for r in results for row in r["stages"].values()),
     }
-    print(json.dumps(report["growth"], indent=1))
+    print_summary(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     if len(results) > 1:

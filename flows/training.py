@@ -20,7 +20,7 @@ def training_pipeline(
     """ingest -> validate -> prepare -> SASRec baseline -> train (from SASRec) -> feedback fine-tune -> evaluate
     -> export -> gate."""
     cfg = load_config(profile, data=data, overrides=overrides)
-    tags = {"profile": cfg.profile, "source": cfg.data.source}
+    tags = {"profile": cfg.profile, "source": cfg.data.source, "engine": cfg.runtime.engine}
     with tracking.pipeline_run(cfg, f"train-{cfg.profile}", tags) as run_id:
         snap, prepared = ingest_validate_prepare(cfg, run_id)
         with tracking.timed(run_id, "train_sasrec"):

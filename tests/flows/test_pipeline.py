@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from flows.training import training_pipeline
+from flows.training_ray import training_pipeline_ray
 from instructrec.batch import read_top_k
 from instructrec.errors import DataValidationError
 from instructrec.feedback import append_events
@@ -23,8 +24,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Two pipeline runs on the same data, with feedback arriving in between."""
+def runs(tmp_path_factory, ray_local):
+    """Two pipeline runs on the same data, with feedback arriving in between; the second on the Ray engine
+    (DDP ranks, evaluation fanned out as Ray tasks), as `--set runtime.engine=ray` runs it."""
     with isolated_home(tmp_path_factory.mktemp("flow")) as (home, data, mp):
         first = training_pipeline(profile="tiny", data=str(data))
         append_events(
@@ -42,7 +44,7 @@ def runs(tmp_path_factory):
                 }
             ),
         )
-        second = training_pipeline(profile="tiny", data=str(data))
+        second = training_pipeline_ray(profile="tiny", data=str(data), overrides={"runtime": {"engine": "ray"}})
         yield {"home": home, "data": data, "first": first, "second": second, "mp": mp}
 
 
@@ -109,6 +111,18 @@ def test_mlflow_run_holds_what_a_reviewer_needs(runs):
     assert "validation/data_docs/index.html" in docs
     pages = {a.path for a in client.list_artifacts(run.info.run_id, "validation/data_docs/validations")}
     assert {"validation/data_docs/validations/items", "validation/data_docs/validations/interactions"} <= pages
+
+
+def test_the_ray_run_trained_on_ddp_ranks_whose_rank_0_logged_each_epoch_once(runs):
+    client = registry.client()
+    run = client.get_run(runs["second"].run_id)
+    assert run.data.tags["engine"] == "ray" and client.get_run(runs["first"].run_id).data.tags["engine"] == "local"
+    table = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/representation/history.json"))
+    epochs = [row[table["columns"].index("epoch")] for row in table["data"]]  # MLflow's table layout
+    trained = sorted(int(e) + 1 for e in epochs if e >= 0)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "representation/loss")]
+    assert trained and sorted(steps) == trained  # live from rank 0, not replayed a second time
+    assert list((runs["home"] / "checkpoints").glob("*/ddp-2/*"))  # rank 0's per-epoch checkpoint
 
 
 def test_recommend_answers_from_the_champion_onnx_as_json(runs, capsys):
