@@ -39,6 +39,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def refuse_taken_port(name: str, port: int, setting: str) -> None:
+    """A server whose port another process holds would fail only after its health wait: say so at once."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise StackError(
+                f"{name} cannot start: 127.0.0.1:{port} is already taken by another process; "
+                f"stop that process, or choose another port (--set {setting}=N)"
+            )
+
+
 @dataclass(frozen=True)
 class Endpoints:
     prefect_api: str
@@ -218,6 +229,7 @@ class Stack:
             artifacts = self.cfg.stack.artifacts_destination or str(self.cfg.paths.home / "mlartifacts")
             if "://" not in artifacts:
                 Path(artifacts).mkdir(parents=True, exist_ok=True)
+            refuse_taken_port("mlflow", self.cfg.stack.mlflow_port, "stack.mlflow_port")
             proc = self._spawn(
                 "mlflow",
                 [
@@ -248,6 +260,7 @@ class Stack:
         if not prefect:
             return self.endpoints
         if "prefect-server" not in running:
+            refuse_taken_port("prefect-server", self.cfg.stack.prefect_port, "stack.prefect_port")
             proc = self._spawn(
                 "prefect-server",
                 [

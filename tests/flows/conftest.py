@@ -1,4 +1,5 @@
-"""Whole-flow tests share a real, temporary Prefect API and an isolated home per module."""
+"""Whole-flow tests share one real, temporary Prefect API (started once: about 13 s each time on the CI
+machine) and an isolated home per module."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from prefect.testing.utilities import prefect_test_harness
 from tests.conftest import write_dataset
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prefect_api():
     with prefect_test_harness(server_startup_timeout=120):
         yield

@@ -271,14 +271,16 @@ def test_reviewer_finds_the_completed_flow_run_in_prefect_ui(stack, browser):
     )
 
 
-def test_a_component_that_cannot_start_is_named_with_its_log_and_nothing_is_left_running(tmp_path, monkeypatch):
+def test_a_component_whose_port_is_taken_is_named_at_once_and_nothing_is_left_running(tmp_path, monkeypatch):
     monkeypatch.setenv("INSTRUCTREC_HOME", str(tmp_path))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         cfg = load_config("tiny", overrides={"stack": {"mlflow_port": taken.getsockname()[1]}})
         ops = Stack(cfg)
-        with pytest.raises(StackError, match="mlflow"):
+        with pytest.raises(
+            StackError, match=f"mlflow cannot start: 127.0.0.1:{taken.getsockname()[1]} is already taken"
+        ):
             ops.up(prefect=False)
     assert ops.down() == [] and not ops.running()
 
@@ -288,3 +290,13 @@ def test_events_are_not_sent_without_a_server(monkeypatch):
 
     with temporary_settings({PREFECT_API_URL: None}):
         assert champion_promoted("3", "2", "tiny") is False
+
+
+def test_a_component_that_exits_while_starting_is_named_with_its_exit_code_and_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTRUCTREC_HOME", str(tmp_path))
+    ops = Stack(load_config("tiny"))
+    ops.dir.mkdir(parents=True, exist_ok=True)
+    crash = "print('sqlalchemy: unable to open database file', flush=True); raise SystemExit(3)"
+    proc = ops._spawn("mlflow", [sys.executable, "-c", crash], dict(os.environ))
+    with pytest.raises(StackError, match="mlflow exited with 3: .*unable to open database file"):
+        ops._wait_healthy("mlflow", f"http://127.0.0.1:{free_port()}/health", proc)
