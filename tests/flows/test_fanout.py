@@ -16,7 +16,7 @@ from tasks.runners import ray_task_runner
 from tasks.training import Trained
 from tests.model.conftest import build_model
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 
 def test_evaluation_fans_out_as_ray_tasks_and_reports_what_one_process_reports(tiny_cfg, prepared, ray_local):

@@ -1,14 +1,18 @@
-"""Data-parallel training: 2 gloo ranks launched by Ray Train train as 1 process on the doubled batch."""
+"""Data-parallel training: 2 gloo ranks launched by Ray Train train as 1 process on the doubled batch, across a
+crash and a resume too."""
 
 import os
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from instructrec.distributed import SASRecJob, TrainJob, fit_on_ray
 from instructrec.sasrec import SASRec, baseline_config, baseline_settings, fit_sasrec, training_windows
 from instructrec.train import fit, new_scorer, representation_settings
+
+pytestmark = pytest.mark.slow  # Ray Train starts a controller and a worker group per run (15-20 s here)
 
 PER_RANK, STEPS_PER_EPOCH, EPOCHS = 2, 10, 2  # 20 steps of 4 windows (each holds up to 5 examples)
 
@@ -115,7 +119,6 @@ def test_a_crashed_ddp_run_resumes_from_rank_0s_checkpoint_and_ends_where_one_pr
 ):
     import json
 
-    import pytest
     import ray.train
 
     cfg = tiny_cfg.model_copy(
