@@ -235,12 +235,12 @@ def timed(run_id: str, stage: str) -> Iterator[None]:
     retrying(MlflowClient().log_metric)(run_id, f"time_s/{stage}", time.perf_counter() - t0)
 
 
-@_counted
 def logged_steps(run_id: str, key: str) -> set[int]:
     """The steps at which the run already holds the metric (another process may have logged them)."""
-    return {m.step for m in MlflowClient().get_metric_history(run_id, _key(key))}
+    return {m.step for m in retrying(MlflowClient().get_metric_history)(run_id, _key(key))}
 
 
+@_counted
 def log_metrics(run_id: str, values: dict[str, float], step: int = 0) -> None:
     ts = int(time.time() * 1000)
     metrics = [mlflow.entities.Metric(_key(k), float(v), ts, step) for k, v in values.items() if v == v]
