@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import sqlite3
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -133,7 +134,9 @@ def pipeline_run(cfg: Config, run_name: str, tags: dict[str, str]) -> Iterator[s
     client = MlflowClient()
     mark_abandoned(client, experiment_id)
     owner = {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid())}
-    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, **_flow_run_tags(), **owner})
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={**tags, **_flow_run_tags(), **owner, **code_version()}
+    )
     run_id = run.info.run_id
     client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in cfg.flat().items()])
     log_json(run_id, cfg.model_dump(mode="json"), "config.json")  # the resolved config, whole
@@ -148,6 +151,55 @@ def pipeline_run(cfg: Config, run_name: str, tags: dict[str, str]) -> Iterator[s
 
 
 OWNER_HOST, OWNER_PID = "instructrec.host", "instructrec.pid"
+CODE_ROOT = Path(__file__).resolve().parents[1]  # the checkout this code runs from (when it is one)
+GIT_COMMIT, GIT_BRANCH, CODE_DIRTY, CODE_PACKAGE = (
+    "mlflow.source.git.commit",  # MLflow's own tag: the UI shows it beside the run's source
+    "mlflow.source.git.branch",
+    "code.dirty",
+    "code.package_version",
+)
+UNKNOWN = "unknown"
+
+
+def code_version(root: Path = CODE_ROOT) -> dict[str, str]:
+    """The code a run ran, as run tags: the git commit, `code.dirty` ("true" when `git status --porcelain` lists
+    anything: the commit alone does not say what ran), the branch and the installed package's version. Where
+    `root` is no git checkout of its own (an installed package, a copy) or git is missing, the git tags say
+    "unknown"; never an exception."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "--no-optional-locks", "-C", str(root), *args],  # no index refresh: a read only
+                capture_output=True,
+                text=True,
+                timeout=15,
+                check=True,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    top = git("rev-parse", "--show-toplevel")
+    # a package installed inside some other checkout (a venv in a repo) must not report that repo's commit
+    commit = git("rev-parse", "HEAD") if top and Path(top).resolve() == root.resolve() else None
+    status = git("status", "--porcelain") if commit else None
+    branch = git("rev-parse", "--abbrev-ref", "HEAD") if commit else None
+    return {
+        GIT_COMMIT: commit or UNKNOWN,
+        GIT_BRANCH: branch or UNKNOWN,
+        CODE_DIRTY: UNKNOWN if status is None else str(bool(status)).lower(),
+        CODE_PACKAGE: _package_version(),
+    }
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("instructrec-pipeline")
+    except PackageNotFoundError:
+        return UNKNOWN
 
 
 def mark_abandoned(client: MlflowClient, experiment_id: str) -> list[str]:
@@ -274,6 +326,71 @@ def log_table(run_id: str, rows: list[dict], artifact_file: str) -> None:
     import pandas as pd
 
     MlflowClient().log_table(run_id, pd.DataFrame(rows), artifact_file)
+
+
+@_counted
+def log_csv(run_id: str, rows: list[dict], artifact_file: str) -> None:
+    """The same rows as a CSV file (for a spreadsheet or pandas)."""
+    import pandas as pd
+
+    MlflowClient().log_text(run_id, pd.DataFrame(rows).to_csv(index=False), artifact_file)
+
+
+@_counted
+def set_tags(run_id: str, tags: dict[str, object]) -> None:
+    """Run tags (the overview's Tags box): short facts a reviewer reads without opening an artifact."""
+    MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
+
+
+@_counted
+def log_dataset(
+    run_id: str, schema_rows, name: str, digest: str, source: str, profile: dict, context: str = "training"
+) -> None:
+    """The run's input dataset (the UI's dataset panel): its schema read from `schema_rows` (a pandas frame, a few
+    rows), its profile (what the panel lists, `num_rows: ...`) the whole dataset's real sizes from `profile`,
+    never the size of the rows the schema was read from."""
+    import warnings
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    with warnings.catch_warnings():  # MLflow finds two equivalent local-source classes and says so
+        warnings.simplefilter("ignore", UserWarning)
+        entity = mlflow.data.from_pandas(schema_rows, source=source, name=name, digest=digest)._to_mlflow_entity()
+    dataset = Dataset(entity.name, entity.digest, entity.source_type, entity.source, entity.schema, json.dumps(profile))
+    MlflowClient().log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
+
+@contextmanager
+def quiet_onnxruntime() -> Iterator[None]:
+    """ONNX Runtime's own log cut to fatal errors, while MLflow loads a just-logged ONNX model to check its input
+    example with the model's providers: on a host without CUDA, ORT would log the CUDA provider's failed load as an
+    error, then run on CPU (what make_session does quietly). A failed check is still MLflow's warning."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default (warnings)
+
+
+def onnx_signature(graph):
+    """The MLflow signature (the registered version's Schema) of an ONNX graph (onnx.ModelProto): every graph
+    input and output with its dtype and shape, -1 for a dynamic axis (batch, tokens)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    def spec(value) -> TensorSpec:
+        tensor = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+        return TensorSpec(np.dtype(tensor_dtype_to_np_dtype(tensor.elem_type)), shape, value.name)
+
+    initializers = {i.name for i in graph.graph.initializer}  # older exporters list weights as inputs too
+    inputs = [spec(v) for v in graph.graph.input if v.name not in initializers]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([spec(v) for v in graph.graph.output]))
 
 
 def scratch_dir(prefix: str) -> Path:

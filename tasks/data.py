@@ -81,7 +81,8 @@ def validate(cfg: Config, snap: Snapshot, run_id: str) -> Tables:
         "rows_items": tables.items.height,
         "rows_feedback_store": store.height,
     }
-    tracking.log_metrics(run_id, {f"data/{k}": v for k, v in stats.items()})
+    # sizes are run tags (the overview shows them; prepare adds the input's), not one-bar metric charts
+    tracking.set_tags(run_id, {"data.feedback_store": store.height})
     logger.info("validation passed: %s", stats)
     return tables
 
@@ -96,26 +97,43 @@ def prepare_data(cfg: Config, tables: Tables, snap: Snapshot, run_id: str) -> Pr
         **prepared.lineage(),
         "types": {t: len(c.users) for t, c in prepared.test_cases.items()},
     }
-    tracking.log_json(run_id, lineage, "data/lineage.json")
-    tracking.log_metrics(run_id, {f"data/{k}": v for k, v in prepared.lineage().items()})
-    _log_dataset_input(run_id, tables.interactions, snap)
+    tracking.log_json(run_id, lineage, "data/lineage.json")  # the prepared split's sizes (were data/* metrics)
+    _log_dataset_input(run_id, tables, snap)
     return prepared
 
 
-def _log_dataset_input(run_id: str, interactions: pl.DataFrame, snap: Snapshot) -> None:
-    """Show the snapshot as the run's input dataset (name + content hash) in the MLflow UI."""
-    import warnings
+SCHEMA_ROWS = 1000  # rows the dataset's schema is read from; never its size
 
-    import mlflow
 
-    sample = interactions.head(1000).drop(schema.ROW, strict=False).to_pandas()
-    with warnings.catch_warnings():  # MLflow finds two equivalent local-source classes and says so
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(
-            sample, source=str(snap.raw_dir), name=f"interactions-{snap.short}", digest=snap.hash[:32]
-        )
-    with tracking.active(run_id):
-        mlflow.log_input(dataset, context="training")
+def dataset_profile(tables: Tables, snap: Snapshot) -> dict:
+    """What the MLflow UI's dataset panel lists (`num rows: ...`): the whole input's real sizes and its hash."""
+    inter = tables.interactions
+    return {
+        "num_rows": inter.height,  # interactions, all of them
+        "users": inter[schema.USER].n_unique(),
+        "items": tables.items.height,
+        "content_hash": snap.hash,
+        "schema_read_from_first_rows": min(SCHEMA_ROWS, inter.height),
+    }
+
+
+def _log_dataset_input(run_id: str, tables: Tables, snap: Snapshot) -> None:
+    """Show the snapshot as the run's input dataset in the MLflow UI: name, content hash, and the full input's
+    row, user and item counts (its profile and run tags); the schema is read from its first rows."""
+    profile = dataset_profile(tables, snap)
+    rows = tables.interactions.head(SCHEMA_ROWS).drop(schema.ROW, strict=False).to_pandas()
+    tracking.log_dataset(
+        run_id, rows, f"interactions-{snap.short}", snap.hash[:32], str(snap.raw_dir), profile, context="training"
+    )
+    tracking.set_tags(
+        run_id,
+        {
+            "data.interactions": profile["num_rows"],
+            "data.users": profile["users"],
+            "data.items": profile["items"],
+            "data.snapshot_hash": snap.hash,
+        },
+    )
 
 
 def ingest_validate_prepare(cfg: Config, run_id: str) -> tuple[Snapshot, Prepared]:

@@ -46,7 +46,12 @@ def batch_top_k(cfg: Config, k: int) -> Path:
     run = client.create_run(
         tracking.experiment_id(cfg, BATCH_EXPERIMENT, "batch"),
         run_name=f"top{k}-v{files.version}",
-        tags={"model_version": files.version, "variant": variant, "engine": cfg.runtime.engine},
+        tags={
+            "model_version": files.version,
+            "variant": variant,
+            "engine": cfg.runtime.engine,
+            **tracking.code_version(),
+        },
     )
     tracking.log_metrics(
         run.info.run_id,

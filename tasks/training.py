@@ -74,6 +74,17 @@ def validator(prepared: Prepared, tokenizer, cfg: Config, cache: dict | None):
     return run
 
 
+# An epoch's history row -> its curve in the run: one series per stage (`<stage>/train_loss`, ...), the MLflow
+# step the epoch number (0: the model before training, n: after epoch n). The per-type validation scores stay
+# in `<stage>/history.json` and `<stage>/curves.png`, not in metrics.
+CURVES = {"loss": "train_loss", "val_ndcg@10": "val_ndcg@10", "seconds": "epoch_seconds"}
+
+
+def epoch_step(epoch: int) -> int:
+    """The MLflow step of a history row's 0-based `epoch` (-1: before training)."""
+    return epoch + 1
+
+
 class EpochLogger:
     """Logs epochs live, from this process or from DDP rank 0's (it carries the tracking URI there);
     `replay` adds the epochs no process logged live (restored from a checkpoint: resumed or reused runs)."""
@@ -85,50 +96,75 @@ class EpochLogger:
         if mlflow.get_tracking_uri() != self.tracking_uri:
             mlflow.set_tracking_uri(self.tracking_uri)
         tracking.log_metrics(
-            self.run_id, {f"{self.stage}/{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"] + 1
+            self.run_id,
+            {f"{self.stage}/{name}": row[k] for k, name in CURVES.items() if k in row},
+            step=epoch_step(row["epoch"]),
         )
 
-    def replay(self, result: FitResult) -> None:
-        logged = tracking.logged_steps(self.run_id, f"{self.stage}/seconds")  # every trained epoch's row has it
-        for row in result.history:
-            if row["epoch"] + 1 not in logged:
+    def replay(self, history: list[dict]) -> None:
+        # a trained epoch's row has its seconds (SASRec's rows have none: all of them are logged here)
+        logged = tracking.logged_steps(self.run_id, f"{self.stage}/{CURVES['seconds']}")
+        for row in history:
+            if epoch_step(row["epoch"]) not in logged:
                 self(row)
 
 
-def _log_curves(run_id: str, stage: str, result: FitResult) -> None:
-    tracking.log_table(run_id, result.history, f"{stage}/history.json")
-    rows = [r for r in result.history if r["epoch"] >= 0]
-    if not rows:
+def _log_curves(run_id: str, stage: str, history: list[dict], best_epoch: int) -> None:
+    """The stage's history as a table and a plot: loss and every validation NDCG@10 per epoch, the kept
+    (best) epoch marked."""
+    tracking.log_table(run_id, history, f"{stage}/history.json")
+    rows = [r for r in history if r["epoch"] >= 0]
+    validated = [r for r in history if "val_ndcg@10" in r]
+    if not rows or not validated:
         return
-    validated = [r for r in rows if "val_ndcg@10" in r]
+    best = epoch_step(best_epoch)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    epochs = [r["epoch"] + 1 for r in rows]
-    ax1.plot(epochs, [r["loss"] for r in rows], marker="o")
+    ax1.plot([epoch_step(r["epoch"]) for r in rows], [r["loss"] for r in rows], marker="o")
     ax1.set(title=f"{stage}: training loss", xlabel="epoch")
-    for key in (k for k in validated[0] if k.startswith("val_") and k.endswith("ndcg@10")):
+    for key in (k for k in validated[-1] if k.startswith("val_") and k.endswith("ndcg@10")):
+        points = [r for r in validated if key in r]
         ax2.plot(
-            [r["epoch"] + 1 for r in validated], [r[key] for r in validated], marker="o", label=key.removeprefix("val_")
+            [epoch_step(r["epoch"]) for r in points],
+            [r[key] for r in points],
+            marker="o",
+            label=key.removeprefix("val_"),
         )
-    ax2.set(title=f"{stage}: validation NDCG@10", xlabel="epoch")
+    kept = next((r for r in validated if r["epoch"] == best_epoch), None)
+    for ax in (ax1, ax2):
+        ax.axvline(best, color="tab:red", linestyle="--", linewidth=1)
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs
+    if kept is not None:
+        ax2.plot(
+            [best],
+            [kept["val_ndcg@10"]],
+            marker="*",
+            markersize=14,
+            color="tab:red",
+            linestyle="none",
+            label=f"kept: epoch {best}, {kept['val_ndcg@10']:.4f}",
+        )
+    ax2.set(title=f"{stage}: validation NDCG@10", xlabel="epoch (0: before training)")
     ax2.legend(fontsize=7)
     fig.tight_layout()
     tracking.log_figure(run_id, fig, f"{stage}/curves.png")
     plt.close(fig)
 
 
+def _log_best(run_id: str, stage: str, history: list[dict], best_metric: float, best_epoch: int, **extra: float):
+    """The stage's summary beside its curves: the kept model's validation NDCG@10 and its epoch (what the run
+    overview shows; the curve's own latest value is the last epoch's), the epochs plotted with it marked."""
+    values = {f"{stage}/best_val_ndcg@10": best_metric, f"{stage}/best_epoch": epoch_step(best_epoch)}
+    tracking.log_metrics(run_id, values | {f"{stage}/{k}": v for k, v in extra.items()})
+    _log_curves(run_id, stage, history, best_epoch)
+
+
 def _summarise(run_id: str, stage: str, result: FitResult, epochs: EpochLogger) -> None:
-    epochs.replay(result)
+    epochs.replay(result.history)
     if result.resumed_from is not None:
         mlflow.MlflowClient().set_tag(run_id, f"{stage}.resumed_after_epoch", str(result.resumed_from + 1))
-    tracking.log_metrics(
-        run_id,
-        {
-            f"{stage}/best_val_ndcg@10": result.best_metric,
-            f"{stage}/best_epoch": result.best_epoch + 1,
-            f"{stage}/examples_per_s": result.examples_per_s,
-        },
+    _log_best(
+        run_id, stage, result.history, result.best_metric, result.best_epoch, examples_per_s=result.examples_per_s
     )
-    _log_curves(run_id, stage, result)
 
 
 @task(name="train-sasrec-baseline", cache_policy=NO_CACHE)
@@ -176,10 +212,10 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
             result.best_epoch + 1,
             result.seconds,
         )
-    for row in history:
-        tracking.log_metrics(
-            run_id, {"sasrec/loss": row["loss"], "sasrec/val_ndcg@10": row["val_ndcg@10"]}, step=row["epoch"] + 1
-        )
+    EpochLogger(run_id, "sasrec").replay(history)  # its epochs, logged once it returns
+    if history:
+        best = max(history, key=lambda r: r["val_ndcg@10"])  # the first best: the epoch fit_sasrec kept
+        _log_best(run_id, "sasrec", history, best["val_ndcg@10"], best["epoch"])
     return Baseline(model, fp)
 
 
@@ -279,7 +315,6 @@ def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id:
     logger = get_run_logger()
     store = read_store(cfg.paths.feedback)
     examples, stats = examples_from_config(cfg, prepared.split, store, prepared.examples)
-    tracking.log_metrics(run_id, {f"feedback/{k}": v for k, v in stats.as_dict().items()})
     settings = feedback_settings(cfg)
     fp = fingerprint("feedback", base.fingerprint, cfg.feedback, sorted(store[schema.EVENT_ID].to_list()))
     epochs = EpochLogger(run_id, "feedback")
@@ -296,9 +331,11 @@ def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id:
         cfg.progress,
         cache,
     )
-    before = result.history[0]["val_ndcg@10"]
-    tracking.log_metrics(
-        run_id, {"feedback/val_ndcg@10_before": before, "feedback/val_ndcg@10_after": result.best_metric}
+    before = result.history[0]["val_ndcg@10"]  # also the feedback/val_ndcg@10 curve's step 0
+    tracking.log_json(  # the examples it tuned on (were feedback/<count> metrics)
+        run_id,
+        {**stats.as_dict(), "val_ndcg@10_before": before, "val_ndcg@10_after": result.best_metric},
+        "feedback/examples.json",
     )
     logger.info(
         "feedback fine-tuning on %s: validation NDCG@10 %.4f -> %.4f", stats.as_dict(), before, result.best_metric

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -96,8 +98,156 @@ def test_a_ranks_epoch_logger_writes_to_the_runs_store_and_replay_adds_only_what
     restored = {"epoch": 0, "loss": 0.9, "seconds": 2.0, "val_ndcg@10": 0.1}  # from the checkpoint
     initial = {"epoch": -1, "loss": float("nan"), "val_ndcg@10": 0.05}
     mlflow.set_tracking_uri(store)
-    logger.replay(FitResult(history=[initial, restored, {"epoch": 1, "loss": 0.5, "seconds": 2.0}]))
+    logger.replay(FitResult(history=[initial, restored, {"epoch": 1, "loss": 0.5, "seconds": 2.0}]).history)
 
-    losses = client.get_metric_history(run_id, "representation/loss")
+    losses = client.get_metric_history(run_id, "representation/train_loss")
     assert sorted((m.step, m.value) for m in losses) == [(1, 0.9), (2, 0.5)]  # epoch 2 once, from the rank
     assert [m.step for m in client.get_metric_history(run_id, "representation/val_ndcg_at_10")] == [0, 1]
+
+
+def test_a_stage_logs_one_curve_per_series_stepped_by_epoch_and_the_kept_best_as_its_summary(tmp_path):
+    """The curves' latest value is the last epoch's; the run's summary (best_val_ndcg@10, best_epoch) is the epoch
+    training kept; the per-type validation scores go to the stage's history table, not to metrics."""
+    import json
+
+    import mlflow
+
+    from instructrec.train import FitResult
+    from tasks.training import EpochLogger, _summarise
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        client = mlflow.MlflowClient()
+        run_id = client.create_run(client.create_experiment("x", (tmp_path / "art").as_uri())).info.run_id
+        per_type = {"val_P1_I0_ndcg@10": 0.2, "val_P2_I1_ndcg@10": 0.3}
+        history = [{"epoch": -1, "loss": float("nan"), "val_ndcg@10": 0.05, **per_type}]
+        history += [
+            {"epoch": e, "loss": 1.0 - 0.1 * e, "seconds": 1.5, "val_ndcg@10": v, **per_type}
+            for e, v in enumerate([0.10, 0.30, 0.20])  # best after epoch 2, not the last (3)
+        ]
+        result = FitResult(history=history, best_epoch=1, best_metric=0.30, examples_per_s=100.0)
+        _summarise(run_id, "representation", result, EpochLogger(run_id, "representation"))
+
+        metrics = client.get_run(run_id).data.metrics
+        assert {k for k in metrics} == {
+            "representation/train_loss",
+            "representation/val_ndcg_at_10",
+            "representation/epoch_seconds",
+            "representation/best_val_ndcg_at_10",
+            "representation/best_epoch",
+            "representation/examples_per_s",
+        }
+        val = client.get_metric_history(run_id, "representation/val_ndcg_at_10")
+        assert sorted((m.step, m.value) for m in val) == [(0, 0.05), (1, 0.10), (2, 0.30), (3, 0.20)]
+        assert [m.step for m in client.get_metric_history(run_id, "representation/train_loss")] == [1, 2, 3]
+        assert metrics["representation/val_ndcg_at_10"] == 0.20  # the curve ends at the last epoch...
+        assert metrics["representation/best_val_ndcg_at_10"] == 0.30  # ...the summary is the kept one
+        assert metrics["representation/best_epoch"] == 2
+        table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/representation/history.json"))
+        assert "val_P1_I0_ndcg@10" in table["columns"] and len(table["data"]) == 4
+        assert {a.path for a in client.list_artifacts(run_id, "representation")} >= {"representation/curves.png"}
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_the_dataset_panel_shows_the_whole_inputs_size_not_the_rows_its_schema_was_read_from(tmp_path):
+    import json
+
+    import mlflow
+    import polars as pl
+
+    from instructrec.snapshot import Snapshot
+    from instructrec.sources import Tables
+    from tasks.data import SCHEMA_ROWS, _log_dataset_input
+
+    n = SCHEMA_ROWS + 1500
+    inter = pl.DataFrame(
+        {"user_id": [f"u{i % 70}" for i in range(n)], "item_id": [f"i{i % 90}" for i in range(n)], "rating": [4.0] * n}
+    )
+    items = pl.DataFrame({"item_id": [f"i{i}" for i in range(95)], "title": ["t"] * 95, "text": ["t"] * 95})
+    snap = Snapshot("ab" * 32, tmp_path / "snap", "directory", str(tmp_path), True)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        client = mlflow.MlflowClient()
+        run_id = client.create_run(client.create_experiment("x", (tmp_path / "art").as_uri())).info.run_id
+        _log_dataset_input(run_id, Tables(inter, items, {}), snap)
+        run = client.get_run(run_id)
+        (used,) = run.inputs.dataset_inputs
+        profile = json.loads(used.dataset.profile)
+        assert profile["num_rows"] == n and profile["users"] == 70 and profile["items"] == 95
+        assert profile["schema_read_from_first_rows"] == SCHEMA_ROWS and profile["content_hash"] == snap.hash
+        assert "user_id" in {c["name"] for c in json.loads(used.dataset.schema)["mlflow_colspec"]}
+        assert [(t.key, t.value) for t in used.tags] == [("mlflow.data.context", "training")]
+        tags = run.data.tags
+        assert (tags["data.interactions"], tags["data.users"], tags["data.items"]) == (str(n), "70", "95")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def _git(cwd, *args):
+    import subprocess
+
+    subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True)
+
+
+def test_the_code_version_is_the_checkouts_commit_and_dirty_flag(tmp_path):
+    import subprocess
+
+    from adapters.tracking import CODE_DIRTY, GIT_COMMIT, code_version
+
+    repo = tmp_path / "repo"
+    (repo / "adapters").mkdir(parents=True)
+    (repo / "adapters" / "tracking.py").write_text("x = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    clean = code_version(repo)
+    assert clean[GIT_COMMIT] == head.strip() and clean[CODE_DIRTY] == "false"
+    (repo / "adapters" / "tracking.py").write_text("x = 2\n")  # an uncommitted change: not what the commit says
+    assert code_version(repo)[CODE_DIRTY] == "true"
+    # this checkout: the same commit git reports
+    here = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    if here.returncode == 0:
+        assert code_version()[GIT_COMMIT] == here.stdout.strip()
+
+
+def test_without_git_or_a_checkout_of_its_own_the_code_version_says_unknown(tmp_path, monkeypatch):
+    from adapters.tracking import CODE_DIRTY, GIT_BRANCH, GIT_COMMIT, code_version
+
+    installed = tmp_path / "site-packages"  # an installed package: no checkout at all
+    installed.mkdir()
+    unknown = {GIT_COMMIT: "unknown", GIT_BRANCH: "unknown", CODE_DIRTY: "unknown"}
+    assert code_version(installed).items() >= unknown.items()
+    repo = tmp_path / "repo"  # a package inside someone else's checkout (a venv in a repo): not that repo's commit
+    (repo / "venv" / "site-packages").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "c")
+    assert code_version(repo / "venv" / "site-packages").items() >= unknown.items()
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # git not installed
+    assert code_version().items() >= unknown.items()
+
+
+def test_an_onnx_graphs_signature_lists_its_inputs_and_outputs_with_dynamic_axes():
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from adapters.tracking import onnx_signature
+
+    graph = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Cast", ["history"], ["scores"], to=TensorProto.FLOAT)],
+            "g",
+            [
+                helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+                helper.make_tensor_value_info("history", TensorProto.INT64, ["batch", 7]),
+            ],
+            [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 7])],
+        )
+    )
+    sig = onnx_signature(graph)
+    assert [(s.name, s.type, s.shape) for s in sig.inputs.inputs] == [
+        ("input_ids", np.dtype("int64"), (-1, -1)),
+        ("history", np.dtype("int64"), (-1, 7)),
+    ]
+    assert [(s.name, s.type, s.shape) for s in sig.outputs.inputs] == [("scores", np.dtype("float32"), (-1, 7))]
