@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-fast lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo bench bench-gpu bench-service bench-bad-input bench-session bench-new-items bench-scale bench-ray mlflow-ui clean
+.PHONY: run test test-fast lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-gpu bench-service bench-bad-input bench-session bench-new-items bench-scale bench-ray mlflow-ui clean
 
 # requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
 $(STAMP): pyproject.toml requirements.lock
@@ -73,6 +73,10 @@ DEMO_HOME ?= .instructrec-demo
 demo: $(STAMP)
 	INSTRUCTREC_HOME=$(DEMO_HOME) $(BIN)/instructrec demo --profile $(PROFILE) --rounds 3 --set export.variants=false
 
+# A live A/A: the champion served again as its own challenger, one look of the online gate per round (never promotes)
+demo-aa: $(STAMP)
+	INSTRUCTREC_HOME=$(DEMO_HOME)-aa $(BIN)/instructrec demo --aa --profile $(PROFILE) --rounds 6 --set export.variants=false
+
 # GPU hosts: the CUDA build of torch and the CUDA 13 / cuDNN 9 runtime that onnxruntime-gpu loads
 setup-gpu:
 	$(MAKE) setup TORCH_INDEX_URL=$${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu130}
@@ -95,6 +99,10 @@ bench-service: $(STAMP)
 # Each class of bad input through the tiny pipeline: exit code, seconds to refuse, the message (README table)
 bench-bad-input: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/bad_input.py
+
+# Is the online gate's error rate what it says? Monte-Carlo A/B tests through the gate's own code (~1 h on 2 cores)
+bench-ab: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/ab_validity.py --experiments 10000 --workers 2
 
 # Session adaptation A/B on the demo's simulated users (own home .instructrec-session-ab; trains once)
 bench-session: $(STAMP)
@@ -127,4 +135,4 @@ mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$${INSTRUCTREC_HOME:-.instructrec}/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
-	rm -rf .instructrec .instructrec-demo
+	rm -rf .instructrec .instructrec-demo .instructrec-demo-aa

@@ -12,8 +12,10 @@ experiment) into "adapted" (likes join the history and lift neighbours,
 dislikes demote neighbours, the request stands) and "static" (a reaction only
 hides the judged item); same model, same users' dice. Reported: like rate per
 arm on the lists after the first (where the arms can differ) and on the first
-(where they cannot: a sanity check), the two-proportion z-test, the smallest
-relative lift this many impressions detect (80% power, two-sided 5%), and the
+(where they cannot: a sanity check), the difference tested with users as the
+unit (per-user sums, delta-method variance: the online gate's statistics) and
+the design effect against a test that treats impressions as independent, the smallest
+relative lift this many users detect (80% power, two-sided 5%), and the
 latency of the next /recommend after a reaction at --concurrency clients.
 Each run starts from an empty feedback log (an earlier run's is kept beside
 it as feedback-before-<time>/), since sessions are rebuilt from the log.
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from instructrec.abtest import ArmCounts, two_proportion_z
+from instructrec.abtest import Effect, ratio
 from instructrec.config import load_config
 from instructrec.simulate import Policy, play_sessions
 from model_registry import registry
@@ -41,30 +43,38 @@ from ops.demo import build_world, free_port, start_service, wait_for
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def detectable_lift(rate: float, n_per_arm: int, z_alpha: float = 1.96, z_power: float = 0.8416) -> float:
-    """Smallest relative difference a two-sided 5% test finds with 80% power at this rate and size."""
-    if not n_per_arm or not 0 < rate < 1:
+def detectable_lift(effect: Effect, z_alpha: float = 1.96, z_power: float = 0.8416) -> float:
+    """Smallest relative difference a two-sided 5% test finds with 80% power at this size, from the user-level
+    standard error."""
+    if not effect.champion.value > 0 or not math.isfinite(effect.se):
         return float("nan")
-    return (z_alpha + z_power) * math.sqrt(2 * rate * (1 - rate) / n_per_arm) / rate
+    return (z_alpha + z_power) * effect.se / effect.champion.value
 
 
 def arm_table(stats, pages: range) -> dict:
-    """Like rate per session arm over the given pages (0-based), and the test between the arms."""
-    out = {}
-    for arm in ("static", "adapted"):
-        likes, shown = stats.counts(arm, pages)
+    """Like rate per session arm over the given pages (0-based), and the comparison between the arms with users as
+    the unit (the delta method, as the online gate reads it)."""
+    out: dict = {}
+    sums = {arm: stats.user_sums(arm, pages) for arm in ("static", "adapted")}
+    for arm, (likes, shown) in sums.items():
         out[arm] = {
-            "users": stats.users[arm],
-            "impressions": shown,
-            "likes": likes,
-            "like_rate": likes / shown if shown else float("nan"),
+            "users": int(len(shown)),
+            "impressions": int(shown.sum()),
+            "likes": int(likes.sum()),
+            "like_rate": float(likes.sum() / shown.sum()) if shown.sum() else float("nan"),
         }
-    static, adapted = (ArmCounts(v["users"], v["impressions"], v["likes"]) for v in out.values())
-    z, one_sided = two_proportion_z(static, adapted)
-    pooled = (static.likes + adapted.likes) / max(static.impressions + adapted.impressions, 1)
-    out["relative_lift"] = adapted.like_rate / static.like_rate - 1 if static.like_rate else float("nan")
-    out["z"], out["p_two_sided"] = z, min(1.0, 2 * min(one_sided, 1 - one_sided))
-    out["detectable_relative_lift"] = detectable_lift(pooled, min(static.impressions, adapted.impressions))
+    eff = Effect(ratio(*sums["static"]), ratio(*sums["adapted"]))
+    naive = math.sqrt(
+        sum(
+            r.value * (1 - r.value) / max(out[a]["impressions"], 1)
+            for a, r in zip(sums, (eff.champion, eff.challenger))
+        )
+    )
+    out["relative_lift"] = eff.lift
+    out["lift_ci95"] = list(eff.lift_interval(1.96, 1.96))
+    out["z"], out["p_two_sided"] = eff.z, float(math.erfc(abs(eff.z) / math.sqrt(2.0)))
+    out["design_effect"] = (eff.se / naive) ** 2 if naive > 0 else float("nan")  # variance vs impressions as trials
+    out["detectable_relative_lift"] = detectable_lift(eff)
     return out
 
 
@@ -152,8 +162,9 @@ def main() -> int:
         print(
             f"  {name:11s} static {t['static']['likes']}/{t['static']['impressions']} = {t['static']['like_rate']:.4f} | "
             f"adapted {t['adapted']['likes']}/{t['adapted']['impressions']} = {t['adapted']['like_rate']:.4f} | "
-            f"lift {100 * t['relative_lift']:+.1f}%  z {t['z']:+.2f}  p {t['p_two_sided']:.4f}  "
-            f"(detectable: {100 * t['detectable_relative_lift']:.1f}%)"
+            f"lift {100 * t['relative_lift']:+.1f}% [{100 * t['lift_ci95'][0]:+.1f}%, {100 * t['lift_ci95'][1]:+.1f}%]  "
+            f"z {t['z']:+.2f}  p {t['p_two_sided']:.4f}  (users as the unit; design effect {t['design_effect']:.2f}; "
+            f"detectable: {100 * t['detectable_relative_lift']:.1f}%)"
         )
     print(f"  by page: {json.dumps({a: [round(v, 4) for v in r] for a, r in result['by_page'].items()})}")
     lat = result["next_list_latency_ms"]

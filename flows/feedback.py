@@ -43,23 +43,27 @@ class LoopSummary:
 
 @flow(name="instructrec-feedback", flow_run_name="feedback-{profile}", log_prints=True)
 def feedback_loop(
-    profile: Profile = "cpu", data: str | None = None, force: bool = False, overrides: dict | None = None
+    profile: Profile = "cpu",
+    data: str | None = None,
+    force: bool = False,
+    overrides: dict | None = None,
+    trigger: str = "manual",
 ) -> LoopSummary:
-    """online gate -> (enough new feedback?) ingest -> validate -> prepare -> tune from champion -> evaluate -> export
+    """online gate (one look at the running A/B test; trigger: schedule, event or manual) -> (enough new feedback?) ingest -> validate -> prepare -> tune from champion -> evaluate -> export
     -> offline gate; a passing candidate becomes the challenger and gets its share of traffic."""
     cfg = load_config(
         profile, data=data or _champion_source(load_config(profile, overrides=overrides)), overrides=overrides
     )
     with tracking.pipeline_run(cfg, f"feedback-{cfg.profile}", {"profile": cfg.profile, "flow": "feedback"}) as run_id:
-        summary = _loop(cfg, run_id, force)
+        summary = _loop(cfg, run_id, force, trigger)
         tracking.describe_run(run_id, f"```\n{summary.render()}\n```")
         return summary
 
 
-def _loop(cfg: Config, run_id: str, force: bool) -> LoopSummary:
-    online = online_gate(cfg, run_id)
+def _loop(cfg: Config, run_id: str, force: bool, trigger: str) -> LoopSummary:
+    online = online_gate(cfg, run_id, trigger)
     summary = LoopSummary(run_id, online.outcome, 0, reasons=online.decision.reasons if online.decision else [])
-    if online.outcome == "insufficient_data":  # keep the running test; collect more traffic first
+    if online.outcome == "continue":  # keep the running test; collect more traffic first
         summary.aliases = registry.aliases()
         return summary
     champion = registry.get_alias(registry.CHAMPION)

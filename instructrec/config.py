@@ -110,14 +110,26 @@ class EvalConfig(_Frozen):
 
 
 class OnlineConfig(_Frozen):
-    """The online half of the gate: like rate per arm from served impressions and feedback."""
+    """The online half of the gate: a group-sequential test of the like rate with users as the unit of analysis
+    (delta-method variance), sized by a power calculation when the challenger starts, with guardrails."""
 
-    min_impressions: int = 1000  # per arm; fewer -> "insufficient data"
-    min_users: int = 30  # per arm
-    srm_alpha: float = 0.001  # sample-ratio mismatch when the users-per-arm p-value falls below this
-    test: Literal["two_proportion", "bayesian"] = "two_proportion"
-    alpha: float = 0.05  # one-sided two-proportion test
-    min_prob_better: float = 0.95  # Beta-Binomial P(challenger better), test == "bayesian"
+    mde: float = 0.10  # relative like-rate lift the test is powered to detect (its horizon)
+    power: float = 0.8  # chance to promote a challenger that is exactly `mde` better
+    alpha: float = 0.05  # one-sided false promotion rate over all looks together
+    alpha_spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"  # efficacy boundary (Lan-DeMets)
+    beta_spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"  # harm/futility boundary
+    design_looks: int = 24  # equally spaced looks assumed when sizing the horizon (real looks may differ)
+    min_users: int = 100  # per arm before a look counts (the delta method needs users, not impressions)
+    min_information_step: float = 0.01  # a look with less new information fraction than this is not counted
+    min_duration_hours: float = 24.0  # no promotion (or futility stop) before a whole daily cycle; harm stops any time
+    max_duration_hours: float = 336.0  # the final look comes here if the planned sample has not
+    plan_window_hours: float = 168.0  # champion traffic before the test that sizes it (else the first look's, blinded)
+    srm_alpha: float = 0.001  # sample-ratio mismatch when the users-per-arm p-value falls below this: stop
+    guardrail_alpha: float = 0.05  # one-sided level of each guardrail's non-inferiority test at promotion
+    dislike_margin: float = 0.25  # tolerated relative rise of the dislike rate (non-inferiority margin)
+    error_margin: float = 0.01  # tolerated absolute rise of the error rate per request
+    latency_margin: float = 0.25  # tolerated relative rise of p95 latency
+    min_latency_requests: int = 50  # per arm, else the latency guardrail is reported as not run
     replace_offline_win: bool = (
         True  # with online evidence the win is decided online; offline no-regression still applies
     )
@@ -128,8 +140,18 @@ class OnlineConfig(_Frozen):
 class GateConfig(_Frozen):
     metric: str = "ndcg@10"
     floor: Literal["popularity", "best_baseline"] = (
-        "best_baseline"  # best_baseline: the better of popularity and SASRec
+        "best_baseline"  # best_baseline: the better of the references that can serve each type; popularity: it alone
     )
+    # the floor per instruction type (gate.like_for_like): each type key (seen and held-out templates) against the
+    # best reference that can serve it; off: one pooled mean over all types against the better baseline's
+    like_for_like: bool = True
+    history_references: tuple[str, ...] = ("sasrec", "popularity")  # references of history-only types (P1/I0)
+    worded_references: tuple[str, ...] = ("no-words", "popularity")  # of worded ones (P2, I1, I2); no-words: the
+    # challenger on the same case with the history-only wording (evaluate.without_words)
+    type_epsilon: float = 0.02  # a type's bootstrap lower bound vs its best reference must exceed -type_epsilon
+    # below this many paired users a type's interval is too wide to show that (ML-100k: per-user delta SD about
+    # 0.24, so +-0.02 needs about 550 users); there a type fails only if its upper bound is below -type_epsilon
+    type_min_users: int = 500
     epsilon: float = 0.005  # tolerated drop of the bootstrap lower bound
     min_gain: float = 0.0  # mean gain needed to promote
     require_significance: bool = False  # also require the interval to exclude 0
@@ -288,7 +310,8 @@ _PROFILES: dict[str, dict] = {
         },
         "feedback": {"epochs": 1},
         "baseline": {"dim": 16, "n_layers": 1, "epochs": 4, "eval_every": 2},
-        "gate": {"n_bootstrap": 200},
+        # a 2-epoch smoke model on 48 users: it need not beat SASRec or itself without words, only popularity
+        "gate": {"n_bootstrap": 200, "floor": "popularity"},
         "progress": False,
     },
     "cpu": {},
@@ -320,10 +343,10 @@ _SOURCE_PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
-        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
     return out
 
 
@@ -339,16 +362,16 @@ def load_config(
     env = os.environ if environ is None else environ
     home = Path(env.get("INSTRUCTREC_HOME", DEFAULT_HOME)).resolve()
     tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
-    overrides = _merge(overrides or {}, {"data": {"source": data}}) if data else (overrides or {})
+    overrides = merge(overrides or {}, {"data": {"source": data}}) if data else (overrides or {})
     source = overrides.get("data", {}).get("source", DataConfig().source)
-    raw = _merge(_merge(_PROFILES[profile], _SOURCE_PRESETS.get(source, {}).get(profile, {})), overrides)
+    raw = merge(merge(_PROFILES[profile], _SOURCE_PRESETS.get(source, {}).get(profile, {})), overrides)
     if env.get("MLFLOW_BACKEND"):
-        raw = _merge(raw, {"stack": {"backend": env["MLFLOW_BACKEND"]}})
+        raw = merge(raw, {"stack": {"backend": env["MLFLOW_BACKEND"]}})
     if env.get("MLFLOW_ARTIFACTS_DESTINATION"):
-        raw = _merge(raw, {"stack": {"artifacts_destination": env["MLFLOW_ARTIFACTS_DESTINATION"]}})
+        raw = merge(raw, {"stack": {"artifacts_destination": env["MLFLOW_ARTIFACTS_DESTINATION"]}})
     if env.get("RAY_ADDRESS"):
-        raw = _merge(raw, {"runtime": {"ray_address": env["RAY_ADDRESS"]}})
+        raw = merge(raw, {"runtime": {"ray_address": env["RAY_ADDRESS"]}})
     return Config(profile=profile, paths=PathsConfig(home=home, tracking_uri=tracking_uri), **raw)
 
 
-__all__ = ["Config", "Profile", "load_config", "Field"]
+__all__ = ["Config", "Profile", "load_config", "merge", "Field"]

@@ -7,19 +7,27 @@ are compared on exactly the same split and the same instructions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from instructrec import metrics
-from instructrec.instructions import HELD_OUT, make_instruction, pad_histories
+from instructrec.instructions import (
+    HELD_OUT,
+    HISTORY_ONLY,
+    history_only_wording,
+    make_instruction,
+    pad_histories,
+    worded,
+)
 from instructrec.lists import ItemSpace, cite, list_metrics, mmr, top_columns
 from instructrec.model import InstructRecScorer
 from instructrec.split import SplitData
 
 HEADLINE = "P1/I0"
+NO_WORDS = "no-words"  # the challenger on the worded cases with their words removed (`without_words`)
 
 
 class Scorer(Protocol):
@@ -95,6 +103,32 @@ def build_cases(
     return cases
 
 
+def without_words(cases: dict[str, EvalCase], noun: str) -> dict[str, EvalCase]:
+    """The worded cases (P2, I1, I2; seen and held-out) with their words removed: "the same model without the words".
+
+    Each row keeps its user, history, target, exclusions and negatives and reads the history-only wording instead:
+    the text of the same user's P1/I0 row of the same template set where there is one (so on P1/I1 and P1/I2 the
+    reference is exactly what the model answers that user's history-only request), else the set's first P1/I0
+    wording. P0 and P2 rows have no history, so there the reference is the model's answer to no input at all.
+    History-only cases are left out: without words they would be the challenger itself.
+    """
+    out = {}
+    for key, case in cases.items():
+        if not worded(case.type):
+            continue
+        held = key.endswith(f"/{HELD_OUT}")
+        plain = cases.get(f"{HISTORY_ONLY}/{HELD_OUT}" if held else HISTORY_ONLY)
+        fallback = history_only_wording(noun, held)
+        by_user = (
+            {int(u): (t, txt) for u, t, txt in zip(plain.users, plain.templates, plain.texts, strict=True)}
+            if plain is not None
+            else {}
+        )
+        picked = [by_user.get(int(u), fallback) for u in case.users]
+        out[key] = replace(case, texts=[txt for _, txt in picked], templates=[t for t, _ in picked])
+    return out
+
+
 def _sample_unseen(rng: np.random.Generator, n_items: int, seen: np.ndarray, k: int) -> np.ndarray:
     out: list[int] = []
     seen_set = set(seen.tolist())
@@ -130,6 +164,15 @@ class EvalReport:
                 total.setdefault(int(u), []).append(float(v))
         users = np.asarray(sorted(total))
         return users, np.asarray([np.mean(total[u]) for u in users])
+
+    def user_metric_by_type(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per type key ("P1/I0", "P2/I0/held-out", ...): (user rows, their NDCG@10), sorted by user - the gate's
+        like-for-like unit (one type against a reference that can serve it)."""
+        out = {}
+        for key, values in self.per_user.items():
+            order = np.argsort(self.users[key], kind="stable")
+            out[key] = (np.asarray(self.users[key])[order], np.asarray(values, dtype=float)[order])
+        return out
 
     def to_dict(self) -> dict:
         return {

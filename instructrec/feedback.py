@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from instructrec import schema
-from instructrec.abtest import ArmCounts
+from instructrec.abtest import ArmUsers
 from instructrec.config import Config
 from instructrec.eventlog import iter_records
 from instructrec.instructions import (
@@ -42,6 +42,8 @@ IMPRESSIONS_SCHEMA: dict[str, pl.DataType] = {
     schema.MODEL_VERSION: pl.String(),
     "items": pl.List(pl.String()),
     "instruction": pl.String(),
+    "latency_ms": pl.Float64(),  # time the service spent on the request (absent in logs from before it was kept)
+    "error": pl.Boolean(),  # the request failed after its arm was chosen (no items were shown)
     schema.TIMESTAMP: schema.UTC_DATETIME,
 }
 KIND_LABEL = {"like": (1.0, 1.0), "more_like_this": (1.0, 2.0), "dislike": (-1.0, 1.0), "less_like_this": (-1.0, 2.0)}
@@ -84,19 +86,50 @@ def _frame(records: list[dict], columns: dict[str, pl.DataType]) -> pl.DataFrame
     return df.with_columns(stamps).select(list(columns))
 
 
-def online_counts(impressions: pl.DataFrame, store: pl.DataFrame, arms: dict[str, str]) -> dict[str, ArmCounts]:
-    """Users, impressions (items shown) and liked shown items per arm, for the arm's model version only."""
-    positive = (
-        store.filter(pl.col(schema.KIND).is_in(list(schema.POSITIVE_KINDS)) & pl.col(schema.ITEM).is_not_null())
-        .select(schema.REQUEST_ID, schema.ITEM)
-        .unique()
+def online_users(impressions: pl.DataFrame, store: pl.DataFrame, arms: dict[str, str]) -> dict[str, ArmUsers]:
+    """Per user of each arm (the arm's model version only): items shown, liked and disliked shown items, requests,
+    failed requests; and the arm's per-request latencies. Users are the unit the test randomises and analyses."""
+    judged = (
+        store.filter(
+            pl.col(schema.ITEM).is_not_null()
+            & pl.col(schema.KIND).is_in([*schema.POSITIVE_KINDS, *schema.NEGATIVE_KINDS])
+        )
+        .select(
+            schema.REQUEST_ID,
+            schema.ITEM,
+            pl.col(schema.KIND).is_in(list(schema.POSITIVE_KINDS)).alias("liked"),
+            pl.col(schema.KIND).is_in(list(schema.NEGATIVE_KINDS)).alias("disliked"),
+        )
+        .group_by(schema.REQUEST_ID, schema.ITEM)
+        .agg(pl.col("liked").any(), pl.col("disliked").any())
     )
     out = {}
     for arm, version in arms.items():
         served = impressions.filter((pl.col(schema.ARM) == arm) & (pl.col(schema.MODEL_VERSION) == version))
-        shown = served.select(schema.REQUEST_ID, pl.col("items").alias(schema.ITEM)).explode(schema.ITEM)
-        likes = shown.join(positive, on=[schema.REQUEST_ID, schema.ITEM], how="inner").height
-        out[arm] = ArmCounts(served[schema.USER].n_unique(), shown.height, likes)
+        shown = (
+            served.select(schema.USER, schema.REQUEST_ID, pl.col("items").alias(schema.ITEM))
+            .explode(schema.ITEM)
+            .drop_nulls(schema.ITEM)
+            .join(judged, on=[schema.REQUEST_ID, schema.ITEM], how="left")
+            .group_by(schema.USER)
+            .agg(
+                pl.len().alias("impressions"),
+                pl.col("liked").fill_null(False).sum().alias("likes"),
+                pl.col("disliked").fill_null(False).sum().alias("dislikes"),
+            )
+        )
+        per_user = (
+            served.group_by(schema.USER)
+            .agg(pl.len().alias("requests"), pl.col("error").fill_null(False).sum().alias("errors"))
+            .join(shown, on=schema.USER, how="left")
+            .fill_null(0)
+            .sort(schema.USER)
+        )
+        latency = served.filter(~pl.col("error").fill_null(False))["latency_ms"].drop_nulls()
+        out[arm] = ArmUsers(
+            *(per_user[c].to_numpy().astype(float) for c in ("impressions", "likes", "dislikes", "requests", "errors")),
+            latency_ms=latency.to_numpy().astype(float),
+        )
     return out
 
 

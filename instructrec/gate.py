@@ -1,9 +1,10 @@
 """Champion/challenger gate (DESIGN.md section 8): a pure function.
 
 `decide` sees only numbers measured in this run on the same split: per-user
-metric values for challenger and champion (paired by user), a baseline for
-the absolute floor, slice values, ONNX parity and latency. Moving aliases is
-the registry's job, never this module's.
+metric values for challenger and champion (paired by user), per instruction
+type the references that can serve that type (the like-for-like floor), slice
+values, ONNX parity and latency. Moving aliases is the registry's job, never
+this module's.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Literal
 
 import numpy as np
 
-from instructrec.abtest import ArmCounts, prob_better, srm_p_value, two_proportion_z
-from instructrec.config import GateConfig, OnlineConfig
+from instructrec.config import GateConfig
+from instructrec.instructions import worded
 
-Outcome = Literal["promote", "reject", "insufficient_data"]
+Outcome = Literal["promote", "reject", "insufficient_data", "continue"]  # continue: the A/B test goes on
 MIN_PAIRED_USERS = 20
 
 
@@ -29,6 +30,8 @@ class ArmEvaluation:
     slices: dict[str, float] = field(default_factory=dict)
     version: str | None = None
     latency_ms: float | None = None
+    # per type key ("P1/I0", "P2/I0/held-out", ...): (user rows, per-user gate metric), for the like-for-like floor
+    by_type: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def mean(self) -> float:
@@ -51,10 +54,11 @@ class Check:
 
 
 @dataclass(frozen=True)
-class OnlineEvidence:
-    champion: ArmCounts
-    challenger: ArmCounts
-    challenger_share: float  # the configured split, for the sample-ratio check
+class Skipped:
+    """A check the gate did not run, and why (a decision says what it did not look at)."""
+
+    name: str
+    reason: str
 
 
 @dataclass
@@ -62,6 +66,7 @@ class Decision:
     outcome: Outcome
     checks: list[Check]
     numbers: dict[str, float | int | str | None]
+    skipped: list[Skipped] = field(default_factory=list)
 
     @property
     def promote(self) -> bool:
@@ -81,6 +86,7 @@ class Decision:
             "reasons": self.reasons,
             "checks": [asdict(c) for c in self.checks],
             "numbers": self.numbers,
+            "skipped": [asdict(s) for s in self.skipped],
         }
 
     def to_json(self) -> str:
@@ -89,9 +95,18 @@ class Decision:
     def summary(self, verdict: str | None = None) -> str:
         verdict = (
             verdict
-            or {"promote": "PROMOTED", "reject": "REJECTED", "insufficient_data": "INSUFFICIENT DATA"}[self.outcome]
+            or {
+                "promote": "PROMOTED",
+                "reject": "REJECTED",
+                "insufficient_data": "INSUFFICIENT DATA",
+                "continue": "CONTINUE",
+            }[self.outcome]
         )
-        return f"Gate: {verdict}. " + " ".join(f"[{'ok' if c.passed else 'FAIL'}] {c.detail}." for c in self.checks)
+        text = f"Gate: {verdict}. " + " ".join(f"[{'ok' if c.passed else 'FAIL'}] {c.detail}." for c in self.checks)
+        by_reason: dict[str, list[str]] = {}
+        for s in self.skipped:
+            by_reason.setdefault(s.reason, []).append(s.name)
+        return text + "".join(f" [not run] {', '.join(names)}: {reason}." for reason, names in by_reason.items())
 
 
 def paired_bootstrap(delta: np.ndarray, n: int, confidence: float, seed: int) -> tuple[float, float, float]:
@@ -115,34 +130,156 @@ def floor_baseline(baselines: dict[str, ArmEvaluation], policy: GateConfig) -> A
     return max(baselines.values(), key=lambda arm: arm.mean)
 
 
+def type_references(key: str, policy: GateConfig) -> tuple[str, ...]:
+    """The references that can serve a type key ("P1/I0", "P2/I0/held-out", ...), in order of preference on ties.
+
+    A reference is fair for a type when it reads no input that the type's case withholds from the challenger, and
+    is not the challenger itself. A history-only type (P1/I0, seen or held-out templates) is judged against SASRec
+    and popularity (`history_references`): they read the same history, or nothing. A worded type (P2 stated taste,
+    I1/I2 intentions) is judged against popularity and the same model without the words (`worded_references`;
+    `evaluate.without_words`: each case re-read with the history-only wording, the same history): the words must
+    add something over what the challenger does without them and over the catalogue's prior. SASRec, which cannot
+    read words, is not a reference of worded types: on P1/I1 and P1/I2 the no-words challenger reads the same
+    history (and the P1/I0 row already holds the challenger to SASRec there), and on P0/P2 cases it has no history
+    to read. A history-only type is never compared with the no-words reference: that would be the challenger
+    against itself. `floor: popularity` keeps popularity alone for every type.
+    """
+    if policy.floor == "popularity":
+        return ("popularity",)
+    return policy.worded_references if worded(key) else policy.history_references
+
+
+def like_for_like(
+    challenger: ArmEvaluation, references: dict[str, ArmEvaluation], policy: GateConfig
+) -> tuple[Check | None, list[Check], list[Skipped], dict]:
+    """The floor, per instruction type: (floor check or None when no type could be compared, one guardrail per
+    type key, what was skipped, numbers).
+
+    The rule: for every type key the challenger was evaluated on (the 8 types and each one's held-out templates),
+    the reference is the best, by mean over the paired users, of the references that can serve that type
+    (`type_references`, among those evaluated). A type passes when the lower bound of the paired bootstrap interval
+    over users of (challenger - that reference) exceeds -`type_epsilon`; with fewer than `type_min_users` paired
+    users, where that interval is too wide to show it for any model, the type fails only when the upper bound is
+    below -`type_epsilon` (shown worse beyond the margin). The floor passes when the challenger's mean over the
+    compared type keys (each key weighs the same) beats the mean of their references, strictly. A key with no
+    reference evaluated, or fewer than MIN_PAIRED_USERS paired users, is skipped and listed.
+    """
+    m, eps = policy.metric, policy.type_epsilon
+    checks: list[Check] = []
+    skipped: list[Skipped] = []
+    rows: list[tuple[str, str, float, float, float, float, float]] = []  # key, ref, chal, ref mean, delta, lo, hi
+    for key, (users, values) in challenger.by_type.items():
+        names = [n for n in type_references(key, policy) if n in references and key in references[n].by_type]
+        if not names:
+            skipped.append(Skipped(f"type:{key}", "no reference that can serve this type was evaluated"))
+            continue
+        paired = {}
+        for name in names:
+            ref_users, ref_values = references[name].by_type[key]
+            _, ia, ib = np.intersect1d(users, ref_users, return_indices=True)
+            paired[name] = (np.asarray(values)[ia], np.asarray(ref_values)[ib])
+        best = max(names, key=lambda n: float(paired[n][1].mean()) if len(paired[n][1]) else -np.inf)
+        chal, ref = paired[best]
+        if len(chal) < MIN_PAIRED_USERS:
+            skipped.append(
+                Skipped(f"type:{key}", f"only {len(chal)} users paired with {best} (need {MIN_PAIRED_USERS})")
+            )
+            continue
+        mean, lo, hi = paired_bootstrap(chal - ref, policy.n_bootstrap, policy.confidence, policy.seed)
+        rows.append((key, best, float(chal.mean()), float(ref.mean()), mean, lo, hi))
+        powered = len(chal) >= policy.type_min_users
+        rule = (
+            f"lower bound must exceed {-eps:+.4f}"
+            if powered
+            else f"fewer than {policy.type_min_users} users: upper bound must exceed {-eps:+.4f}"
+        )
+        checks.append(
+            Check(
+                f"type:{key}",
+                (lo if powered else hi) > -eps,
+                lo if powered else hi,
+                -eps,
+                f"{key}: {m} {chal.mean():.4f} vs {best} {ref.mean():.4f}, delta {mean:+.4f}, "
+                f"{policy.confidence:.0%} CI [{lo:+.4f}, {hi:+.4f}] over {len(chal)} users ({rule})",
+            )
+        )
+    if not rows:
+        return None, checks, skipped, {}
+    chal_mean = float(np.mean([r[2] for r in rows]))
+    ref_mean = float(np.mean([r[3] for r in rows]))
+    worst = min(rows, key=lambda r: r[4])
+    floor = Check(
+        "floor",
+        chal_mean > ref_mean,
+        chal_mean,
+        ref_mean,
+        f"{m} {chal_mean:.4f} vs {ref_mean:.4f}: mean over {len(rows)} type rows, each against the best reference "
+        f"that can serve it (must beat it); worst row {worst[0]} vs {worst[1]} {worst[4]:+.4f} "
+        f"[{worst[5]:+.4f}, {worst[6]:+.4f}]",
+    )
+    numbers = {
+        "floor_challenger": chal_mean,
+        "floor_reference": ref_mean,
+        "type_epsilon": eps,
+        "types_compared": len(rows),
+        "types_failed": ",".join(c.name.removeprefix("type:") for c in checks if not c.passed),
+        "worst_type": worst[0],
+        "worst_type_reference": worst[1],
+        "worst_type_delta": worst[4],
+        "worst_type_ci_low": worst[5],
+        "worst_type_ci_high": worst[6],
+    }
+    return floor, checks, skipped, numbers
+
+
 def decide(
     challenger: ArmEvaluation,
-    baseline: ArmEvaluation,
+    baseline: ArmEvaluation | None,
     policy: GateConfig,
     champion: ArmEvaluation | None = None,
     parity: Parity | None = None,
+    references: dict[str, ArmEvaluation] | None = None,
 ) -> Decision:
-    """The offline gate: beat the floor baseline (and keep ONNX parity); with a champion, also the paired bootstrap
-    no-regression bound, the minimum gain, every slice and the latency guardrail. Every check is kept, passed or
-    not, so a rejected version says why."""
+    """The offline gate: the floor (and ONNX parity); with a champion, also the paired bootstrap no-regression
+    bound, the minimum gain, every slice and the latency guardrail. Every check is kept, passed or not, so a
+    rejected version says why, and every check not run is listed in `skipped` with its reason.
+
+    The floor is like-for-like (`like_for_like`) when `references` (reference arms by name: "popularity",
+    "sasrec", "no-words") and the challenger's `by_type` are given and `policy.like_for_like` is on: one guardrail
+    per type key against the best reference that can serve it, and the mean over types must beat theirs. Else
+    it is the pooled floor of earlier versions: the challenger's mean over all types against `baseline`'s (whose
+    numbers are recorded either way)."""
     m = policy.metric
     checks: list[Check] = []
+    skipped: list[Skipped] = []
     numbers: dict = {
         "metric": m,
         "challenger": challenger.mean,
-        "baseline": baseline.mean,
-        "baseline_name": baseline.name,
+        "baseline": baseline.mean if baseline is not None else None,
+        "baseline_name": baseline.name if baseline is not None else None,
     }
 
-    checks.append(
-        Check(
+    floor = None
+    if policy.like_for_like and references and challenger.by_type:
+        floor, type_checks, type_skipped, type_numbers = like_for_like(challenger, references, policy)
+        checks += type_checks
+        skipped += type_skipped
+        numbers.update(type_numbers)
+    elif policy.like_for_like:
+        skipped.append(Skipped("types", "no per-type evaluations of the challenger and its references given"))
+    else:
+        skipped.append(Skipped("types", "gate.like_for_like is off: the floor pools every type"))
+    if floor is None:
+        if baseline is None:
+            raise ValueError("the gate needs a floor: per-type references or a pooled baseline")
+        floor = Check(
             "floor",
             challenger.mean > baseline.mean,
             challenger.mean,
             baseline.mean,
             f"{m} {challenger.mean:.4f} vs {baseline.name} {baseline.mean:.4f} (must beat it)",
         )
-    )
+    checks.insert(0, floor)
     if parity is not None:
         ok = parity.max_abs_diff <= policy.max_parity_diff and parity.top10_overlap >= policy.min_top10_overlap
         numbers.update(parity_max_abs_diff=parity.max_abs_diff, parity_top10_overlap=parity.top10_overlap)
@@ -156,10 +293,14 @@ def decide(
                 f"top-10 overlap {parity.top10_overlap:.3f} (>= {policy.min_top10_overlap})",
             )
         )
+    else:
+        skipped.append(Skipped("onnx_parity", "no ONNX parity measured"))
+    champion_checks = ("no_regression", "win", "slices", "latency")
     if champion is None:
         numbers["champion"] = None
+        skipped += [Skipped(name, "no champion yet") for name in champion_checks]
         outcome: Outcome = "promote" if all(c.passed for c in checks) else "reject"
-        return Decision(outcome, checks, numbers)
+        return Decision(outcome, checks, numbers, skipped)
 
     chal, champ = _paired(challenger, champion)
     numbers.update(champion=champion.mean, champion_version=champion.version, paired_users=len(chal))
@@ -173,7 +314,8 @@ def decide(
                 f"only {len(chal)} users evaluated for both models (need {MIN_PAIRED_USERS})",
             )
         )
-        return Decision("insufficient_data", checks, numbers)
+        skipped += [Skipped(name, "too few users evaluated for both models") for name in champion_checks]
+        return Decision("insufficient_data", checks, numbers, skipped)
 
     mean, lo, hi = paired_bootstrap(chal - champ, policy.n_bootstrap, policy.confidence, policy.seed)
     numbers.update(delta_mean=mean, delta_ci_low=lo, delta_ci_high=hi, confidence=policy.confidence)
@@ -193,9 +335,13 @@ def decide(
     )
     checks.append(Check("win", wins, mean, policy.min_gain, f"win: {need}"))
 
-    for name in sorted(set(challenger.slices) & set(champion.slices)):
+    for name in sorted(set(challenger.slices) | set(champion.slices)):
+        if name not in challenger.slices or name not in champion.slices:
+            skipped.append(Skipped(f"slice:{name}", "measured for only one of the two models"))
+            continue
         a, b = challenger.slices[name], champion.slices[name]
         if np.isnan(a) or np.isnan(b):
+            skipped.append(Skipped(f"slice:{name}", "no users in the slice"))
             continue
         checks.append(
             Check(
@@ -219,101 +365,17 @@ def decide(
                 f"(limit {limit:.2f} ms)",
             )
         )
-    return Decision("promote" if all(c.passed for c in checks) else "reject", checks, numbers)
-
-
-def online_checks(evidence: OnlineEvidence, policy: OnlineConfig) -> tuple[list[Check], dict, bool]:
-    """(checks, numbers, enough data): sample size per arm, sample-ratio mismatch, like-rate test."""
-    a, b = evidence.champion, evidence.challenger
-    numbers: dict = {
-        "online_champion_users": a.users,
-        "online_challenger_users": b.users,
-        "online_champion_impressions": a.impressions,
-        "online_challenger_impressions": b.impressions,
-        "online_champion_likes": a.likes,
-        "online_challenger_likes": b.likes,
-        "online_champion_like_rate": a.like_rate,
-        "online_challenger_like_rate": b.like_rate,
-    }
-    small = min(a.impressions, b.impressions) < policy.min_impressions or min(a.users, b.users) < policy.min_users
-    size = Check(
-        "online_sample_size",
-        not small,
-        min(a.impressions, b.impressions),
-        policy.min_impressions,
-        f"online sample: {a.impressions} / {b.impressions} impressions and {a.users} / {b.users} users "
-        f"(champion / challenger; need {policy.min_impressions} and {policy.min_users} per arm)",
-    )
-    if small:
-        return [size], numbers, False
-    srm = srm_p_value(a.users, b.users, evidence.challenger_share)
-    numbers["online_srm_p"] = srm
-    checks = [
-        size,
-        Check(
-            "online_srm",
-            srm >= policy.srm_alpha,
-            srm,
-            policy.srm_alpha,
-            f"sample ratio: users {a.users} / {b.users} vs configured challenger share "
-            f"{evidence.challenger_share:.0%}, chi-square p {srm:.2g} (mismatch below {policy.srm_alpha:g})",
-        ),
-    ]
-    rates = f"like rate {b.like_rate:.4f} vs champion {a.like_rate:.4f}"
-    if policy.test == "bayesian":
-        p_better = prob_better(a, b, seed=policy.seed)
-        numbers["online_prob_better"] = p_better
-        checks.append(
-            Check(
-                "online_win",
-                p_better >= policy.min_prob_better,
-                p_better,
-                policy.min_prob_better,
-                f"online: {rates}, P(challenger better) {p_better:.3f} (need {policy.min_prob_better})",
-            )
-        )
     else:
-        z, p = two_proportion_z(a, b)
-        numbers.update(online_z=z, online_p=p)
-        checks.append(
-            Check(
-                "online_win",
-                p < policy.alpha,
-                p,
-                policy.alpha,
-                f"online: {rates}, two-proportion z {z:+.2f}, one-sided p {p:.3g} (need < {policy.alpha})",
-            )
-        )
-    return checks, numbers, True
-
-
-def decide_online(offline: Decision, evidence: OnlineEvidence, policy: GateConfig) -> Decision:
-    """The challenger's offline decision (same split, against the same champion) joined with the A/B evidence.
-
-    With `replace_offline_win`, the offline "win" check is kept for the record
-    and the win is the online test's to give; every other offline check binds.
-    """
-    online, numbers, enough = online_checks(evidence, policy.online)
-    informational = ("win",) if policy.online.replace_offline_win else ()
-    offline_checks = [
-        Check(
-            c.name,
-            c.passed or c.name in informational,
-            c.value,
-            c.threshold,
-            c.detail + (" (offline, informational: decided online)" if c.name in informational else ""),
-        )
-        for c in offline.checks
-    ]
-    checks = offline_checks + online
-    merged = {**offline.numbers, **numbers}
-    if not all(c.passed for c in offline_checks):
-        return Decision("reject", checks, merged)
-    if not enough:
-        return Decision("insufficient_data", checks, merged)
-    return Decision("promote" if all(c.passed for c in checks) else "reject", checks, merged)
+        missing = "challenger" if challenger.latency_ms is None else "champion"
+        skipped.append(Skipped("latency", f"no latency measured for the {missing}"))
+    return Decision("promote" if all(c.passed for c in checks) else "reject", checks, numbers, skipped)
 
 
 def decision_from_dict(raw: dict) -> Decision:
     """The inverse of Decision.to_dict, for a decision read back from a run's gate/decision.json."""
-    return Decision(raw["outcome"], [Check(**c) for c in raw["checks"]], raw["numbers"])
+    return Decision(
+        raw["outcome"],
+        [Check(**c) for c in raw["checks"]],
+        raw["numbers"],
+        [Skipped(**s) for s in raw.get("skipped", [])],  # decisions written before skipped checks were listed: none
+    )

@@ -121,6 +121,26 @@ TRAIN_MIX: dict[str, float] = {
     "P0/I2": 0.08,
 }
 HELD_OUT = "held-out"
+HISTORY_ONLY = "P1/I0"  # the wording that says nothing beyond the history: what a type reads with its words removed
+
+
+def worded(type_: str) -> bool:
+    """Whether the type's words carry anything beyond its history: a stated taste (P2) or an intention (I1, I2).
+
+    P1/I0 (and P0/I0, were it a type) say nothing a history-only model could not read; "P1/I0/held-out" is P1/I0.
+    """
+    p, i = type_.removesuffix(f"/{HELD_OUT}").split("/")
+    return p == "P2" or i != "I0"
+
+
+def history_only_wording(noun: str, held_out: bool = False) -> tuple[str, str]:
+    """(template name, text) of the first history-only matching template of the seen or the held-out set."""
+    for k, t in enumerate(templates_of(HISTORY_ONLY, held_out)):
+        if t.form == MATCHING:
+            name = f"{HISTORY_ONLY}#{HELD_OUT}{k}" if held_out else f"{HISTORY_ONLY}#{k}"
+            return name, t.text.format(noun=noun, nouns=plural(noun), history=HISTORY, candidates=CANDIDATES)
+    raise ValueError(f"no matching {HISTORY_ONLY} template")
+
 
 # I1: each genre's everyday mood, worded without the genre's name where English allows.
 MOODS: dict[str, tuple[str, ...]] = {

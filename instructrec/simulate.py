@@ -211,12 +211,25 @@ class SessionStats:
     users: Counter = field(default_factory=Counter)  # arm -> users
     next_list_ms: list[float] = field(default_factory=list)  # /recommend right after a reaction was stored
     failures: int = 0
+    per_user: dict[str, tuple[str, list[int], list[int]]] = field(default_factory=dict)  # user -> (arm, shown and
+    # liked per page): users are the randomised unit, so the comparison between arms is made over them
 
     def merge(self, other: SessionStats) -> None:
         for name in ("impressions", "likes", "users"):
             getattr(self, name).update(getattr(other, name))
         self.next_list_ms += other.next_list_ms
         self.failures += other.failures
+        self.per_user.update(other.per_user)
+
+    def user_sums(self, arm: str, pages) -> tuple[np.ndarray, np.ndarray]:
+        """(likes, impressions) per user of the arm over the given pages (0-based)."""
+        rows = [
+            (sum(liked[p] for p in pages if p < len(liked)), sum(shown[p] for p in pages if p < len(shown)))
+            for a, shown, liked in self.per_user.values()
+            if a == arm
+        ]
+        likes, shown = zip(*rows, strict=True) if rows else ((), ())
+        return np.asarray(likes, dtype=float), np.asarray(shown, dtype=float)
 
     def counts(self, arm: str, pages) -> tuple[int, int]:
         """(likes, impressions) of the arm on the given pages (0-based)."""
@@ -254,12 +267,15 @@ def play_session(
         arm = "adapted" if listing["session_adapted"] else "static"
         if page == 0:
             stats.users[arm] += 1
+            stats.per_user[user] = (arm, [], [])
         else:
             stats.next_list_ms.append(elapsed)
         round_stats = RoundStats()
         _react(client, user, listing, future, genre_of, policy, rng, round_stats)
         stats.impressions[(arm, page)] += len(listing["items"])
         stats.likes[(arm, page)] += round_stats.likes[listing["arm"]]
+        stats.per_user[user][1].append(len(listing["items"]))
+        stats.per_user[user][2].append(round_stats.likes[listing["arm"]])
         stats.failures += round_stats.failures
         if page == 0 and future.genres and rng.random() < policy.request:
             text = request_text(future.genres, rng)

@@ -125,6 +125,12 @@ def promote(version: str, expected_champion: str | None, lock_file: Path, name: 
         c.set_registered_model_alias(name, CHAMPION, version)
 
 
+def register_copy(version: str, name: str = MODEL_NAME) -> str:
+    """The same model (artifacts, run) registered again as a new version: an A/A test's challenger."""
+    mv = client().get_model_version(name, version)
+    return str(client().create_model_version(name, str(mv.source), run_id=mv.run_id).version)
+
+
 def mark_challenger(version: str, name: str = MODEL_NAME) -> None:
     client().set_registered_model_alias(name, CHALLENGER, version)
 

@@ -219,8 +219,11 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ops.demo import run_demo
+    from ops.demo import run_aa, run_demo
 
+    if args.aa:
+        rows = run_aa(args.profile, args.rounds, args.seed, parse_overrides(args.set))
+        return 0 if all(r.get("outcome") != "promote" for r in rows) else 1
     run_demo(args.profile, args.rounds, args.feedback_share, args.seed, parse_overrides(args.set))
     return 0
 
@@ -337,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of users who play, a fresh cohort each round (the rest: control)",
     )
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--aa",
+        action="store_true",
+        help="an A/A test instead: the champion served again as its own challenger, one gate look per round",
+    )
     _add_set(d)
     d.set_defaults(run=_demo)
     st = sub.add_parser("stack", help="local Prefect server + worker + MLflow server, deployments from prefect.yaml")

@@ -12,21 +12,25 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 from instructrec import schema
-from instructrec.config import Config, Profile, load_config
+from instructrec.config import Config, Profile, load_config, merge
 from instructrec.io import write_json, write_parquet
 from instructrec.simulate import Future, Policy, future_ndcg, play_round, split_world
 from instructrec.snapshot import snapshot_raw
 from instructrec.sources import fetch_raw, read_tables
 from model_registry import registry
 from model_registry.serving import load_version
+from tasks import experiments
 
 WORLD = "world"
+# a round of the demo stands for a day or more of traffic: the gate's minimum duration counts rounds, not hours
+DEMO_GATE = {"gate": {"online": {"min_duration_hours": 0.0}}}
 
 
 def build_world(cfg: Config, future_share: float) -> tuple[Path, dict[str, Future], dict[str, tuple[str, ...]]]:
@@ -118,6 +122,7 @@ def run_demo(
     from flows.feedback import feedback_loop
     from flows.training import training_pipeline
 
+    overrides = merge(DEMO_GATE, overrides or {})
     cfg = load_config(profile, overrides=overrides)
     registry.connect(cfg.paths.tracking_uri)
     data, futures, genre_of = build_world(cfg, future_share)
@@ -198,3 +203,85 @@ def _tuned(row: dict) -> str:
         else "no alias (offline checks failed)"
     )
     return f"tuned v{row['new_challenger']}: offline {row['offline_outcome']} -> {placed}"
+
+
+AA_GATE = {  # the A/A runs in minutes: no daily cycle, a few hundred users, a horizon it can reach
+    "gate": {"online": {"min_duration_hours": 0.0, "min_users": 30, "mde": 0.3}},
+    "feedback": {"trigger_events": 10**9},  # judge the test only; tune nothing new
+}
+
+
+def serve_as_challenger(cfg: Config, version: str) -> str:
+    """Register `version` (the champion) again and make the copy the challenger: an A/A test through the real
+    service, feedback log and gate. Its offline decision is the champion's own."""
+    copy = registry.register_copy(version)
+    since = datetime.now(UTC)
+    exp = experiments.open_experiment(cfg, version, copy, since)
+    registry.describe(
+        copy,
+        f"A/A test: v{version} served again as its own challenger (any promotion would be a false one).",
+        {
+            "run_id": registry.tags(version).get("run_id")
+            or registry.client().get_model_version(registry.MODEL_NAME, version).run_id,
+            "evaluated_against": version,
+            "challenger_since": since.isoformat(),
+            "online_gate": "pending",
+            "online_experiment": exp.id,
+        },
+    )
+    registry.mark_challenger(copy)
+    return copy
+
+
+def run_aa(profile: Profile, rounds: int, seed: int, overrides: dict | None = None) -> list[dict]:
+    """The champion against itself, round by round through the service and the feedback flow: what each look of
+    the online gate said (it should never promote)."""
+    from flows.feedback import feedback_loop
+    from flows.training import training_pipeline
+
+    overrides = merge(AA_GATE, overrides or {})
+    cfg = load_config(profile, overrides=overrides)
+    registry.connect(cfg.paths.tracking_uri)
+    data, futures, genre_of = build_world(cfg, 0.3)
+    if registry.get_alias(registry.CHAMPION) is None:
+        print(training_pipeline(profile=profile, data=str(data), overrides=overrides).render())
+    champion = registry.get_alias(registry.CHAMPION)
+    if champion is None:
+        raise SystemExit("the first model did not pass the gate, so there is nothing to serve")
+    registry.remove_alias(registry.CHALLENGER)
+    rng = np.random.default_rng(seed)
+    users = rng.permutation(sorted(u for u, f in futures.items() if f.liked or f.evaluation))
+    cohorts = [sorted(c.tolist()) for c in np.array_split(users, rounds + 1)]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    service = start_service(profile, port, cfg.paths.home / "service-aa.log")
+    rows: list[dict] = []
+    try:
+        wait_for(url, {"champion": champion.version})
+        play_round(url, futures, cohorts[0], genre_of, Policy(), seed * 1000)  # champion traffic sizes the test
+        copy = serve_as_challenger(cfg, champion.version)
+        wait_for(url, {"champion": champion.version, "challenger": copy})
+        for r in range(1, rounds + 1):
+            stats = play_round(url, futures, cohorts[r], genre_of, Policy(), seed * 1000 + r)
+            loop = feedback_loop(profile=profile, data=str(data), overrides=overrides, trigger="manual")
+            rows.append(
+                {
+                    "round": r,
+                    "impressions": dict(stats.impressions),
+                    "likes": dict(stats.likes),
+                    "outcome": loop.online_outcome,
+                    "reasons": loop.reasons,
+                    "aliases": registry.aliases(),
+                }
+            )
+            print(f"A/A round {r}: {dict(stats.impressions)} shown, {dict(stats.likes)} liked -> {loop.online_outcome}")
+            for reason in loop.reasons:
+                print(f"  - {reason}")
+            if loop.online_outcome != "continue":
+                break
+        rows.append({"description": registry.client().get_model_version(registry.MODEL_NAME, copy).description})
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    write_json(rows, cfg.paths.home / "aa_report.json")
+    return rows

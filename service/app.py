@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from adapters import events
 from instructrec import schema
-from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, assign_arm, bucket
+from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, assign_arm, bucket, experiment_id
 from instructrec.config import Config, ServeConfig
 from instructrec.erasure import erase_user
 from instructrec.eventlog import EventLog, LogTail, StoreWriteError
@@ -44,6 +45,9 @@ ITEM_KINDS = tuple(k for k in schema.FEEDBACK_KINDS if k != "instruction")
 Kind = Literal[schema.FEEDBACK_KINDS]  # the feedback suite checks the same set
 REMEMBERED_REQUESTS = 200_000
 SERVE_ENV = "INSTRUCTREC_SERVE"  # {"profile", "overrides"} for each worker process (`instructrec serve` sets it)
+
+
+RequestSource = Literal["request", "session", "none", "more_like_this"]  # where the served list's words came from
 
 
 class ModelSlots:
@@ -141,7 +145,7 @@ class RecommendResponse(BaseModel):
     known_user: bool
     instruction: str = Field(description="what the model read, titles in place of the history")
     instruction_type: str
-    request_source: Literal["request", "session", "none", "more_like_this"]
+    request_source: RequestSource
     session_adapted: bool = Field(description="whether this user's reactions this session shape their lists")
     model_version: str
     provider: str
@@ -356,7 +360,9 @@ def create_app(
                 arm: ModelInfo(version=r.version, variant=r.variant, provider=r.session.provider)
                 for arm, r in current.items()
             },
-            experiment=cfg.serve.experiment,
+            experiment=experiment_id(
+                cfg.serve.experiment, current[CHALLENGER_ARM].version if CHALLENGER_ARM in current else None
+            ),
             challenger_share=cfg.serve.challenger_share if CHALLENGER_ARM in current else 0.0,
             feedback_events=len(feedback_log),
             sessions=len(shared.book),
@@ -366,19 +372,67 @@ def create_app(
 
     @app.post("/recommend")
     def recommend(req: RecommendRequest) -> RecommendResponse:
+        began = time.perf_counter()
         current = champion_or_503()
-        share = cfg.serve.challenger_share if CHALLENGER_ARM in current else 0.0
-        arm = assign_arm(req.user_id, cfg.serve.experiment, share)
+        arm = arm_of(req.user_id, current)
         rec = current[arm]
+        try:
+            out, instruction, source, adapted = answer(req, rec)
+        except HTTPException:  # the client's mistake (an unknown item, ...): not the model's error
+            raise
+        except Exception:
+            stored(impression_log, served_record(uuid.uuid4().hex, req.user_id, arm, rec, [], None, False, began, True))
+            raise
+        request_id = uuid.uuid4().hex
+        items = [row["item_id"] for row in out["items"]]
+        stored(impression_log, served_record(request_id, req.user_id, arm, rec, items, instruction, adapted, began))
+        shared.remember(request_id, Served(req.user_id, arm, rec.version, frozenset(items)))
+        return RecommendResponse(request_id=request_id, arm=arm, request_source=source, session_adapted=adapted, **out)
+
+    def arm_of(user_id: str, current: dict[str, Recommender]) -> str:
+        """The user's arm in the running test: a fresh split per challenger version (its own salt)."""
+        if CHALLENGER_ARM not in current:
+            return CHAMPION_ARM
+        salt = experiment_id(cfg.serve.experiment, current[CHALLENGER_ARM].version)
+        return assign_arm(user_id, salt, cfg.serve.challenger_share)
+
+    def served_record(
+        request_id: str,
+        user_id: str,
+        arm: str,
+        rec: Recommender,
+        items: list[str],
+        instruction: str | None,
+        adapted: bool,
+        began: float,
+        error: bool = False,
+    ) -> dict:
+        return {
+            schema.REQUEST_ID: request_id,
+            schema.USER: user_id,
+            schema.ARM: arm,
+            schema.MODEL_VERSION: rec.version,
+            "items": items,
+            "instruction": instruction,
+            "session_adapted": adapted,
+            "latency_ms": (time.perf_counter() - began) * 1000.0,
+            "error": error,
+            schema.TIMESTAMP: datetime.now(UTC).isoformat(),
+        }
+
+    def answer(req: RecommendRequest, rec: Recommender) -> tuple[dict, str | None, RequestSource, bool]:
+        """(the list, the instruction it answered, where that came from, whether the session adapted it)."""
         shared.sync()
         adapted = adapts(cfg.serve, req.user_id)
         session = shared.session(req.user_id)
         seen = tuple(session.judged)  # reacted-to items are never shown again, in either session arm
+        source: RequestSource
         if req.like_item_id is not None:
             out = more_like_this(rec, req.user_id, req.like_item_id, req.k, seen)
             instruction, source = None, "more_like_this"
         else:
-            instruction, source = req.instruction, "request" if req.instruction else "none"
+            source = "request" if req.instruction else "none"
+            instruction = req.instruction
             if instruction is None and adapted:
                 instruction = session.standing_request(datetime.now(UTC), shared.ttl)
                 source = "session" if instruction else "none"
@@ -391,23 +445,7 @@ def create_app(
                 disliked=session.disliked if adapted else (),
                 adapt=Adaptation.of(cfg.serve, req.diversity),
             )
-        request_id = uuid.uuid4().hex
-        items = [row["item_id"] for row in out["items"]]
-        stored(
-            impression_log,
-            {
-                schema.REQUEST_ID: request_id,
-                schema.USER: req.user_id,
-                schema.ARM: arm,
-                schema.MODEL_VERSION: rec.version,
-                "items": items,
-                "instruction": instruction,
-                "session_adapted": adapted,
-                schema.TIMESTAMP: datetime.now(UTC).isoformat(),
-            },
-        )
-        shared.remember(request_id, Served(req.user_id, arm, rec.version, frozenset(items)))
-        return RecommendResponse(request_id=request_id, arm=arm, request_source=source, session_adapted=adapted, **out)
+        return out, instruction, source, adapted
 
     def stored(event_log: EventLog, record: dict) -> bool:
         """Append durably, or answer 503: a list or event that is not on disk is never acknowledged."""

@@ -17,6 +17,7 @@ from instructrec import optimize
 from instructrec.config import Config
 from instructrec.evaluate import (
     HEADLINE,
+    NO_WORDS,
     EvalReport,
     MappedScorer,
     PopularityScorer,
@@ -25,6 +26,7 @@ from instructrec.evaluate import (
     diversity_tradeoff,
     evaluate,
     explanation_faithfulness,
+    without_words,
 )
 from instructrec.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity
 from instructrec.gate import Parity, paired_bootstrap
@@ -51,6 +53,8 @@ DIVERSITY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 class Evaluations:
     reports: dict[str, EvalReport]  # challenger, champion (if any), popularity
     champion: registry.VersionRef | None
+    # the gate's references that are not rows of the table: no-words (the challenger without the words)
+    references: dict[str, EvalReport] = field(default_factory=dict)
 
 
 @dataclass
@@ -152,12 +156,36 @@ def _plot_scores(scorers: dict[str, Scorer], case, run_id: str, rows: int = 256)
     plt.close(fig)
 
 
+# A model's headline test metrics in the run (overall: the mean over instruction types); every type, template
+# set, k and slice is in the evaluation tables (metrics_table.json/.csv, table.md, slices_table.json, report.json).
+HEADLINE_METRICS = ("ndcg@10", "hr@10")
+
+
 def _log_report(run_id: str, name: str, rep: EvalReport) -> None:
-    values = {f"test/{name}/{k}": v for k, v in rep.overall.items()}
-    for type_, metrics in rep.by_type.items():
-        values.update({f"test/{name}/{type_.replace('/', '_')}/{k}": v for k, v in metrics.items()})
-    values.update({f"test/{name}/slice_{s}/ndcg@10": v["ndcg@10"] for s, v in rep.slices.items()})
-    tracking.log_metrics(run_id, values)
+    tracking.log_metrics(run_id, {f"test/{name}/{k}": rep.overall[k] for k in HEADLINE_METRICS})
+
+
+def _log_deltas(run_id: str, reports: dict[str, EvalReport]) -> None:
+    """The challenger's overall test NDCG@10 minus each other model's (champion, baselines; same test users):
+    `test/challenger/delta_ndcg@10_vs_<model>`. The gate's own paired-bootstrap numbers: gate/decision.json."""
+    ours = reports[CHALLENGER].overall["ndcg@10"]
+    tracking.log_metrics(
+        run_id,
+        {
+            f"test/{CHALLENGER}/delta_ndcg@10_vs_{n}": ours - r.overall["ndcg@10"]
+            for n, r in reports.items()
+            if n != CHALLENGER
+        },
+    )
+
+
+def _slice_rows(reports: dict[str, EvalReport]) -> list[dict]:
+    """One row per (model, slice): cold/warm users, long-tail/head targets."""
+    return [
+        {"model": name, "slice": s, "ndcg@10": v["ndcg@10"], "users": v.get("n")}
+        for name, rep in reports.items()
+        for s, v in rep.slices.items()
+    ]
 
 
 def champion_scorer(cfg: Config, champion: registry.VersionRef, catalogue_ids: list[str], logger) -> Scorer:
@@ -193,10 +221,6 @@ def _compare_with_baseline(run_id: str, ours: EvalReport, baseline: EvalReport, 
         run_id,
         {"baseline": baseline.name, "confidence": cfg.gate.confidence, "by_type": rows},
         f"evaluation/vs_{baseline.name}.json",
-    )
-    tracking.log_metrics(
-        run_id,
-        {f"test/vs_{baseline.name}/{k.replace('/', '_')}/delta_ndcg@10": v["delta_ndcg@10"] for k, v in rows.items()},
     )
     head = rows.get(HEADLINE)
     if head:
@@ -248,7 +272,6 @@ def _lists_and_reasons(cfg: Config, prepared: Prepared, scorer: Scorer, space: I
     _plot_tradeoff(curve, run_id)
     faithful = explanation_faithfulness(scorer, case, space, seed=cfg.eval.seed)
     tracking.log_json(run_id, faithful, "evaluation/explanation_faithfulness.json")
-    tracking.log_metrics(run_id, {f"explanations/{k}": v for k, v in faithful.items() if isinstance(v, float)})
     get_run_logger().info(
         "MMR trade-off (%s): %s; explanations: removing the cited history item lowers the item's "
         "score in %.1f%% of %d cases (a random history item: %.1f%%)",
@@ -312,15 +335,32 @@ def evaluate_models(
             o["coverage@10"],
             o["novelty@10"],
         )
+    _log_deltas(run_id, reports)
     if SASREC in reports:
         _compare_with_baseline(run_id, reports[CHALLENGER], reports[SASREC], cfg)
     tracking.log_table(run_id, _report_rows(reports), "evaluation/metrics_table.json")
+    tracking.log_csv(run_id, _report_rows(reports), "evaluation/metrics_table.csv")
+    tracking.log_table(run_id, _slice_rows(reports), "evaluation/slices_table.json")
     tracking.log_text(run_id, markdown_table(reports), "evaluation/table.md")
     tracking.log_json(run_id, {n: r.to_dict() for n, r in reports.items()}, "evaluation/report.json")
     _plot(reports, run_id)
     _plot_metrics(reports, run_id)
     _lists_and_reasons(cfg, prepared, challenger_scorer, space, run_id)
-    return Evaluations(reports, champion)
+    no_words = no_words_report(cfg, prepared, challenger_scorer, run_id)
+    return Evaluations(reports, champion, {NO_WORDS: no_words} if no_words is not None else {})
+
+
+def no_words_report(cfg: Config, prepared: Prepared, scorer: Scorer, run_id: str) -> EvalReport | None:
+    """The challenger on every worded test case with its words removed (`evaluate.without_words`): the gate's
+    reference for worded types, "the same model without the words"; logged as evaluation/no_words.json, not a
+    row of the table. None when no worded type is evaluated."""
+    cases = without_words(prepared.test_cases, prepared.catalogue.noun)
+    if not cases:
+        return None
+    report = evaluate(scorer, cases, prepared.split, cfg.data.cold_user_max_train, cfg.data.long_tail_share)
+    report.name = NO_WORDS
+    tracking.log_json(run_id, report.to_dict(), "evaluation/no_words.json")
+    return report
 
 
 def _parity_inputs(prepared: Prepared, n: int) -> tuple[list[str], np.ndarray]:
@@ -411,33 +451,16 @@ def export_challenger(
             "onnx/variants.json",
         )
         tracking.log_table(run_id, [v.to_dict() for v in variants.values()], "onnx/variants_table.json")
-        for name, v in variants.items():
-            if v.valid_ndcg10 is not None:
-                tracking.log_metrics(
-                    run_id,
-                    {
-                        f"onnx/{name}/valid_ndcg@10": v.valid_ndcg10,
-                        f"onnx/{name}/max_abs_diff": v.max_abs_diff,
-                        f"onnx/{name}/size_mb": v.size_mb,
-                    },
-                )
+        for name, v in variants.items():  # each variant's numbers: onnx/variants.json (were onnx/<variant>/*)
             logger.info("variant %-5s %s", name, v.reason)
-    tracking.log_metrics(
-        run_id,
-        {
-            "onnx/max_abs_diff": check.max_abs_diff,
-            "onnx/top10_overlap": check.top10_overlap,
-            "onnx/latency_p50_ms": ms,
-            "onnx/size_mb": path.stat().st_size / 2**20,
-        },
-    )
-    tracking.log_json(
+    tracking.log_json(  # parity, latency, size: an artifact (were onnx/* metrics); the gate checks parity
         run_id,
         {
             "provider": session.provider,
             "parity": check.__dict__,
             "latency_p50_ms": ms,
             "champion_latency_p50_ms": champion_ms,
+            "size_mb": path.stat().st_size / 2**20,
             "n_instructions": len(texts),
         },
         "onnx/parity.json",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
+import matplotlib.pyplot as plt
 import mlflow
 import polars as pl
 from prefect import get_run_logger, task
@@ -12,16 +14,18 @@ from prefect.cache_policies import NO_CACHE
 
 from adapters import tracking
 from instructrec import schema
-from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM
+from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, ArmUsers
 from instructrec.config import Config
-from instructrec.feedback import examples_from_config, online_counts, read_impressions, read_store
-from instructrec.gate import Decision, OnlineEvidence, decide_online, decision_from_dict
+from instructrec.experiment import Experiment, decide_online, look, looks_figure, looks_table
+from instructrec.feedback import examples_from_config, read_impressions, read_store
+from instructrec.gate import Decision, decision_from_dict
 from instructrec.lists import served_list_metrics
 from instructrec.model import load_scorer
 from instructrec.prepare import Prepared
 from instructrec.train import feedback_settings, fit
 from model_registry import registry
 from model_registry.serving import load_version
+from tasks import experiments
 from tasks.promotion import promote
 from tasks.training import EpochLogger, Trained, _summarise, fingerprint, newest_event, text_cache, validator
 
@@ -46,8 +50,10 @@ def _reject_stale(version: str, evaluated_against: str | None, champion: str) ->
 
 
 @task(name="online-gate", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def online_gate(cfg: Config, run_id: str) -> OnlineGateResult:
-    """Judge the challenger on its A/B traffic (plus its offline checks); promote, reject, or keep collecting."""
+def online_gate(cfg: Config, run_id: str, trigger: str = "manual") -> OnlineGateResult:
+    """One look at the running A/B test (sequential: promote, reject, or continue collecting), with the
+    challenger's offline checks; the looks so far, their boundaries and the decision go to the run and the
+    challenger's version page."""
     logger = get_run_logger()
     champ, chal = registry.get_alias(registry.CHAMPION), registry.get_alias(registry.CHALLENGER)
     if champ is None or chal is None or chal.version == champ.version:
@@ -58,46 +64,66 @@ def online_gate(cfg: Config, run_id: str) -> OnlineGateResult:
         return OnlineGateResult("reject", champ.version, chal.version, decision)
     offline = decision_from_dict(mlflow.artifacts.load_dict(f"runs:/{tags['run_id']}/gate/decision.json"))
     since = datetime.fromisoformat(tags["challenger_since"])
+    exp = experiments.open_experiment(cfg, champ.version, chal.version, since)
+    arms = experiments.arms_since(cfg, champ.version, chal.version, since)
+    outcome = look(exp, arms[CHAMPION_ARM], arms[CHALLENGER_ARM], datetime.now(UTC), cfg.gate.online, trigger)
+    exp.save(experiments.folder(cfg))
+    decision = decide_online(offline, outcome, exp, cfg.gate)
+    _log_look(run_id, exp, decision, arms)
     impressions = read_impressions(cfg.paths.feedback).filter(pl.col(schema.TIMESTAMP) >= since)
-    counts = online_counts(
-        impressions, read_store(cfg.paths.feedback), {CHAMPION_ARM: champ.version, CHALLENGER_ARM: chal.version}
-    )
-    evidence = OnlineEvidence(counts[CHAMPION_ARM], counts[CHALLENGER_ARM], cfg.serve.challenger_share)
-    decision = decide_online(offline, evidence, cfg.gate)
-    tracking.log_metrics(
-        run_id,
-        {
-            f"online/{arm}/{k}": v
-            for arm, c in counts.items()
-            for k, v in (
-                ("users", c.users),
-                ("impressions", c.impressions),
-                ("likes", c.likes),
-                ("like_rate", c.like_rate),
-            )
-        },
-    )
     _log_served_lists(cfg, champ, impressions, {CHAMPION_ARM: champ.version, CHALLENGER_ARM: chal.version}, run_id)
-    tracking.log_json(
-        run_id,
-        {**decision.to_dict(), "champion": champ.version, "challenger": chal.version},
-        "gate/online_decision.json",
-    )
     if decision.outcome == "promote":
         promote(cfg, chal.version, champ.version)
     elif decision.outcome == "reject":
         registry.remove_alias(registry.CHALLENGER)
-    registry.describe(
-        chal.version, "Online gate: " + decision.summary().removeprefix("Gate: "), {"online_gate": decision.outcome}
-    )
+    registry.describe(chal.version, online_description(decision, exp), {"online_gate": decision.outcome})
     logger.info(
-        "online gate for v%s vs champion v%s: %s (%s)",
+        "online gate for v%s vs champion v%s: %s (%s; %s)",
         chal.version,
         champ.version,
         decision.outcome,
-        ", ".join(f"{arm} {c.likes}/{c.impressions} liked" for arm, c in counts.items()),
+        outcome.reason,
+        outcome.progress,
     )
     return OnlineGateResult(decision.outcome, champ.version, chal.version, decision)
+
+
+def online_description(decision: Decision, exp: Experiment) -> str:
+    """The version page: where the test stands in one paragraph, then every look with its boundaries."""
+    n = decision.numbers
+    plan = (
+        f"Planned sample: {n['online_planned_users']:,} users, {n['online_planned_impressions']:,} impressions "
+        f"(sized from {n['online_plan_source']}, baseline like rate {n['online_baseline_like_rate']:.4f})."
+        if exp.plan
+        else "No plan yet: the first look sizes the test."
+    )
+    head = "Online gate: " + decision.summary().removeprefix("Gate: ")
+    return f"{head}\n\n{plan} Looks so far: {n['online_looks']}; {n['online_progress']}.\n\n{looks_table(exp)}"
+
+
+def _log_look(run_id: str, exp: Experiment, decision: Decision, arms: dict[str, ArmUsers]) -> None:
+    numbers = {k: v for k, v in decision.numbers.items() if k.startswith("online_") and isinstance(v, int | float)}
+    tracking.log_metrics(run_id, {f"online/{k.removeprefix('online_')}": float(v) for k, v in numbers.items()})
+    tracking.log_metrics(
+        run_id,
+        {f"online/{arm}/{k}": v for arm, users in arms.items() for k, v in _arm_numbers(users).items()},
+    )
+    tracking.log_json(
+        run_id,
+        {**decision.to_dict(), "champion": exp.champion, "challenger": exp.challenger},
+        "gate/online_decision.json",
+    )
+    tracking.log_json(run_id, exp.to_dict(), "gate/online_experiment.json")
+    tracking.log_text(run_id, looks_table(exp), "gate/online_looks.md")
+    if any(not math.isnan(lk.upper) for lk in exp.looks):
+        fig = looks_figure(exp)
+        tracking.log_figure(run_id, fig, "gate/online_looks.png")
+        plt.close(fig)
+
+
+def _arm_numbers(users: ArmUsers) -> dict[str, float]:
+    c = users.counts()
+    return {"users": c.users, "impressions": c.impressions, "likes": c.likes, "like_rate": c.like_rate}
 
 
 def _log_served_lists(

@@ -22,6 +22,7 @@ from instructrec.optimize import FP32
 from instructrec.prepare import Prepared
 from instructrec.recommend import write_bundle
 from model_registry import registry
+from tasks import experiments
 from tasks.evaluation import BASELINES, CHALLENGER, CHAMPION, Evaluations, Exported
 from tasks.training import Trained
 
@@ -42,7 +43,7 @@ def _arm(report: EvalReport, version: str | None = None, latency: float | None =
     users, values = report.user_metric()
     slices = {t: v["ndcg@10"] for t, v in report.by_type.items()}
     slices.update({s: v["ndcg@10"] for s, v in report.slices.items()})
-    return ArmEvaluation(report.name, users, values, slices, version, latency)
+    return ArmEvaluation(report.name, users, values, slices, version, latency, report.user_metric_by_type())
 
 
 def _plot_deltas(run_id: str, challenger: ArmEvaluation, champion: ArmEvaluation, cfg: Config) -> None:
@@ -82,11 +83,30 @@ def _log_candidate(
         item_tower(challenger.model),
     )
     tracking.log_dir(run_id, work / registry.SERVING_ARTIFACT, registry.SERVING_ARTIFACT)
-    with tracking.active(run_id):
+    graph = onnx.load(str(exported.path))
+    # the version's schema (signature) read from the graph itself; its input example a made-up request (an
+    # instruction and items 1..3 as the history), never a user's: the registry keeps no one's history
+    enc = challenger.tokenizer(
+        ["I want something like what I watched recently."],
+        truncation=True,
+        max_length=cfg.model.max_text_tokens,
+        return_tensors="np",
+    )
+    history = np.zeros((1, cfg.data.max_history), dtype=np.int64)
+    recent = np.arange(1, min(3, prepared.catalogue.n_items) + 1, dtype=np.int64)
+    history[0, -len(recent) :] = recent
+    example = {
+        "input_ids": enc["input_ids"].astype(np.int64),
+        "attention_mask": enc["attention_mask"].astype(np.int64),
+        "history": history,
+    }
+    with tracking.active(run_id), tracking.quiet_onnxruntime():
         info = mlflow.onnx.log_model(
-            onnx.load(str(exported.path)),
+            graph,
             name=registry.ONNX_MODEL,
             registered_model_name=registry.MODEL_NAME,
+            signature=tracking.onnx_signature(graph),
+            input_example=example,  # MLflow checks it: it loads the model and scores the example
             save_as_external_data=False,
             onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
             pip_requirements=["onnxruntime-gpu==1.31.1", "onnx"],
@@ -121,8 +141,21 @@ def _place(
             }
         return decision.outcome, {}
     if champion is not None and decision.passed(ignore=("win",)):
+        since = datetime.now(UTC)
+        exp = experiments.open_experiment(cfg, champion, version, since)  # sized now from the champion's traffic
         registry.mark_challenger(version)
-        return "challenger", {"challenger_since": datetime.now(UTC).isoformat(), "online_gate": "pending"}
+        plan = (
+            f"{exp.plan.users} users / {exp.plan.impressions} impressions"
+            + (f", about {exp.plan.hours:.0f} h at current traffic" if exp.plan.hours else "")
+            if exp.plan
+            else "sized at the first look (no champion traffic yet)"
+        )
+        return "challenger", {
+            "challenger_since": since.isoformat(),
+            "online_gate": "pending",
+            "online_experiment": exp.id,
+            "online_plan": plan,
+        }
     return decision.outcome, {}
 
 
@@ -146,8 +179,10 @@ def gate_and_register(
         champ = _arm(reports[CHAMPION], champion_ref.version, exported.champion_latency_ms)
         _plot_deltas(run_id, chal, champ, cfg)
     baselines = {name: _arm(reports[name]) for name in BASELINES if name in reports}
+    # per type, the references that can serve it: the baselines and the challenger without the words
+    references = baselines | {name: _arm(report) for name, report in evaluations.references.items()}
     policy = cfg.gate.model_copy(update={"epsilon": cfg.gate.online.offline_epsilon}) if online_rollout else cfg.gate
-    decision = decide(chal, floor_baseline(baselines, policy), policy, champ, exported.parity)
+    decision = decide(chal, floor_baseline(baselines, policy), policy, champ, exported.parity, references)
 
     version = _log_candidate(cfg, prepared, challenger, exported, snapshot_hash, run_id)
     champion = champion_ref.version if champion_ref else None
@@ -162,7 +197,9 @@ def gate_and_register(
         **placed,
     }
     verdicts = {
-        "challenger": "CHALLENGER (offline checks passed; the A/B test against the champion decides)",
+        "challenger": "CHALLENGER (offline checks passed; the A/B test against the champion decides: planned "
+        f"{placed.get('online_plan')}, a fresh split of users, no promotion before "
+        f"{cfg.gate.online.min_duration_hours:g} h)",
         SUPERSEDED: f"SUPERSEDED, not promoted: {placed.get('next_step')}",
     }
     summary = decision.summary(verdicts.get(outcome))

@@ -476,3 +476,58 @@ def test_serving_beyond_localhost_without_a_token_is_refused(monkeypatch, capsys
     monkeypatch.delenv("INSTRUCTREC_API_TOKEN", raising=False)
     assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
     assert "needs an API token" in capsys.readouterr().err
+
+
+def test_a_live_aa_through_the_service_and_the_feedback_flow_never_promotes_and_shows_its_looks(client, world):
+    """The champion served again as its own challenger: a fresh split, per-user evidence from the real logs, one
+    look per flow run, the looks on the version page and the run."""
+    import numpy as np
+
+    from ops.demo import AA_GATE, serve_as_challenger
+    from tasks import experiments
+
+    cfg = load_config("tiny", overrides=AA_GATE)
+    registry.remove_alias(registry.CHALLENGER)
+    client.app.state.slots.refresh()
+    rng = np.random.default_rng(0)
+
+    def play(prefix: str, users: int) -> dict[str, int]:
+        arms: dict[str, int] = {}
+        for u in range(users):
+            user, taste = f"{prefix}{u}", rng.beta(1.0, 9.0)  # users differ in how much they like anything
+            for _ in range(2):
+                out = _recommend(client, user, k=10)
+                arms[out["arm"]] = arms.get(out["arm"], 0) + 1
+                for row in out["items"]:
+                    if rng.random() < taste:
+                        _react(client, out, user, "like", row["item_id"])
+        return arms
+
+    play("before-", 40)  # champion traffic before the test: it sizes the plan
+    copy = serve_as_challenger(cfg, "1")
+    assert client.app.state.slots.refresh()
+    assert client.get("/health").json()["experiment"] == f"{cfg.serve.experiment}:v{copy}"  # a fresh split
+    try:
+        served = []
+        for look_number in (1, 2):
+            served.append(play(f"aa{look_number}-", 120))
+            summary = feedback_loop(profile="tiny", data=str(world["data"]), overrides=AA_GATE, trigger="manual")
+            assert summary.online_outcome in ("continue", "reject")  # an identical challenger is never promoted
+            assert registry.aliases()["champion"] == "1"
+            if summary.online_outcome != "continue":
+                break
+        assert {"champion", "challenger"} <= set(served[0])
+        exp = experiments.Experiment.load(experiments.folder(cfg), f"{cfg.serve.experiment}:v{copy}")
+        assert exp is not None and exp.plan is not None and exp.plan.source == "champion traffic before the test"
+        assert 1 <= len(exp.looks) <= 2 and all(lk.users[0] >= 30 and lk.users[1] >= 30 for lk in exp.looks)
+        decision = registry.client().get_model_version(registry.MODEL_NAME, copy)
+        assert "Looks so far" in decision.description and "| look |" in decision.description
+        assert decision.tags["online_gate"] == summary.online_outcome
+        run = registry.client().get_run(summary.run_id)
+        assert run.data.metrics["online/srm_p"] >= cfg.gate.online.srm_alpha  # the split held
+        assert run.data.metrics["online/looks"] == len(exp.looks)
+        names = {a.path for a in registry.client().list_artifacts(summary.run_id, "gate")}
+        assert {"gate/online_looks.png", "gate/online_experiment.json", "gate/online_decision.json"} <= names
+    finally:
+        registry.remove_alias(registry.CHALLENGER)
+        client.app.state.slots.refresh()

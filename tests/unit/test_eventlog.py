@@ -16,7 +16,7 @@ from instructrec.feedback import (
     FEEDBACK_LOG,
     IMPRESSION_LOG,
     append_events,
-    online_counts,
+    online_users,
     read_impressions,
     read_store,
 )
@@ -102,14 +102,16 @@ def test_store_reads_batch_files_and_service_segments_together(tmp_path):
     assert store.schema["timestamp"] == pl.Datetime("us", "UTC")
 
 
-def test_online_counts_count_shown_items_and_likes_per_arm_and_version(tmp_path):
+def test_online_users_sum_each_users_impressions_likes_dislikes_and_errors_per_arm_and_version(tmp_path):
     imp = EventLog(tmp_path, IMPRESSION_LOG)
     now = datetime(2026, 1, 1, tzinfo=UTC).isoformat()
-    for rid, user, arm, version, items in [
-        ("r1", "u1", "champion", "1", ["a", "b", "c"]),
-        ("r2", "u2", "challenger", "2", ["a", "d"]),
-        ("r3", "u2", "challenger", "3", ["e"]),
-    ]:  # another challenger version
+    for rid, user, arm, version, items, extra in [
+        ("r1", "u1", "champion", "1", ["a", "b", "c"], {"latency_ms": 12.0}),
+        ("r4", "u1", "champion", "1", ["f"], {}),  # an old record without latency or error fields
+        ("r5", "u3", "champion", "1", [], {"error": True, "latency_ms": 900.0}),  # failed after its arm was chosen
+        ("r2", "u2", "challenger", "2", ["a", "d"], {"latency_ms": 20.0}),
+        ("r3", "u2", "challenger", "3", ["e"], {}),  # another challenger version
+    ]:
         imp.append(
             {
                 "request_id": rid,
@@ -119,6 +121,7 @@ def test_online_counts_count_shown_items_and_likes_per_arm_and_version(tmp_path)
                 "items": items,
                 "instruction": None,
                 "timestamp": now,
+                **extra,
             }
         )
     fb = EventLog(tmp_path, FEEDBACK_LOG, key="event_id")
@@ -126,9 +129,15 @@ def test_online_counts_count_shown_items_and_likes_per_arm_and_version(tmp_path)
     fb.append(_event("e2", request_id="r1", item_id="a", kind="more_like_this"))  # same item: one like
     fb.append(_event("e3", request_id="r2", item_id="d", kind="dislike"))
     fb.append(_event("e4", request_id="r3", item_id="e"))
-    counts = online_counts(read_impressions(tmp_path), read_store(tmp_path), {"champion": "1", "challenger": "2"})
-    assert (counts["champion"].impressions, counts["champion"].likes, counts["champion"].users) == (3, 1, 1)
-    assert (counts["challenger"].impressions, counts["challenger"].likes) == (2, 0)
+    fb.append(_event("e5", request_id="r4", item_id="f"))
+    arms = online_users(read_impressions(tmp_path), read_store(tmp_path), {"champion": "1", "challenger": "2"})
+    champion, challenger = arms["champion"], arms["challenger"]
+    # users sorted by id: u1 (4 shown, 2 liked over 2 requests), u3 (one failed request, nothing shown)
+    assert champion.impressions.tolist() == [4, 0] and champion.likes.tolist() == [2, 0]
+    assert champion.requests.tolist() == [2, 1] and champion.errors.tolist() == [0, 1]
+    assert champion.latency_ms.tolist() == [12.0]  # failed requests and unrecorded latencies are left out
+    assert challenger.impressions.tolist() == [2] and challenger.likes.tolist() == [0]
+    assert challenger.dislikes.tolist() == [1] and challenger.counts().users == 1
     assert json.loads(next(tmp_path.glob("impressions-*.jsonl")).read_text().splitlines()[0])["items"] == [
         "a",
         "b",

@@ -1,8 +1,24 @@
+import json
+
 import numpy as np
 import pytest
 
 from instructrec.config import GateConfig
-from instructrec.gate import MIN_PAIRED_USERS, ArmEvaluation, Parity, decide, floor_baseline, paired_bootstrap
+from instructrec.evaluate import HEADLINE, build_cases, evaluate, without_words
+from instructrec.gate import (
+    MIN_PAIRED_USERS,
+    ArmEvaluation,
+    Parity,
+    Skipped,
+    decide,
+    decision_from_dict,
+    floor_baseline,
+    paired_bootstrap,
+    type_references,
+)
+from instructrec.instructions import HELD_OUT, HISTORY, TYPES, worded
+from instructrec.split import Catalogue, temporal_leave_one_out
+from tests.conftest import make_tables
 
 POLICY = GateConfig(n_bootstrap=500)
 USERS = np.arange(200)
@@ -123,3 +139,197 @@ def test_decision_serialises_with_every_number():
     text = d.to_json()
     assert '"outcome": "promote"' in text and "floor" in text
     assert d.summary().startswith("Gate: PROMOTED")
+
+
+# like-for-like floor: every type key against the best reference that can serve it
+
+WORDED = tuple(t for t in TYPES if t != HEADLINE)
+KEYS = (*TYPES, *(f"{t}/{HELD_OUT}" for t in TYPES))
+POWERED = GateConfig(n_bootstrap=500, type_min_users=100)  # 200 users: the types' lower bounds bind
+
+
+def typed(name, per_type, users=USERS):
+    """An arm with per-type per-user values; its pooled values are each user's mean over the types."""
+    by_type = {k: (users, np.asarray(v, dtype=float)) for k, v in per_type.items()}
+    pooled = np.mean([v for _, v in by_type.values()], axis=0)
+    return ArmEvaluation(name, users, pooled, {}, by_type=by_type)
+
+
+def references(sasrec_p1, popularity=0.05, no_words=0.10):
+    """SASRec repeats its P1 value where there is a history and reads nothing elsewhere (as in the real table);
+    popularity is one number for everyone; the no-words reference exists for worded types only."""
+    rng = np.random.default_rng(7)
+    nothing = rng.uniform(0.0, 0.1, 200)
+    sas = {k: sasrec_p1 if k.startswith("P1") else nothing for k in KEYS}
+    return {
+        "sasrec": typed("sasrec", sas),
+        "popularity": typed("popularity", {k: np.full(200, popularity) for k in KEYS}),
+        "no-words": typed("no-words", {k: np.full(200, no_words) for k in KEYS if worded(k)}),
+    }
+
+
+def failed(d):
+    return [c.name for c in d.checks if not c.passed]
+
+
+def test_winning_on_average_through_words_does_not_hide_losing_p1_i0_to_sasrec():
+    rng = np.random.default_rng(10)
+    sas_p1 = rng.uniform(0.1, 0.4, 200)
+    noise = rng.normal(0.0, 0.15, 200)
+    words = {k: np.full(200, 0.5) for k in KEYS if worded(k)}
+    losing = typed("c", {HEADLINE: sas_p1 - 0.025 + noise, f"{HEADLINE}/{HELD_OUT}": sas_p1, **words})
+    refs = references(sas_p1)
+    baseline = floor_baseline({k: refs[k] for k in ("sasrec", "popularity")}, POWERED)
+    # the pooled floor of before: 0.44 over every type vs SASRec's 0.16, met by construction
+    assert decide(losing, baseline, POWERED).outcome == "promote"
+    d = decide(losing, baseline, POWERED, references=refs)
+    assert d.outcome == "reject"
+    assert failed(d) == [f"type:{HEADLINE}"]  # the floor (mean over types) itself passes
+    assert any(r.startswith(f"{HEADLINE}: ndcg@10") and "vs sasrec" in r for r in d.reasons)
+    assert d.numbers["worst_type"] == HEADLINE and d.numbers["worst_type_reference"] == "sasrec"
+    assert d.numbers["types_failed"] == HEADLINE and d.numbers["worst_type_ci_low"] < -POWERED.type_epsilon
+    # with fewer users than type_min_users the type binds only when shown worse beyond the margin
+    few = GateConfig(n_bootstrap=500)
+    assert decide(losing, baseline, few, references=refs).outcome == "promote"  # not shown worse beyond 0.02
+    worse = typed("c", {HEADLINE: sas_p1 - 0.08 + noise, f"{HEADLINE}/{HELD_OUT}": sas_p1, **words})
+    assert failed(decide(worse, baseline, few, references=refs)) == [f"type:{HEADLINE}"]
+
+
+def test_a_history_only_type_is_never_compared_with_the_no_words_reference():
+    assert "no-words" not in type_references(HEADLINE, POLICY)
+    assert "no-words" not in type_references(f"{HEADLINE}/{HELD_OUT}", POLICY)
+    assert set(type_references(HEADLINE, POLICY)) == {"sasrec", "popularity"}
+    rng = np.random.default_rng(11)
+    sas_p1 = rng.uniform(0.1, 0.3, 200)
+    refs = references(sas_p1)
+    # a no-words arm far above everything on P1/I0 too: using it there would reject the challenger
+    refs["no-words"] = typed("no-words", {k: np.full(200, 0.9) if not worded(k) else np.full(200, 0.1) for k in KEYS})
+    chal = typed("c", {k: sas_p1 + 0.05 if not worded(k) else np.full(200, 0.5) for k in KEYS})
+    d = decide(chal, None, POWERED, references=refs)
+    assert d.outcome == "promote"
+    for key in (HEADLINE, f"{HEADLINE}/{HELD_OUT}"):
+        check = next(c for c in d.checks if c.name == f"type:{key}")
+        assert "vs sasrec" in check.detail and "no-words" not in check.detail
+
+
+def test_a_worded_type_is_compared_with_the_same_model_without_the_words():
+    assert "no-words" in type_references("P2/I0", POLICY) and "sasrec" not in type_references("P2/I0", POLICY)
+    assert "no-words" in type_references(f"P1/I2/{HELD_OUT}", POLICY)
+    rng = np.random.default_rng(12)
+    sas_p1 = rng.uniform(0.1, 0.3, 200)
+    refs = references(sas_p1, popularity=0.05, no_words=0.30)  # without its words the model reaches 0.30
+    values = {k: sas_p1 + 0.05 if not worded(k) else np.full(200, 0.5) for k in KEYS}
+    values["P1/I1"] = np.full(200, 0.2)  # far above popularity and SASRec, below itself without the words
+    d = decide(typed("c", values), None, POWERED, references=refs)
+    assert failed(d) == ["type:P1/I1"]
+    check = next(c for c in d.checks if c.name == "type:P1/I1")
+    assert "vs no-words 0.3000" in check.detail and check.value == pytest.approx(-0.1)
+    assert all("vs no-words" in c.detail for c in d.checks if c.name.startswith("type:") and worded(c.name[5:]))
+
+
+def test_the_floor_is_the_mean_over_types_against_each_types_best_reference():
+    refs = references(np.full(200, 0.2), popularity=0.25, no_words=0.30)
+    # P1/I0 rows: popularity 0.25 beats SASRec 0.20; worded rows: no-words 0.30 beats popularity
+    level = typed("c", {k: np.full(200, 0.25 if not worded(k) else 0.30) for k in KEYS})
+    d = decide(level, None, POWERED, references=refs)
+    assert d.outcome == "reject" and failed(d) == ["floor"]  # every type within epsilon, but nothing beaten
+    assert d.numbers["floor_reference"] == pytest.approx((2 * 0.25 + 14 * 0.30) / 16)
+    better = typed("c", {k: np.full(200, 0.26 if not worded(k) else 0.31) for k in KEYS})
+    assert decide(better, None, POWERED, references=refs).outcome == "promote"
+
+
+def test_no_champion_lists_every_check_not_run():
+    d = decide(arm("c", np.full(200, 0.2)), arm("pop", np.full(200, 0.1)), POLICY)
+    not_run = {s.name: s.reason for s in d.skipped}
+    assert {"no_regression", "win", "slices", "latency"} <= set(not_run)
+    assert not_run["latency"] == "no champion yet" and "onnx_parity" in not_run
+    assert {s["name"] for s in d.to_dict()["skipped"]} == set(not_run)
+    assert "[not run] no_regression, win, slices, latency: no champion yet." in d.summary()
+    with_champion = decide(
+        arm("c", np.full(200, 0.2)), arm("pop", np.full(200, 0.1)), POLICY, champion=arm("champ", np.full(200, 0.1))
+    )
+    assert {"no_regression", "win"}.isdisjoint(s.name for s in with_champion.skipped)
+    assert "latency" in {s.name for s in with_champion.skipped}  # neither latency measured
+
+
+def test_the_worst_types_delta_and_interval_are_reported():
+    rng = np.random.default_rng(13)
+    sas_p1 = rng.uniform(0.1, 0.3, 200)
+    refs = references(sas_p1, popularity=0.05, no_words=0.10)
+    deltas = {k: 0.2 for k in KEYS if worded(k)} | {HEADLINE: 0.03, f"{HEADLINE}/{HELD_OUT}": 0.02}
+    deltas[f"P2/I0/{HELD_OUT}"] = -0.013
+    values = {k: (sas_p1 if not worded(k) else np.full(200, 0.10)) + d for k, d in deltas.items()}
+    values[f"P2/I0/{HELD_OUT}"] = values[f"P2/I0/{HELD_OUT}"] + rng.normal(0, 0.05, 200)
+    d = decide(typed("c", values), None, POWERED, references=refs)
+    n = d.numbers
+    assert n["worst_type"] == f"P2/I0/{HELD_OUT}" and n["worst_type_reference"] == "no-words"
+    assert n["worst_type_delta"] == pytest.approx(-0.013 + np.mean(values[f"P2/I0/{HELD_OUT}"] - 0.10 + 0.013))
+    assert n["worst_type_ci_low"] < n["worst_type_delta"] < n["worst_type_ci_high"]
+    assert n["types_compared"] == len(KEYS)
+    assert f"worst row P2/I0/{HELD_OUT} vs no-words" in d.checks[0].detail
+    assert json.loads(d.to_json())["numbers"]["worst_type"] == f"P2/I0/{HELD_OUT}"
+
+
+def test_the_pooled_floor_remains_when_types_are_off_or_not_given():
+    refs = references(np.full(200, 0.2))
+    chal = typed("c", {k: np.full(200, 0.3) for k in KEYS})
+    off = decide(chal, refs["sasrec"], GateConfig(like_for_like=False), references=refs)
+    assert [c.name for c in off.checks] == ["floor"] and "vs sasrec" in off.checks[0].detail
+    assert any(s.name == "types" and "like_for_like is off" in s.reason for s in off.skipped)
+    with pytest.raises(ValueError):
+        decide(chal, None, POLICY)
+
+
+def test_a_decision_written_before_skipped_checks_still_loads():
+    old = {
+        "outcome": "promote",
+        "reasons": ["ndcg@10 0.2646 vs sasrec 0.0521 (must beat it)"],
+        "checks": [
+            {
+                "name": "floor",
+                "passed": True,
+                "value": 0.2646,
+                "threshold": 0.0521,
+                "detail": "ndcg@10 0.2646 vs sasrec",
+            }
+        ],
+        "numbers": {"metric": "ndcg@10", "challenger": 0.2646, "baseline": 0.0521, "champion": None},
+        "version": "1",
+    }
+    d = decision_from_dict(old)
+    assert d.outcome == "promote" and d.skipped == [] and d.checks[0].name == "floor"
+    assert d.summary().startswith("Gate: PROMOTED") and "not run" not in d.summary()
+    new = decide(arm("c", np.full(200, 0.2)), arm("pop", np.full(200, 0.1)), POLICY)
+    again = decision_from_dict(json.loads(new.to_json()))
+    assert again.skipped == new.skipped and Skipped("win", "no champion yet") in again.skipped
+
+
+def test_the_no_words_cases_keep_everything_but_the_words():
+    inter, items = make_tables(0)
+    cat = Catalogue.from_items(items, "movie")
+    split = temporal_leave_one_out(inter, cat)
+    cases = build_cases(split, TYPES, 20, seed=3) | build_cases(split, TYPES, 20, seed=4, held_out=True)
+    plain = without_words(cases, cat.noun)
+    assert set(plain) == {k for k in cases if worded(k)}  # P1/I0 rows would be the challenger itself
+    head = {int(u): t for u, t in zip(cases[HEADLINE].users, cases[HEADLINE].texts, strict=True)}
+    for key, case in plain.items():
+        source = cases[key]
+        assert np.array_equal(case.users, source.users) and np.array_equal(case.target, source.target)
+        assert np.array_equal(case.history, source.history)
+        assert all(HISTORY in t for t in case.texts) and case.texts != source.texts
+        if not key.endswith(HELD_OUT):
+            assert case.texts == [head[int(u)] for u in case.users]  # the same user's history-only request
+    assert all(t.startswith(f"{HEADLINE}#{HELD_OUT}") for t in plain[f"P2/I0/{HELD_OUT}"].templates)
+
+    class Echo:  # scores the target first when the words name nothing, so the report's alignment shows
+        name = "echo"
+
+        def score(self, texts, history):
+            return np.tile(np.arange(cat.n_items, dtype=float), (len(texts), 1))
+
+    report = evaluate(Echo(), plain, split)
+    per_type = report.user_metric_by_type()
+    assert set(per_type) == set(plain)
+    users, values = per_type["P2/I1"]
+    assert np.all(np.diff(users) > 0) and len(values) == len(users) == report.counts["P2/I1"]
+    assert np.mean(values) == pytest.approx(report.by_type["P2/I1"]["ndcg@10"])
