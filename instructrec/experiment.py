@@ -477,7 +477,7 @@ def decide_online(offline: Decision, outcome: Outcome, exp: Experiment, policy: 
     offline_checks = [
         Check(
             c.name,
-            c.passed or c.name in informational,
+            c.holds or c.name in informational,
             c.value,
             c.threshold,
             c.detail + (" (offline, informational: decided online)" if c.name in informational else ""),

@@ -51,6 +51,12 @@ class Check:
     value: float | None
     threshold: float | None
     detail: str
+    binding: bool = True  # False: reported (a failure shows as a warning) but it does not block a promotion
+
+    @property
+    def holds(self) -> bool:
+        """Passed, or does not bind."""
+        return self.passed or not self.binding
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class Decision:
         return failed or [c.detail for c in self.checks]
 
     def passed(self, ignore: tuple[str, ...] = ()) -> bool:
-        return all(c.passed for c in self.checks if c.name not in ignore)
+        return all(c.holds for c in self.checks if c.name not in ignore)
 
     def to_dict(self) -> dict:
         return {
@@ -102,7 +108,8 @@ class Decision:
                 "continue": "CONTINUE",
             }[self.outcome]
         )
-        text = f"Gate: {verdict}. " + " ".join(f"[{'ok' if c.passed else 'FAIL'}] {c.detail}." for c in self.checks)
+        mark = {(True, True): "ok", (True, False): "ok", (False, True): "FAIL", (False, False): "warn"}
+        text = f"Gate: {verdict}. " + " ".join(f"[{mark[c.passed, c.binding]}] {c.detail}." for c in self.checks)
         by_reason: dict[str, list[str]] = {}
         for s in self.skipped:
             by_reason.setdefault(s.reason, []).append(s.name)
@@ -232,6 +239,34 @@ def like_for_like(
     return floor, checks, skipped, numbers
 
 
+def _known_weakness(
+    check: Check, champion: ArmEvaluation | None, challenger: ArmEvaluation, policy: GateConfig
+) -> Check:
+    """A type row that fails against its references binds where the challenger would make things worse than what
+    is served. History-only rows (the next-item task itself, on equal terms with SASRec) always bind. A worded row
+    is reported as a known weakness instead of blocking on the first run (nothing is served yet: the floor over all
+    rows decides) and wherever the challenger is within `slice_tolerance` of the champion on that row."""
+    if check.passed or not check.name.startswith("type:"):
+        return check
+    key = check.name.removeprefix("type:")
+    if not worded(key):
+        return check
+    if champion is None:
+        why = "no champion yet: reported, not binding for a worded type (the first run is held to the floor)"
+    elif (
+        key in champion.slices
+        and key in challenger.slices
+        and (challenger.slices[key] >= champion.slices[key] - policy.slice_tolerance)
+    ):
+        why = (
+            f"not binding: the champion is no better here ({champion.slices[key]:.4f} vs "
+            f"{challenger.slices[key]:.4f}), a known weakness, not a regression"
+        )
+    else:
+        return check
+    return Check(check.name, False, check.value, check.threshold, f"{check.detail}; {why}", binding=False)
+
+
 def decide(
     challenger: ArmEvaluation,
     baseline: ArmEvaluation | None,
@@ -299,8 +334,10 @@ def decide(
     if champion is None:
         numbers["champion"] = None
         skipped += [Skipped(name, "no champion yet") for name in champion_checks]
-        outcome: Outcome = "promote" if all(c.passed for c in checks) else "reject"
+        checks = [_known_weakness(c, None, challenger, policy) for c in checks]
+        outcome: Outcome = "promote" if all(c.holds for c in checks) else "reject"
         return Decision(outcome, checks, numbers, skipped)
+    checks = [_known_weakness(c, champion, challenger, policy) for c in checks]
 
     chal, champ = _paired(challenger, champion)
     numbers.update(champion=champion.mean, champion_version=champion.version, paired_users=len(chal))
@@ -368,7 +405,7 @@ def decide(
     else:
         missing = "challenger" if challenger.latency_ms is None else "champion"
         skipped.append(Skipped("latency", f"no latency measured for the {missing}"))
-    return Decision("promote" if all(c.passed for c in checks) else "reject", checks, numbers, skipped)
+    return Decision("promote" if all(c.holds for c in checks) else "reject", checks, numbers, skipped)
 
 
 def decision_from_dict(raw: dict) -> Decision:

@@ -333,3 +333,23 @@ def test_the_no_words_cases_keep_everything_but_the_words():
     users, values = per_type["P2/I1"]
     assert np.all(np.diff(users) > 0) and len(values) == len(users) == report.counts["P2/I1"]
     assert np.mean(values) == pytest.approx(report.by_type["P2/I1"]["ndcg@10"])
+
+
+def test_a_worded_type_below_its_reference_is_a_known_weakness_unless_it_regresses_from_the_champion():
+    rng = np.random.default_rng(11)
+    sas_p1 = rng.uniform(0.1, 0.4, 200)
+    good = {HEADLINE: sas_p1 + 0.05, f"{HEADLINE}/{HELD_OUT}": sas_p1 + 0.05}
+    words = {k: np.full(200, 0.5) for k in KEYS if worded(k)}
+    weak = typed("c", {**good, **words, "P2/I0": np.full(200, 0.0)})  # stated taste below popularity
+    refs = references(sas_p1)
+    baseline = floor_baseline({k: refs[k] for k in ("sasrec", "popularity")}, POWERED)
+    first = decide(weak, baseline, POWERED, references=refs)
+    assert first.outcome == "promote" and failed(first) == ["type:P2/I0"]  # reported, not hidden
+    assert "[warn] P2/I0" in first.summary() and "not binding" in first.summary()
+    slices = {k: float(v.mean()) for k, (_, v) in weak.by_type.items()}
+    same = ArmEvaluation("c", weak.users, weak.values, slices, by_type=weak.by_type)
+    champion = ArmEvaluation("champion", weak.users, weak.values, dict(slices), version="1")
+    assert decide(same, baseline, POWERED, champion=champion, references=refs).passed(ignore=("win",))
+    better_champion = ArmEvaluation("champion", weak.users, weak.values, {**slices, "P2/I0": 0.2}, version="1")
+    regressed = decide(same, baseline, POWERED, champion=better_champion, references=refs)
+    assert regressed.outcome == "reject" and "type:P2/I0" in [c.name for c in regressed.checks if not c.holds]
