@@ -169,7 +169,7 @@ def test_feedback_event_from_the_service_runs_the_fine_tuning_deployment(stack):
     subprocess.run([sys.executable, "-c", emit], env=env, cwd=ROOT, check=True, timeout=120)
     run = wait_for_final_run(FEEDBACK)
     assert run.state.is_completed(), run.state
-    assert run.parameters == {"force": True, "profile": "tiny"}
+    assert run.parameters == {"force": True, "profile": "tiny", "trigger": "event"}
     assert "2" in registry.versions()  # tuned from the champion, judged offline, registered
     tags = registry.tags("2")
     assert tags["evaluated_against"] == "1"
