@@ -98,7 +98,9 @@ class Decision:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=float)
 
-    def summary(self, verdict: str | None = None) -> str:
+    def summary(self, verdict: str | None = None, bullets: bool = False) -> str:
+        """The verdict and every check, one sentence each; `bullets` puts each on a markdown list line (the model
+        version page: a reviewer scans the checks, the one-line form suits logs)."""
         verdict = (
             verdict
             or {
@@ -109,11 +111,14 @@ class Decision:
             }[self.outcome]
         )
         mark = {(True, True): "ok", (True, False): "ok", (False, True): "FAIL", (False, False): "warn"}
-        text = f"Gate: {verdict}. " + " ".join(f"[{mark[c.passed, c.binding]}] {c.detail}." for c in self.checks)
+        lines = [f"[{mark[c.passed, c.binding]}] {c.detail}." for c in self.checks]
         by_reason: dict[str, list[str]] = {}
         for s in self.skipped:
             by_reason.setdefault(s.reason, []).append(s.name)
-        return text + "".join(f" [not run] {', '.join(names)}: {reason}." for reason, names in by_reason.items())
+        lines += [f"[not run] {', '.join(names)}: {reason}." for reason, names in by_reason.items()]
+        if bullets:
+            return f"Gate: {verdict}.\n\n" + "\n".join(f"- {line}" for line in lines)
+        return " ".join([f"Gate: {verdict}.", *lines])
 
 
 def paired_bootstrap(delta: np.ndarray, n: int, confidence: float, seed: int) -> tuple[float, float, float]:

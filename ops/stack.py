@@ -336,15 +336,26 @@ class Stack:
 
 
 def _terminate(pid: int, grace: float = 20.0) -> None:
-    """SIGTERM the process group, SIGKILL what is left after `grace` seconds."""
+    """SIGTERM the process group, SIGKILL what is left after `grace` seconds, and wait until the leader is gone
+    (reaped, when it is our child): a loaded host can take longer than `grace` to stop a server, and a killed
+    child left unreaped would still answer to its pid."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and process_alive(pid):
-        time.sleep(0.2)
+    _wait_gone(pid, grace)
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    if not _wait_gone(pid, 10.0):
+        raise StackError(f"process {pid} survived SIGKILL for 10 s")
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while process_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True

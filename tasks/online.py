@@ -97,7 +97,7 @@ def online_description(decision: Decision, exp: Experiment) -> str:
         if exp.plan
         else "No plan yet: the first look sizes the test."
     )
-    head = "Online gate: " + decision.summary().removeprefix("Gate: ")
+    head = "Online gate: " + decision.summary(bullets=True).removeprefix("Gate: ")
     return f"{head}\n\n{plan} Looks so far: {n['online_looks']}; {n['online_progress']}.\n\n{looks_table(exp)}"
 
 

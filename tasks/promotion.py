@@ -202,7 +202,7 @@ def gate_and_register(
         f"{cfg.gate.online.min_duration_hours:g} h)",
         SUPERSEDED: f"SUPERSEDED, not promoted: {placed.get('next_step')}",
     }
-    summary = decision.summary(verdicts.get(outcome))
+    summary = decision.summary(verdicts.get(outcome), bullets=True)
     registry.describe(version, summary, tags)
     tracking.log_json(run_id, {**decision.to_dict(), "version": version}, "gate/decision.json")
     tracking.log_metrics(run_id, {"gate/promoted": float(decision.promote and not online_rollout)})

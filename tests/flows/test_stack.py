@@ -241,6 +241,9 @@ def test_reviewer_finds_metrics_plots_and_champion_in_mlflow_ui(stack, browser):
         "Gate: PROMOTE",
         "test/challenger/ndcg_at_10",
         "time_s/ingest",
+        "representation/best_epoch",  # the kept epoch, as a summary value
+        "code.dirty",  # what code ran
+        "data.interactions",  # on what data, in full
         screenshot="mlflow-run.png",
     )
     page_shows(
@@ -249,8 +252,7 @@ def test_reviewer_finds_metrics_plots_and_champion_in_mlflow_ui(stack, browser):
         "ndcg_by_type_and_slice.png",
         screenshot="mlflow-plot.png",
     )
-    images = [i for i in browser.find_elements("tag name", "img") if i.get_attribute("src").startswith("blob:")]
-    assert images and images[0].get_attribute("naturalWidth") not in (None, "0"), "the PNG artifact did not render"
+    assert rendered_image(browser), "the PNG artifact did not render"
     page_shows(
         browser,
         f"{stack.endpoints.mlflow}/#/models/{registry.MODEL_NAME}",
@@ -258,6 +260,28 @@ def test_reviewer_finds_metrics_plots_and_champion_in_mlflow_ui(stack, browser):
         "Gate: PROMOTED",
         screenshot="mlflow-registry.png",
     )
+    page_shows(  # why it was promoted, against what, and what was not checked, on the version page alone
+        browser,
+        f"{stack.endpoints.mlflow}/#/models/{registry.MODEL_NAME}/versions/1",
+        "Gate: PROMOTED",
+        "worst row",
+        "[not run]",
+        "no champion yet",
+        screenshot="mlflow-version.png",
+    )
+
+
+def rendered_image(chrome, timeout: float = 30) -> bool:
+    """Whether an artifact preview image (a blob: URL) has loaded with a width, waiting for it to load."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        images = [
+            i for i in chrome.find_elements("tag name", "img") if (i.get_attribute("src") or "").startswith("blob:")
+        ]
+        if any(i.get_attribute("naturalWidth") not in (None, "0") for i in images):
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def test_reviewer_finds_the_completed_flow_run_in_prefect_ui(stack, browser):

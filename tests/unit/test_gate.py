@@ -245,6 +245,10 @@ def test_no_champion_lists_every_check_not_run():
     assert not_run["latency"] == "no champion yet" and "onnx_parity" in not_run
     assert {s["name"] for s in d.to_dict()["skipped"]} == set(not_run)
     assert "[not run] no_regression, win, slices, latency: no champion yet." in d.summary()
+    page = d.summary(bullets=True).splitlines()  # the version page: one check per list line, the same sentences
+    assert page[:2] == ["Gate: PROMOTED.", ""] and all(line.startswith("- [") for line in page[2:])
+    assert " ".join([page[0], *(line.removeprefix("- ") for line in page[2:])]) == d.summary()
+    assert page[-1].startswith("- [not run]") and len(page) - 2 == len(d.checks) + len({s.reason for s in d.skipped})
     with_champion = decide(
         arm("c", np.full(200, 0.2)), arm("pop", np.full(200, 0.1)), POLICY, champion=arm("champ", np.full(200, 0.1))
     )
