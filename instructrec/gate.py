@@ -235,6 +235,7 @@ def like_for_like(
         "type_epsilon": eps,
         "types_compared": len(rows),
         "types_failed": ",".join(c.name.removeprefix("type:") for c in checks if not c.passed),
+        "types_shown_worse": ",".join(r[0] for r in rows if r[6] < -eps),  # the whole interval beyond the margin
         "worst_type": worst[0],
         "worst_type_reference": worst[1],
         "worst_type_delta": worst[4],
@@ -245,19 +246,27 @@ def like_for_like(
 
 
 def _known_weakness(
-    check: Check, champion: ArmEvaluation | None, challenger: ArmEvaluation, policy: GateConfig
+    check: Check, champion: ArmEvaluation | None, challenger: ArmEvaluation, policy: GateConfig, shown_worse: set[str]
 ) -> Check:
     """A type row that fails against its references binds where the challenger would make things worse than what
-    is served. History-only rows (the next-item task itself, on equal terms with SASRec) always bind. A worded row
-    is reported as a known weakness instead of blocking on the first run (nothing is served yet: the floor over all
-    rows decides) and wherever the challenger is within `slice_tolerance` of the champion on that row."""
+    is served. On the first run nothing is served and the floor over all rows decides (the design's first-run
+    rule), so a failing row is reported as a known weakness, except a history-only row (the next-item task, on
+    equal terms with SASRec) that is shown worse than its reference by more than the margin (`shown_worse`): a
+    first model clearly behind SASRec there is not shipped. With a champion, a failing row is a known weakness
+    wherever the challenger is within `slice_tolerance` of the champion on that row: it blocks only as a
+    regression from what is served (which the no-regression and slice checks also guard)."""
     if check.passed or not check.name.startswith("type:"):
         return check
     key = check.name.removeprefix("type:")
-    if not worded(key):
-        return check
     if champion is None:
-        why = "no champion yet: reported, not binding for a worded type (the first run is held to the floor)"
+        if not worded(key) and key in shown_worse:
+            return check
+        why = (
+            "no champion yet: reported, not binding for a worded type (the first run is held to the floor)"
+            if worded(key)
+            else "no champion yet: non-inferiority not shown, but not shown worse by more than the margin either; "
+            "reported, not binding (the first run is held to the floor)"
+        )
     elif (
         key in champion.slices
         and key in challenger.slices
@@ -320,6 +329,7 @@ def decide(
             f"{m} {challenger.mean:.4f} vs {baseline.name} {baseline.mean:.4f} (must beat it)",
         )
     checks.insert(0, floor)
+    shown_worse = set(filter(None, str(numbers.get("types_shown_worse", "")).split(",")))
     if parity is not None:
         ok = parity.max_abs_diff <= policy.max_parity_diff and parity.top10_overlap >= policy.min_top10_overlap
         numbers.update(parity_max_abs_diff=parity.max_abs_diff, parity_top10_overlap=parity.top10_overlap)
@@ -339,10 +349,10 @@ def decide(
     if champion is None:
         numbers["champion"] = None
         skipped += [Skipped(name, "no champion yet") for name in champion_checks]
-        checks = [_known_weakness(c, None, challenger, policy) for c in checks]
+        checks = [_known_weakness(c, None, challenger, policy, shown_worse) for c in checks]
         outcome: Outcome = "promote" if all(c.holds for c in checks) else "reject"
         return Decision(outcome, checks, numbers, skipped)
-    checks = [_known_weakness(c, champion, challenger, policy) for c in checks]
+    checks = [_known_weakness(c, champion, challenger, policy, shown_worse) for c in checks]
 
     chal, champ = _paired(challenger, champion)
     numbers.update(champion=champion.mean, champion_version=champion.version, paired_users=len(chal))
