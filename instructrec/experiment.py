@@ -305,7 +305,8 @@ def _progress(fraction: float, hours: float) -> str:
     if fraction >= 1:
         return "the planned sample is complete"
     more = hours * (1.0 - fraction) / fraction
-    return f"{fraction:.0%} of the planned sample, about {more:.0f} h more at current traffic"
+    left = f"{more:.0f} h" if more >= 1.0 else f"{max(more * 60.0, 1.0):.0f} min"
+    return f"{fraction:.0%} of the planned sample, about {left} more at current traffic"
 
 
 def look(

@@ -115,6 +115,9 @@ def test_a_look_continues_promotes_or_stops_on_real_per_user_traffic():
     exp = _experiment(champion, tie, fraction=0.2)
     out = look(exp, champion, tie, START + timedelta(hours=30), POLICY)
     assert out.verdict == "continue" and "20% of the planned sample, about 120 h more" in out.progress
+    exp = _experiment(champion, tie, fraction=0.2)  # the same, a few minutes in (the demo's compressed clock)
+    out = look(exp, champion, tie, START + timedelta(minutes=3), POLICY)
+    assert "20% of the planned sample, about 12 min more" in out.progress
     # a clearly worse challenger: stopped for harm before the minimum duration
     bad = _arm(3000, 0.03, seed=4)
     exp = _experiment(champion, bad, fraction=0.3)
