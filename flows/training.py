@@ -1,4 +1,4 @@
-"""The training pipeline flow: composition only, read top to bottom like DESIGN.md section 1."""
+"""The training pipeline flow: composition only, read top to bottom."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The fixed evaluation protocol (DESIGN.md section 7), for any scorer.
+"""The fixed evaluation protocol (docs/protocol.md), for any scorer.
 
 Cases (instructions, targets, exclusions, sampled negatives) are built once
 per run and shared by every model, so challenger, champion and popularity

@@ -1,4 +1,4 @@
-"""Champion/challenger gate (DESIGN.md section 8): a pure function.
+"""Champion/challenger gate (docs/gate.md): a pure function.
 
 `decide` sees only numbers measured in this run on the same split: per-user
 metric values for challenger and champion (paired by user), per instruction

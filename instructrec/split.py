@@ -1,4 +1,4 @@
-"""Temporal leave-one-out split (DESIGN.md section 7) into index space.
+"""Temporal leave-one-out split (docs/protocol.md) into index space.
 
 Per user, interactions are ordered by timestamp, ties kept in the source's
 row order (`chronological`); the last is the test target, the one before the
@@ -88,7 +88,7 @@ def sample_users(interactions: pl.DataFrame, max_users: int | None, seed: int) -
 
 
 def chronological(interactions: pl.DataFrame) -> pl.DataFrame:
-    """Each user's events in time order, ties in the source's row order (DESIGN.md section 7).
+    """Each user's events in time order, ties in the source's row order (docs/protocol.md).
 
     The published convention (RecBole; the SASRec and BERT4Rec preprocessing) is a stable sort by
     time: of two events in the same second, the later row of the file is the later event. The

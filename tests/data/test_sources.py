@@ -116,7 +116,7 @@ def test_movielens_1m_files_parse_with_crlf_title_ids_and_float_years(tmp_path):
 
 
 def test_movielens_1m_ties_resolve_to_the_later_file_row(tmp_path):
-    """Three ratings in one second: validation and test targets follow the file's row order (DESIGN.md section 7)."""
+    """Three ratings in one second: validation and test targets follow the file's row order (docs/protocol.md)."""
     wheel = fake_wheel(tmp_path / "w.whl", movielens.ML_1M, {"inter": INTER_1M, "item": ITEM_1M, "user": USER_1M})
     inter, items, _ = movielens.read(unpack(movielens.ML_1M, wheel, tmp_path / "raw"))
     split = temporal_leave_one_out(inter.reverse(), Catalogue.from_items(items))  # row order, not frame order, decides

@@ -31,7 +31,7 @@ def test_last_is_test_second_last_is_valid_by_time_not_file_order():
 
 
 def test_equal_timestamps_keep_the_source_row_order():
-    """Same-second events: the later row of the file is the later event (stable sort, DESIGN.md section 7)."""
+    """Same-second events: the later row of the file is the later event (stable sort, docs/protocol.md)."""
     split = temporal_leave_one_out(frame([("u", "d", 1), ("u", "b", 1), ("u", "a", 0), ("u", "c", 1)]), CAT)
     assert split.train[0].tolist() == [1, 4] and split.valid[0] == 2 and split.test[0] == 3  # a, d | b | c
 
