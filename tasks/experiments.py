@@ -51,9 +51,13 @@ def prior_traffic(cfg: Config, champion: str, since: datetime) -> tuple[ArmUsers
     return users, hours
 
 
-def arms_since(cfg: Config, champion: str, challenger: str, since: datetime) -> dict[str, ArmUsers]:
-    """Each arm's per-user traffic since the test started (only the arm's own model version counts)."""
-    impressions = read_impressions(cfg.paths.feedback).filter(pl.col(schema.TIMESTAMP) >= since)
+def impressions_since(cfg: Config, since: datetime) -> pl.DataFrame:
+    """The served lists logged since the test started."""
+    return read_impressions(cfg.paths.feedback).filter(pl.col(schema.TIMESTAMP) >= since)
+
+
+def arms_of(cfg: Config, impressions: pl.DataFrame, champion: str, challenger: str) -> dict[str, ArmUsers]:
+    """Each arm's per-user traffic in `impressions` (only the arm's own model version counts)."""
     return online_users(
         impressions, read_store(cfg.paths.feedback), {CHAMPION_ARM: champion, CHALLENGER_ARM: challenger}
     )

@@ -65,12 +65,12 @@ def online_gate(cfg: Config, run_id: str, trigger: str = "manual") -> OnlineGate
     offline = decision_from_dict(mlflow.artifacts.load_dict(f"runs:/{tags['run_id']}/gate/decision.json"))
     since = datetime.fromisoformat(tags["challenger_since"])
     exp = experiments.open_experiment(cfg, champ.version, chal.version, since)
-    arms = experiments.arms_since(cfg, champ.version, chal.version, since)
+    impressions = experiments.impressions_since(cfg, since)  # read once: the test's evidence and the lists' metrics
+    arms = experiments.arms_of(cfg, impressions, champ.version, chal.version)
     outcome = look(exp, arms[CHAMPION_ARM], arms[CHALLENGER_ARM], datetime.now(UTC), cfg.gate.online, trigger)
     exp.save(experiments.folder(cfg))
     decision = decide_online(offline, outcome, exp, cfg.gate)
     _log_look(run_id, exp, decision, arms)
-    impressions = read_impressions(cfg.paths.feedback).filter(pl.col(schema.TIMESTAMP) >= since)
     _log_served_lists(cfg, champ, impressions, {CHAMPION_ARM: champ.version, CHALLENGER_ARM: chal.version}, run_id)
     if decision.outcome == "promote":
         promote(cfg, chal.version, champ.version)
