@@ -188,10 +188,6 @@ def cuped(
     return Adjusted(raw, diff, math.sqrt(variance), theta)
 
 
-def effect(champion_num: np.ndarray, champion_den: np.ndarray, challenger_num: np.ndarray, challenger_den: np.ndarray):
-    return Effect(ratio(champion_num, champion_den), ratio(challenger_num, challenger_den))
-
-
 @dataclass(frozen=True)
 class ArmCounts:
     users: int
