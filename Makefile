@@ -102,7 +102,7 @@ bench-bad-input: $(STAMP)
 
 # Is the online gate's error rate what it says? Monte-Carlo A/B tests through the gate's own code (~1 h on 2 cores)
 bench-ab: $(STAMP)
-	PYTHONPATH=. $(BIN)/python bench/ab_validity.py --experiments 10000 --workers 2
+	PYTHONPATH=. $(BIN)/python bench/ab_validity.py --experiments 10000 --aa-experiments 10000 --workers 2
 
 # What CUPED (each user's like rate before the test as a covariate) would save the online test (~1 min)
 bench-cuped: $(STAMP)

@@ -1,6 +1,6 @@
 """Is the online gate's error rate what it says? Monte-Carlo A/B tests through the project's own decision code.
 
-    make bench-ab                     # 10,000 experiments per cell, 20,000 per A/A cell (~1 h on 2 cores)
+    make bench-ab                     # 10,000 experiments per cell (~1.5 h on 2 cores)
     .venv/bin/python bench/ab_validity.py --experiments 500 --aa-experiments 500    # a quick look
 
 Each simulated experiment is a small world of users, not of impressions:

@@ -71,13 +71,14 @@ _inflation = functools.lru_cache(maxsize=32)(inflation)
 
 
 def plan_test(traffic: ArmUsers, hours: float | None, policy: OnlineConfig, share: float, source: str) -> Plan:
-    """Users and impressions needed to detect a relative lift of `policy.mde` with `policy.power`."""
+    """Users and impressions needed to detect a relative lift of `policy.mde` with `policy.planned_power`."""
     rate = ratio(traffic.likes, traffic.impressions).value
     linear = traffic.likes - rate * traffic.impressions
     variance = float(linear.var(ddof=1))
     per_user = float(traffic.impressions.mean())
-    factor = _inflation(policy.alpha, policy.power, policy.design_looks, policy.alpha_spending, policy.beta_spending)
-    information = factor * (fixed_sample_z(policy.alpha, policy.power) / (policy.mde * rate)) ** 2
+    power = policy.planned_power
+    factor = _inflation(policy.alpha, power, policy.design_looks, policy.alpha_spending, policy.beta_spending)
+    information = factor * (fixed_sample_z(policy.alpha, power) / (policy.mde * rate)) ** 2
     users = information * variance / per_user**2 * (1.0 / share + 1.0 / (1.0 - share))
     per_hour = traffic.users / hours if hours else None
     return Plan(
@@ -86,7 +87,7 @@ def plan_test(traffic: ArmUsers, hours: float | None, policy: OnlineConfig, shar
         per_user,
         policy.mde,
         policy.alpha,
-        policy.power,
+        power,
         factor,
         information,
         math.ceil(users),
@@ -167,7 +168,7 @@ class Experiment:
                 [lk.final for lk in counted],
                 [lk.efficacy for lk in counted],
                 alpha=policy.alpha,
-                beta=1.0 - policy.power,
+                beta=1.0 - self.plan.power,
                 theta=self.plan.theta,
                 alpha_spending=policy.alpha_spending,
                 beta_spending=policy.beta_spending,

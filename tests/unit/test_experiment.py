@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from instructrec.abtest import ArmUsers, Effect, Ratio, ratio
 from instructrec.config import GateConfig, OnlineConfig
@@ -53,12 +54,23 @@ def test_the_plan_is_the_textbook_sample_size_for_one_impression_per_user():
     shown = np.ones(n)
     likes = (np.arange(n) < n * 0.05).astype(float)
     traffic = ArmUsers(shown, likes, np.zeros(n), shown, np.zeros(n))
-    plan = plan_test(traffic, 10.0, OnlineConfig(design_looks=1), 0.5, "test")
+    plan = plan_test(traffic, 10.0, OnlineConfig(design_looks=1, power_margin=0.0), 0.5, "test")
     assert plan.inflation == 1.0 and plan.baseline_rate == pytest.approx(0.05)
     assert plan.users / 2 == pytest.approx(23_494, rel=2e-3)
     assert plan.hours == pytest.approx(plan.users / (n / 10.0), rel=1e-4)
+    # the default plans above the promised power by its margin: (z_0.95 + z_0.82)^2 / (z_0.95 + z_0.8)^2 more
+    margin = plan_test(traffic, 10.0, OnlineConfig(design_looks=1), 0.5, "test")
+    assert margin.power == pytest.approx(POLICY.power + POLICY.power_margin)
+    assert margin.users / plan.users == pytest.approx((fixed_sample_z(0.05, 0.82) / fixed_sample_z(0.05, 0.8)) ** 2, 1e-3)
     sequential = plan_test(traffic, 10.0, POLICY, 0.5, "test")
-    assert sequential.users == pytest.approx(plan.users * sequential.inflation, rel=1e-3)
+    assert sequential.users == pytest.approx(margin.users * sequential.inflation, rel=1e-3)
+
+
+def test_a_design_the_boundaries_cannot_integrate_is_refused_at_load():
+    with pytest.raises(ValidationError, match="design_looks"):
+        OnlineConfig(design_looks=200)
+    with pytest.raises(ValidationError, match="min_information_step"):
+        OnlineConfig(min_information_step=0.001)
 
 
 def _verdict(z: float, upper: float = 2.5, lower: float = 0.25, final: bool = False, hours: float = 30.0, rails=()):
