@@ -200,6 +200,8 @@ class ServeConfig(_Frozen):
     demotion: float = 1.0  # score standard deviations a disliked item's nearest neighbour loses (0: off)
     promotion: float = 0.5  # score standard deviations a liked item's nearest neighbour gains (0: off)
     neighbours: int = 20  # neighbours moved per liked or disliked item
+    title_strength: float = 2.0  # score standard deviations a title named in a request ("like Fargo") lends its
+    # nearest items (up to 50): a named film is the request, stronger than a like
     request_ttl_seconds: float = 1800.0  # a request in words stands this long, or until the user says another
     diversity: float = 0.0  # MMR re-ranking weight, 0 (relevance only) to 1; a request may set its own
     cold_start_diversity: float = 0.3  # MMR weight of the popular list for an unknown user without a request

@@ -8,7 +8,6 @@ are reported.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,12 +185,3 @@ def cite(item: int, history: np.ndarray, unit: np.ndarray) -> int | None:
     sims = unit[history] @ unit[item]
     best = int(np.argmax(sims))
     return int(history[best]) if sims[best] > 0 else None
-
-
-def matched_words(request: str | None, genres: tuple[str, ...]) -> list[str]:
-    """The item's genres that the request names (whole words, case-insensitive, plural 's' allowed)."""
-    if not request:
-        return []
-    words = set(re.findall(r"[a-z][a-z'\-]*", request.lower()))
-    words |= {w[:-1] for w in words if w.endswith("s")}
-    return [g.lower() for g in genres if g.lower() in words or g.lower().rstrip("'s") in words]

@@ -16,9 +16,10 @@ from instructrec import schema
 from instructrec.config import ServeConfig
 from instructrec.export import OnnxScorer, Session, cuda_usable, make_session
 from instructrec.instructions import Instruction, free_text_instruction, make_instruction, pad_histories, plural, render
-from instructrec.lists import ItemSpace, cite, matched_words, mmr, nearest_neighbours, top_columns
+from instructrec.lists import ItemSpace, cite, mmr, nearest_neighbours, top_columns
 from instructrec.optimize import FP32
 from instructrec.split import Catalogue, chronological
+from instructrec.understand import TitleIndex, Understood, constrain, lexicon, understand
 
 BUNDLE_MANIFEST = "serving.json"
 VARIANTS_DIR = "variants"
@@ -50,6 +51,7 @@ def write_bundle(
         "item_ids": catalogue.item_ids,
         "titles": catalogue.titles,
         "genres": [list(g) for g in catalogue.genres],
+        "years": catalogue.years,
         "noun": catalogue.noun,
         "max_history": max_history,
         "max_text_tokens": max_text_tokens,
@@ -66,7 +68,9 @@ def read_catalogue(bundle: Path) -> Catalogue:
 
 
 def _catalogue(m: dict) -> Catalogue:
-    return Catalogue(m["item_ids"], m["titles"], [""] * len(m["item_ids"]), [tuple(g) for g in m["genres"]], m["noun"])
+    genres = [tuple(g) for g in m["genres"]]
+    years = m.get("years", [])  # bundles written before years were shipped have none
+    return Catalogue(m["item_ids"], m["titles"], [""] * len(m["item_ids"]), genres, m["noun"], years=years)
 
 
 def serving_graph(fp32_file: Path, bundle: Path) -> tuple[Path, str]:
@@ -84,6 +88,7 @@ class Adaptation:
     demotion: float = 1.0  # a disliked item's closest neighbour loses this many score standard deviations
     promotion: float = 0.5  # a liked item's closest neighbour gains this many
     neighbours: int = 20  # items moved per liked or disliked item (the most similar ones)
+    title_strength: float = 2.0  # what a title named in the request lends its nearest items (NEIGHBOUR_TABLE)
     diversity: float = 0.0  # MMR weight of the re-ranking, 0 (off) to 1
     cold_start_diversity: float = 0.3  # MMR weight of the popular list an unknown user without a request gets
     candidates: int = 100  # items the re-ranking chooses from
@@ -95,6 +100,7 @@ class Adaptation:
             demotion=serve.demotion,
             promotion=serve.promotion,
             neighbours=serve.neighbours,
+            title_strength=serve.title_strength,
             diversity=serve.diversity if diversity is None else diversity,
             cold_start_diversity=serve.cold_start_diversity,
             candidates=serve.rerank_candidates,
@@ -119,6 +125,16 @@ class Recommender:
             self.space.popularity if self.space is not None else item_counts(self.histories, self.catalogue.n_items)
         )
         self._neighbours: tuple[np.ndarray, np.ndarray] | None = None  # built on the first reaction
+        self._titles: TitleIndex | None = None  # built on the first request in words
+        self._lexicon = lexicon(self.catalogue)
+
+    def understand(self, request: str | None) -> Understood:
+        """What the request says for certain (refused genres, years, named titles): see instructrec.understand."""
+        if not request:
+            return Understood()
+        if self._titles is None:
+            self._titles = TitleIndex(self.catalogue, self.popularity)
+        return understand(request, self.catalogue, self._titles, self._lexicon)
 
     @classmethod
     def load(
@@ -180,20 +196,30 @@ class Recommender:
             raise ValueError("k must be at least 1")
         known = self.histories.get(str(user_id), np.zeros(0, dtype=np.int64))
         fresh = self.indices(liked)
-        history = np.concatenate([known, fresh[~np.isin(fresh, known)]])
+        understood = self.understand(instruction)
+        named = np.asarray(understood.like, dtype=np.int64)  # titles the request names join the history, newest
+        added = np.concatenate([fresh, named])
+        added = added[np.sort(np.unique(added, return_index=True)[1])]
+        history = np.concatenate([known, added[~np.isin(added, known)]])  # a known title keeps its place
         blocked = np.concatenate([history, self.indices(exclude)]) - 1
         if not len(history) and not instruction and self.space is not None:
             return self._popular(str(user_id), k, blocked, adapt)
-        ins = self.request(history, instruction)
+        words = understood.rest if understood.constrains else instruction  # refused genres and titles taken out
+        ins = self.request(history, words or None)
         scores = self.scorer.score([ins.text], pad_histories([ins.history], self.max_history))[0].astype(np.float64)
         scores[blocked] = -np.inf  # never recommend what the user already has or has judged
         scores = self._nudge(scores, fresh - 1, adapt.promotion, adapt.neighbours)
-        scores = self._nudge(scores, self.indices(disliked) - 1, -adapt.demotion, adapt.neighbours)
+        scores = self._nudge(scores, named - 1, adapt.title_strength, NEIGHBOUR_TABLE)
+        avoided = np.concatenate([self.indices(disliked), np.asarray(understood.unlike, dtype=np.int64)])
+        scores = self._nudge(scores, avoided - 1, -adapt.demotion, adapt.neighbours)
+        scores = constrain(scores, understood, self.catalogue)
         top = self._pick(scores, k, adapt.diversity, adapt.candidates)
-        items = [
-            self._item(c, float(scores[c]), r, history, set(fresh.tolist()), instruction) for r, c in enumerate(top)
-        ]
-        return {**self._head(str(user_id), bool(len(known)), render(ins, self.catalogue), ins.type), "items": items}
+        liked_now = set(added.tolist())
+        items = [self._item(c, float(scores[c]), r, history, liked_now, understood) for r, c in enumerate(top)]
+        head = self._head(str(user_id), bool(len(known)), render(ins, self.catalogue), ins.type)
+        if instruction:
+            head["understood"] = understood.to_dict(self.catalogue)
+        return {**head, "items": items}
 
     def similar(self, item_id: str, k: int = 10, exclude: Iterable[str] = ()) -> dict:
         """The k items closest to `item_id` in the item tower (cosine), never itself nor `exclude`."""
@@ -284,7 +310,7 @@ class Recommender:
         }
 
     def _item(
-        self, col: int, score: float, rank: int, history: np.ndarray, liked: set[int], request: str | None
+        self, col: int, score: float, rank: int, history: np.ndarray, liked: set[int], understood: Understood
     ) -> dict:
         """One listed item with the reason a person reads: the history item behind it, the words it matches."""
         out = {
@@ -297,9 +323,16 @@ class Recommender:
         cited = cite(col, history[-self.max_history :] - 1, self.space.unit) if self.space is not None else None
         if cited is not None:
             out["because"] = self.catalogue.item_ids[cited]
-            source = "which you liked" if cited + 1 in liked else "in your history"
+            source = (
+                "which you asked for"
+                if cited + 1 in understood.like
+                else ("which you liked" if cited + 1 in liked else "in your history")
+            )
             parts.append(f"like {self.catalogue.titles[cited]}, {source}")
-        matches = matched_words(request, self.catalogue.genres[col])
+        matches = [g.lower() for g in self.catalogue.genres[col] if g in understood.genres]  # never a refused one
+        year = self.catalogue.years[col]
+        if understood.years and year:
+            matches.append(str(year))
         if matches:
             out["matches"] = matches
             parts.append("matches: " + ", ".join(matches))

@@ -24,10 +24,13 @@ class Catalogue:
     genres: list[tuple[str, ...]]
     noun: str = "item"
     index: dict[str, int] = field(default_factory=dict)
+    years: list[int | None] = field(default_factory=list)  # release years; empty where the data has none
 
     def __post_init__(self) -> None:
         if not self.index:
             self.index.update({item: i + 1 for i, item in enumerate(self.item_ids)})
+        if not self.years:
+            self.years.extend([None] * len(self.item_ids))
 
     @property
     def n_items(self) -> int:
@@ -39,6 +42,9 @@ class Catalogue:
     def genres_of(self, idx: int) -> tuple[str, ...]:
         return self.genres[idx - 1]
 
+    def year_of(self, idx: int) -> int | None:
+        return self.years[idx - 1]
+
     @classmethod
     def from_items(cls, items: pl.DataFrame, noun: str = "item") -> Catalogue:
         items = items.sort(schema.ITEM)
@@ -47,12 +53,14 @@ class Catalogue:
             if schema.GENRES in items.columns
             else [()] * items.height
         )
+        years = items[schema.YEAR].to_list() if schema.YEAR in items.columns else []
         return cls(
             item_ids=items[schema.ITEM].to_list(),
             titles=items[schema.TITLE].to_list(),
             texts=items[schema.TEXT].to_list(),
             genres=genres,
             noun=noun,
+            years=years,
         )
 
 

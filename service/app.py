@@ -145,6 +145,11 @@ class RecommendResponse(BaseModel):
     known_user: bool
     instruction: str = Field(description="what the model read, titles in place of the history")
     instruction_type: str
+    understood: dict | None = Field(
+        None,
+        description="what the request says for certain, applied as constraints: genres, exclude_genres, years, "
+        "like (named titles), notes",
+    )
     request_source: RequestSource
     session_adapted: bool = Field(description="whether this user's reactions this session shape their lists")
     model_version: str

@@ -236,3 +236,30 @@ def test_offline_lists_diversity_tradeoff_and_faithful_explanations(scorer, serv
     faithful = explanation_faithfulness(scorer, case, served.space, rows=48)
     assert faithful["cited_n"] > 100
     assert faithful["cited_lowered_share"] > max(0.5, faithful["random_lowered_share"]), faithful
+
+
+def test_a_refused_genre_is_left_out_and_a_named_title_pulls_its_own(served, prepared):
+    """The trained model's list obeys what the request says for certain, and the response says what it read."""
+    from collections import Counter
+
+    cat, split = served.catalogue, prepared.split
+    for u in split.eval_users[:6]:
+        user = split.users[u]
+        before = served.recommend(user, k=10)
+        shown = Counter(g for i in before["items"] for g in cat.genres_of(cat.index[i["item_id"]]))
+        refused, count = shown.most_common(1)[0]  # refusing what one would be shown
+        assert count >= 3
+        out = served.recommend(user, f"anything but {refused.lower()}", k=10)
+        assert _genre_count(out, cat, refused) == 0 and out["understood"] == {"exclude_genres": [refused]}
+        assert all(refused.lower() not in i.get("matches", []) for i in out["items"])
+        other = min(GENRES, key=lambda g: (shown[g], g))
+        named = next(i for i in range(1, cat.n_items + 1) if cat.genres_of(i)[0] == other)
+        out = served.recommend(user, f"something like {cat.title(named).lower()}", k=10)
+        assert out["understood"]["like"] == [cat.title(named)]
+        assert _genre_count(out, cat, other) >= max(5, shown[other] + 3), (
+            user,
+            other,
+            [i["title"] for i in out["items"]],
+        )
+    out = served.recommend(split.users[split.eval_users[0]], "a comedy from the 80s", k=10)
+    assert out["understood"]["genres"] == ["Comedy"] and "no release years" in out["understood"]["notes"][0]

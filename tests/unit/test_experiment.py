@@ -61,7 +61,9 @@ def test_the_plan_is_the_textbook_sample_size_for_one_impression_per_user():
     # the default plans above the promised power by its margin: (z_0.95 + z_0.82)^2 / (z_0.95 + z_0.8)^2 more
     margin = plan_test(traffic, 10.0, OnlineConfig(design_looks=1), 0.5, "test")
     assert margin.power == pytest.approx(POLICY.power + POLICY.power_margin)
-    assert margin.users / plan.users == pytest.approx((fixed_sample_z(0.05, 0.82) / fixed_sample_z(0.05, 0.8)) ** 2, 1e-3)
+    assert margin.users / plan.users == pytest.approx(
+        (fixed_sample_z(0.05, 0.82) / fixed_sample_z(0.05, 0.8)) ** 2, 1e-3
+    )
     sequential = plan_test(traffic, 10.0, POLICY, 0.5, "test")
     assert sequential.users == pytest.approx(margin.users * sequential.inflation, rel=1e-3)
 

@@ -10,7 +10,6 @@ from instructrec.lists import (
     ild_genre,
     ild_vector,
     list_metrics,
-    matched_words,
     mmr,
     novelty,
     served_list_metrics,
@@ -59,9 +58,7 @@ def test_top_columns_breaks_ties_by_column_like_the_metrics():
     assert top_columns(scores, 3).tolist() == [[1, 2, 4]]
 
 
-def test_cite_picks_the_most_similar_history_item_and_matched_words_read_genres():
+def test_cite_picks_the_most_similar_history_item():
     unit = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
     assert cite(2, np.array([0, 1]), unit) in (0, 1) and cite(0, np.array([1]), unit) is None  # orthogonal: no reason
     assert cite(0, np.array([2, 1]), unit) == 2
-    assert matched_words("Some comedies or a Sci-Fi, please", ("Comedy", "Sci-Fi", "Drama")) == ["sci-fi"]
-    assert matched_words("a comedy", ("Comedy",)) == ["comedy"] and matched_words(None, ("Comedy",)) == []

@@ -1,0 +1,266 @@
+"""Requests as people write them, measured per class: era, composite, negation and a named title.
+
+Each test user gets one request per class, written from the test target's
+metadata in wordings kept out of training and tuning (`WORDINGS`; a training
+template must never reuse one), beside the same user's list with no request:
+
+- era: the target's decade, in digits or words, or a range around its year; an
+  old black-and-white film where the target is older than 1960;
+- rare_era: a period that holds under 10% of the catalogue (a decade, or before
+  1960), whatever the target: the era wordings where following them matters
+  most (NDCG is not reported: the target is not in the period);
+- composite: one of the target's genres in its decade or a range, or two of its
+  genres at once;
+- negation: a genre the target lacks, the one the user's no-request list shows
+  most (refusing what one would be shown is when people say it);
+- title: the film of the user's history whose genres are closest to the
+  target's (Jaccard; never the target), its title spelled as people type it.
+
+What is true of each case comes from the metadata, not from the parser: a list
+is judged against the constraint the wording states. Reported per class: NDCG@10
+of the target, the share of the top 10 meeting every constraint (negation: the
+refused genre's share) with and without the request, the catalogue's base rate,
+and for titles the share of spellings resolved and the genre overlap with the film
+(Jaccard of the genre sets, averaged over the top 10).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from instructrec.split import Catalogue, SplitData
+from instructrec.understand import BLACK_AND_WHITE, EARLIEST, Understood, display_title, violations
+
+CLASSES = ("era", "rare_era", "composite", "negation", "title")
+RARE = 0.10  # rare_era: periods that hold less than this share of the catalogue
+K = 10
+WORDINGS: dict[str, tuple[str, ...]] = {
+    "era": (
+        "Something made in the {decade}.",
+        "A {noun} from the {decade_words}, please.",
+        "Anything released between {lo} and {hi}.",
+    ),
+    "old": ("An old black-and-white {noun}.",),
+    "composite": (
+        "A {genre} {noun} from the {decade}.",
+        "I'd enjoy a {genre} {noun} made between {lo} and {hi}.",
+        "Something that is both {genre} and {genre2}.",
+    ),
+    "negation": (
+        "Anything except {genre}, please.",
+        "I want to avoid {genre} tonight.",
+        "Give me something that isn't {genre}.",
+        "No {genre} for me this time.",
+    ),
+    "title": (
+        "Something along the lines of {title}.",
+        "More {nouns} like {title}, please.",
+        "Anything similar to {title}?",
+    ),
+}
+DECADE_WORDS = {1920: "twenties", 1930: "thirties", 1940: "forties", 1950: "fifties", 1960: "sixties",
+                1970: "seventies", 1980: "eighties", 1990: "nineties"}  # fmt: skip
+
+# what a top-10 list returns: catalogue indices (1-based), best first, and what the request was read as
+Ranker = Callable[[str, str | None], tuple[list[int], dict]]
+
+
+@dataclass(frozen=True)
+class RequestCase:
+    kind: str  # one of CLASSES
+    wording: int  # index into the class's WORDINGS ("old" counts as era wording len(era))
+    user: int  # split user index
+    target: int
+    text: str
+    truth: Understood  # the constraints the wording states, from the metadata
+    named: int = 0  # title: the film named
+
+
+def spellings(title: str, year: int | None, rng: np.random.Generator) -> list[str]:
+    """The title as people type it: article in front with the year, lower case without it, without the article,
+    and with one typo (two neighbouring letters swapped in its longest word)."""
+    m = re.match(r"^(.*), (The|A|An)$", title)
+    front = f"{m.group(2)} {m.group(1)}" if m else title
+    bare = m.group(1) if m else re.sub(r"^(The|A|An) ", "", title)
+    words = front.split()
+    longest = max(range(len(words)), key=lambda i: len(words[i]))
+    w = words[longest]
+    if len(w) >= 4:
+        j = int(rng.integers(1, len(w) - 2))
+        words[longest] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
+    return [f"{front} ({year})" if year else front, front.lower(), bare, " ".join(words)]
+
+
+def _fill(kind: str, k: int, catalogue: Catalogue, **fields) -> str:
+    noun = catalogue.noun
+    return WORDINGS[kind][k].format(noun=noun, nouns=noun if noun.endswith("s") else f"{noun}s", **fields)
+
+
+def _range(year: int, rng: np.random.Generator) -> tuple[int, int]:
+    lo = year - int(rng.integers(0, 8))
+    return lo, lo + 10 + int(rng.integers(0, 10))
+
+
+def _era(year: int, k: int, rng: np.random.Generator) -> tuple[dict, tuple[int, int]]:
+    decade = year // 10 * 10
+    if k == 2:
+        lo, hi = _range(year, rng)
+        return {"lo": lo, "hi": hi}, (lo, hi)
+    return {"decade": f"{decade}s", "decade_words": DECADE_WORDS.get(decade, f"{decade}s")}, (decade, decade + 9)
+
+
+def rare_periods(catalogue: Catalogue) -> list[tuple[dict, tuple[int, int], int]]:
+    """(wording fields, years, era wording) of the periods that hold under RARE of the catalogue."""
+    years = np.asarray([y for y in catalogue.years if y])
+    out = []
+    for decade in sorted({int(y) // 10 * 10 for y in years}):
+        if 0 < np.mean((years >= decade) & (years <= decade + 9)) < RARE:
+            fields = {"decade": f"{decade}s", "decade_words": DECADE_WORDS.get(decade, f"{decade}s")}
+            out += [(fields, (decade, decade + 9), 0), (fields, (decade, decade + 9), 1)]
+    if 0 < np.mean(years <= BLACK_AND_WHITE) < RARE:
+        out.append(({}, (EARLIEST, BLACK_AND_WHITE), 3))
+    return out
+
+
+def request_cases(split: SplitData, plain: dict[int, list[int]], seed: int) -> list[RequestCase]:
+    """One case per class per user in `plain` (their no-request top 10), where the metadata allows it."""
+    cat, rng = split.catalogue, np.random.default_rng(seed)
+    rare = rare_periods(cat)
+    cases = []
+    for u, shown in plain.items():
+        if rare:
+            fields, years, k = rare[int(rng.integers(0, len(rare)))]
+            text = _fill("old", 0, cat) if k == 3 else _fill("era", k, cat, **fields)
+            cases.append(RequestCase("rare_era", k, u, int(split.test[u]), text, Understood(years=years)))
+        target = int(split.test[u])
+        genres, year = cat.genres_of(target), cat.year_of(target)
+        if year:
+            if year <= BLACK_AND_WHITE and rng.random() < 0.5:
+                text = _fill("old", 0, cat)
+                cases.append(RequestCase("era", 3, u, target, text, Understood(years=(EARLIEST, BLACK_AND_WHITE))))
+            else:
+                k = int(rng.integers(0, 3))
+                fields, years = _era(year, k, rng)
+                cases.append(RequestCase("era", k, u, target, _fill("era", k, cat, **fields), Understood(years=years)))
+        if genres:
+            k = int(rng.integers(0, 3)) if len(genres) > 1 else int(rng.integers(0, 2))
+            g = genres[int(rng.integers(0, len(genres)))]
+            if k == 2:
+                g2 = next(x for x in genres if x != g)
+                truth = Understood(genres=(g, g2))
+                text = _fill("composite", 2, cat, genre=g.lower(), genre2=g2.lower())
+                cases.append(RequestCase("composite", 2, u, target, text, truth))
+            elif year:
+                fields, years = _era(year, 2 if k == 1 else 0, rng)
+                text = _fill("composite", k, cat, genre=g.lower(), **fields)
+                cases.append(RequestCase("composite", k, u, target, text, Understood(genres=(g,), years=years)))
+            counts = Counter(x for i in shown for x in cat.genres_of(i) if x not in genres)
+            if not counts:
+                counts = Counter(x for gs in cat.genres for x in gs if x not in genres)
+            if counts:
+                refused = max(sorted(counts), key=lambda x: counts[x])
+                k = int(rng.integers(0, len(WORDINGS["negation"])))
+                text = _fill("negation", k, cat, genre=refused.lower())
+                cases.append(RequestCase("negation", k, u, target, text, Understood(exclude_genres=(refused,))))
+            known = [int(i) for i in split.history_before_test(u) if int(i) != target]
+            closeness = [_jaccard(set(cat.genres_of(i)), set(genres)) for i in known]
+            if known and max(closeness) > 0:
+                best = [i for i, c in zip(known, closeness, strict=True) if c == max(closeness)]
+                named = best[int(rng.integers(0, len(best)))]
+                k = int(rng.integers(0, len(WORDINGS["title"])))
+                spelled = spellings(cat.title(named), cat.year_of(named), rng)[int(rng.integers(0, 4))]
+                text = _fill("title", k, cat, title=spelled)
+                cases.append(RequestCase("title", k, u, target, text, Understood(), named))
+    return cases
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
+def _names(cat: Catalogue, found: tuple[int, ...], named: int) -> bool:
+    """Whether the titles found are the one named (a film listed twice under one title and year counts)."""
+    return [display_title(cat, i) for i in found] == [display_title(cat, named)]
+
+
+def _ndcg(top: list[int], target: int) -> float:
+    return next((1.0 / np.log2(r + 2) for r, i in enumerate(top[:K]) if i == target), 0.0)
+
+
+def evaluate_requests(
+    rank: Ranker, split: SplitData, users: np.ndarray, seed: int, resolve: Callable[[str], tuple[int, ...]]
+) -> dict:
+    """Per class: the request's list against the same user's no-request list (see the module docstring).
+
+    resolve: the titles a request names, as catalogue indices (the parser the service uses)."""
+    cat = split.catalogue
+    plain = {int(u): rank(split.users[u], None)[0] for u in users}
+    cases = request_cases(split, plain, seed)
+    genres_of = [set(g) for g in [()] + cat.genres]
+    out: dict[str, dict] = {}
+    for kind in CLASSES:
+        rows = [c for c in cases if c.kind == kind]
+        if not rows:
+            out[kind] = {"cases": 0, "note": "the catalogue lacks what this class needs (years or genres)"}
+            continue
+        asked, base = [], []
+        for c in rows:
+            top, understood = rank(split.users[c.user], c.text)
+            asked.append((top, understood))
+        row: dict = {"cases": len(rows)}
+        if kind != "rare_era":
+            row["ndcg@10"] = float(np.mean([_ndcg(top, c.target) for (top, _), c in zip(asked, rows, strict=True)]))
+            row["ndcg@10_no_request"] = float(np.mean([_ndcg(plain[c.user], c.target) for c in rows]))
+        if kind == "title":
+            ov = [
+                np.mean([_jaccard(genres_of[i], genres_of[c.named]) for i in top])
+                for (top, _), c in zip(asked, rows, strict=True)
+            ]
+            ov0 = [np.mean([_jaccard(genres_of[i], genres_of[c.named]) for i in plain[c.user]]) for c in rows]
+            got = [
+                understood.get("like", []) == [display_title(cat, c.named)]
+                for (_, understood), c in zip(asked, rows, strict=True)
+            ]
+            rng = np.random.default_rng(seed + 1)
+            spelled = [
+                _names(cat, resolve(f"something like {s}"), c.named)
+                for c in rows
+                for s in spellings(cat.title(c.named), cat.year_of(c.named), rng)
+            ]
+            row.update(
+                genre_overlap=float(np.mean(ov)),
+                genre_overlap_no_request=float(np.mean(ov0)),
+                resolved_in_requests=float(np.mean(got)),
+                spellings=len(spelled),
+                spellings_resolved=float(np.mean(spelled)),
+            )
+        else:
+            met = [
+                np.mean(violations(c.truth, cat)[np.asarray(top) - 1] == 0)
+                for (top, _), c in zip(asked, rows, strict=True)
+            ]
+            met0 = [np.mean(violations(c.truth, cat)[np.asarray(plain[c.user]) - 1] == 0) for c in rows]
+            base = [float(np.mean(violations(c.truth, cat) == 0)) for c in rows]
+            row.update(
+                satisfied=float(np.mean(met)), satisfied_no_request=float(np.mean(met0)), base_rate=float(np.mean(base))
+            )
+            if kind == "negation":
+                share = 1.0 - np.asarray(met)
+                share0 = 1.0 - np.asarray(met0)
+                per = {}
+                for k in sorted({c.wording for c in rows}):
+                    pick = np.asarray([c.wording == k for c in rows])
+                    per[WORDINGS["negation"][k]] = float(share[pick].mean() / max(share0[pick].mean(), 1e-9))
+                row.update(
+                    refused_share=float(share.mean()),
+                    refused_share_no_request=float(share0.mean()),
+                    refused_ratio=float(share.mean() / max(share0.mean(), 1e-9)),
+                    refused_ratio_per_wording=per,
+                )
+        out[kind] = row
+    return {"users": len(plain), "k": K, "classes": out, "examples": [c.text for c in cases[:12]]}
