@@ -28,7 +28,7 @@ import polars as pl
 from instructrec import schema
 from instructrec.config import load_config
 from instructrec.recommend import Recommender, read_catalogue
-from instructrec.request_eval import WORDINGS, evaluate_requests
+from instructrec.request_eval import WORDINGS, evaluate_requests, interactions_before, markdown_table
 from instructrec.snapshot import read_table
 from instructrec.split import temporal_leave_one_out
 from model_registry import registry
@@ -37,56 +37,12 @@ from model_registry.serving import champion_ref, fetch_version
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def histories_before_test(split, users: np.ndarray) -> pl.DataFrame:
-    """Each user's events up to the test target (train + validation), as interactions the recommender loads."""
-    cat = split.catalogue
-    rows = [(split.users[u], cat.item_ids[i - 1], t) for u in users for t, i in enumerate(split.history_before_test(u))]
-    return pl.DataFrame(rows, schema=[schema.USER, schema.ITEM, "t"], orient="row").with_columns(
-        pl.from_epoch("t").dt.replace_time_zone("UTC").alias(schema.TIMESTAMP), pl.lit(4.0).alias(schema.RATING)
-    )
-
-
 def markdown(report: dict) -> str:
-    c = report["classes"]
-    lines = [
+    head = (
         f"`{report['command']}`, {report['date'][:10]}, model v{report['model_version']} "
-        f"({report['dataset']}), {report['users']} test users, {report['seconds']:.0f} s:",
-        "",
-        "| class | cases | NDCG@10 (request) | NDCG@10 (no request) | top 10 meeting the request | "
-        "same, no request | catalogue base rate |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for kind in ("era", "rare_era", "composite", "negation"):
-        r = c[kind]
-        if not r.get("cases"):
-            lines.append(f"| {kind} | 0 | | | | | {r.get('note', '')} |")
-            continue
-        nd = (f"{r['ndcg@10']:.4f} | {r['ndcg@10_no_request']:.4f}") if "ndcg@10" in r else "n/a | n/a"
-        lines.append(
-            f"| {kind} | {r['cases']} | {nd} | {r['satisfied']:.1%} | {r['satisfied_no_request']:.1%} | "
-            f"{r['base_rate']:.1%} |"
-        )
-    t = c["title"]
-    if t.get("cases"):
-        lines.append(
-            f"| title | {t['cases']} | {t['ndcg@10']:.4f} | {t['ndcg@10_no_request']:.4f} | genre overlap with the film "
-            f"{t['genre_overlap']:.1%} | {t['genre_overlap_no_request']:.1%} | |"
-        )
-    n = c["negation"]
-    if n.get("cases"):
-        per = ", ".join(f"'{w}' {v:.2f}x" for w, v in n["refused_ratio_per_wording"].items())
-        lines += [
-            "",
-            f"Negation: the refused genre's share of the top 10 is {n['refused_share']:.1%} with the request, "
-            f"{n['refused_share_no_request']:.1%} without ({n['refused_ratio']:.2f}x; per wording: {per}).",
-        ]
-    if t.get("cases"):
-        lines.append(
-            f"Titles: {t['resolved_in_requests']:.1%} of the requests resolved to the film named; "
-            f"{t['spellings_resolved']:.1%} of {t['spellings']} spellings (article moved, lower case, no article, "
-            "one typo)."
-        )
-    return "\n".join(lines)
+        f"({report['dataset']}), {report['users']} test users, {report['seconds']:.0f} s:"
+    )
+    return head + "\n\n" + markdown_table(report)
 
 
 def main() -> int:
@@ -110,7 +66,7 @@ def main() -> int:
     users = split.eval_users
     if args.users:
         users = np.sort(np.random.default_rng(args.seed).choice(users, min(args.users, len(users)), replace=False))
-    rec = Recommender.load(files.onnx_file, files.bundle, histories_before_test(split, users), files.version)
+    rec = Recommender.load(files.onnx_file, files.bundle, interactions_before(split, users), files.version)
     rec.catalogue.years[:] = catalogue.years
 
     def rank(user: str, text: str | None) -> tuple[list[int], dict]:

@@ -9,6 +9,7 @@ from instructrec.config import Profile, load_config
 from tasks.data import ingest_validate_prepare
 from tasks.evaluation import evaluate_models, export_challenger
 from tasks.promotion import gate_and_register
+from tasks.request_classes import evaluate_request_classes
 from tasks.summary import PipelineSummary, summarise
 from tasks.training import finetune_on_feedback, train_baseline, train_representation
 
@@ -18,7 +19,7 @@ def training_pipeline(
     profile: Profile = "cpu", data: str | None = None, overrides: dict | None = None
 ) -> PipelineSummary:
     """ingest -> validate -> prepare -> SASRec baseline -> train (from SASRec) -> feedback fine-tune -> evaluate
-    -> export -> gate."""
+    -> export -> request classes -> gate."""
     cfg = load_config(profile, data=data, overrides=overrides)
     tags = {"profile": cfg.profile, "source": cfg.data.source, "engine": cfg.runtime.engine}
     with tracking.pipeline_run(cfg, f"train-{cfg.profile}", tags) as run_id:
@@ -33,6 +34,8 @@ def training_pipeline(
             evaluations = evaluate_models(cfg, prepared, tuned, sasrec.model if sasrec else None, run_id)
         with tracking.timed(run_id, "export_onnx"):
             exported = export_challenger(cfg, prepared, tuned, evaluations.champion, run_id)
+        with tracking.timed(run_id, "request_classes"):
+            requests = evaluate_request_classes(cfg, prepared, tuned, exported, run_id)
         with tracking.timed(run_id, "gate"):
             gate = gate_and_register(cfg, prepared, tuned, evaluations, exported, snap.hash, run_id)
-        return summarise(cfg, run_id, snap, evaluations, exported, gate)
+        return summarise(cfg, run_id, snap, evaluations, exported, gate, requests)

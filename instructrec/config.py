@@ -107,6 +107,7 @@ class EvalConfig(_Frozen):
     ks: tuple[int, ...] = (1, 5, 10, 20)
     sampled_negatives: int = 9
     seed: int = 2023
+    request_users: int = 300  # test users asked each request class through the exported graph (0: not measured)
 
 
 class OnlineConfig(_Frozen):

@@ -32,7 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 
+from instructrec import schema
 from instructrec.split import Catalogue, SplitData
 from instructrec.understand import BLACK_AND_WHITE, EARLIEST, Understood, display_title, violations
 
@@ -264,3 +266,53 @@ def evaluate_requests(
                 )
         out[kind] = row
     return {"users": len(plain), "k": K, "classes": out, "examples": [c.text for c in cases[:12]]}
+
+
+def interactions_before(split: SplitData, users: np.ndarray) -> pl.DataFrame:
+    """Each user's events up to the test target (train + validation), as the interactions a recommender loads."""
+    cat = split.catalogue
+    rows = [(split.users[u], cat.item_ids[i - 1], t) for u in users for t, i in enumerate(split.history_before_test(u))]
+    return pl.DataFrame(rows, schema=[schema.USER, schema.ITEM, "t"], orient="row").with_columns(
+        pl.from_epoch("t").dt.replace_time_zone("UTC").alias(schema.TIMESTAMP), pl.lit(4.0).alias(schema.RATING)
+    )
+
+
+def markdown_table(report: dict) -> str:
+    """The per-class table (docs/requests.md), from `evaluate_requests`' report."""
+    c = report["classes"]
+    lines = [
+        "| class | cases | NDCG@10 (request) | NDCG@10 (no request) | top 10 meeting the request | "
+        "same, no request | catalogue base rate |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind in ("era", "rare_era", "composite", "negation"):
+        r = c[kind]
+        if not r.get("cases"):
+            lines.append(f"| {kind} | 0 | | | | | {r.get('note', '')} |")
+            continue
+        nd = f"{r['ndcg@10']:.4f} | {r['ndcg@10_no_request']:.4f}" if "ndcg@10" in r else "n/a | n/a"
+        lines.append(
+            f"| {kind} | {r['cases']} | {nd} | {r['satisfied']:.1%} | {r['satisfied_no_request']:.1%} | "
+            f"{r['base_rate']:.1%} |"
+        )
+    t = c["title"]
+    if t.get("cases"):
+        lines.append(
+            f"| title | {t['cases']} | {t['ndcg@10']:.4f} | {t['ndcg@10_no_request']:.4f} | genre overlap with the "
+            f"film {t['genre_overlap']:.3f} | {t['genre_overlap_no_request']:.3f} | |"
+        )
+    n = c["negation"]
+    if n.get("cases"):
+        per = ", ".join(f"'{w}' {v:.2f}x" for w, v in n["refused_ratio_per_wording"].items())
+        lines += [
+            "",
+            f"Negation: the refused genre's share of the top 10 is {n['refused_share']:.1%} with the request, "
+            f"{n['refused_share_no_request']:.1%} without ({n['refused_ratio']:.2f}x; per wording: {per}).",
+        ]
+    if t.get("cases"):
+        lines.append(
+            f"Titles: {t['resolved_in_requests']:.1%} of the requests resolved to the film named; "
+            f"{t['spellings_resolved']:.1%} of {t['spellings']} spellings (article moved, lower case, no article, "
+            "one typo)."
+        )
+    return "\n".join(lines)

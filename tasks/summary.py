@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from adapters import tracking
 from instructrec.config import Config
+from instructrec.request_eval import markdown_table
 from instructrec.snapshot import Snapshot
 from tasks.evaluation import LIST_COLUMNS, Evaluations, Exported
 from tasks.promotion import GateResult
@@ -25,6 +26,7 @@ class PipelineSummary:
     provider: str
     tracking_uri: str
     reasons: list[str]
+    requests: dict | None = None  # instructrec.request_eval's report on the challenger
 
     def render(self) -> str:
         models = list(self.metrics)
@@ -51,6 +53,9 @@ class PipelineSummary:
                     f"  {m[:14]:<16}diversity {o['ild_genre@10']:.3f} / {o['ild_vector@10']:.3f}   "
                     f"coverage {o['coverage@10']:.3f}   novelty {o['novelty@10']:.2f}"
                 )
+        if self.requests:
+            lines += ["", f"Requests as people write them ({self.requests['users']} test users; docs/requests.md):"]
+            lines += ["  " + row for row in markdown_table(self.requests).splitlines()]
         lines += ["", f"Gate: {self.outcome.upper()} -> instructrec-scorer v{self.version}"]
         lines += [f"  - {r}" for r in self.reasons]
         lines += [
@@ -67,7 +72,13 @@ class PipelineSummary:
 
 
 def summarise(
-    cfg: Config, run_id: str, snap: Snapshot, evaluations: Evaluations, exported: Exported, gate: GateResult
+    cfg: Config,
+    run_id: str,
+    snap: Snapshot,
+    evaluations: Evaluations,
+    exported: Exported,
+    gate: GateResult,
+    requests: dict | None = None,
 ) -> PipelineSummary:
     metrics = {}
     for name, rep in evaluations.reports.items():
@@ -84,6 +95,7 @@ def summarise(
         exported.provider,
         cfg.paths.tracking_uri,
         gate.decision.reasons + ([gate.note] if gate.note else []),
+        requests,
     )
     tracking.describe_run(run_id, f"```\n{summary.render().strip()}\n```")
     return summary

@@ -1,0 +1,58 @@
+"""Requests as people write them, measured on the exported challenger as the service answers them."""
+
+from __future__ import annotations
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from adapters import tracking
+from instructrec.config import Config
+from instructrec.model import item_tower
+from instructrec.prepare import Prepared
+from instructrec.recommend import Recommender, write_bundle
+from instructrec.request_eval import evaluate_requests, interactions_before, markdown_table
+from tasks.evaluation import Exported
+from tasks.training import Trained
+
+
+@task(name="evaluate-request-classes", cache_policy=NO_CACHE)
+def evaluate_request_classes(
+    cfg: Config, prepared: Prepared, challenger: Trained, exported: Exported, run_id: str
+) -> dict | None:
+    """Era, composite, negation and named-title requests (instructrec.request_eval) on `eval.request_users` test
+    users, through `Recommender.recommend` on the fp32 graph. Two headline metrics (the refused genre's share of the
+    top 10 against the no-request list's; the share of top-10 items meeting era and composite requests); the
+    per-class table and numbers as artifacts under requests/."""
+    split = prepared.split
+    users = split.eval_users
+    if cfg.eval.request_users <= 0 or not len(users):
+        return None
+    rng = np.random.default_rng(cfg.eval.seed)
+    users = np.sort(rng.choice(users, min(cfg.eval.request_users, len(users)), replace=False))
+    bundle = write_bundle(
+        cfg.paths.exports / run_id / "request-eval-bundle",
+        challenger.tokenizer,
+        prepared.catalogue,
+        cfg.data.max_history,
+        cfg.model.max_text_tokens,
+        "request-eval",
+        item_vectors=item_tower(challenger.model),
+    )
+    rec = Recommender.load(exported.path, bundle, interactions_before(split, users), "challenger")
+
+    def rank(user: str, text: str | None) -> tuple[list[int], dict]:
+        out = rec.recommend(user, text, k=10)
+        return [rec.catalogue.index[i["item_id"]] for i in out["items"]], out.get("understood", {})
+
+    report = evaluate_requests(rank, split, users, cfg.eval.seed, lambda text: rec.understand(text).like)
+    classes = report["classes"]
+    met = [row["satisfied"] for kind, row in classes.items() if kind != "negation" and "satisfied" in row]
+    headline = {"requests/negation_refused_ratio": classes["negation"].get("refused_ratio")}
+    headline["requests/constraints_met"] = float(np.mean(met)) if met else None
+    tracking.log_metrics(run_id, {k: v for k, v in headline.items() if v is not None})  # the rest: the artifact
+    tracking.log_json(run_id, report, "requests/request_classes.json")
+    table = markdown_table(report)
+    tracking.log_text(run_id, table + "\n", "requests/request_classes.md")
+    get_run_logger().info("request classes on %d test users:\n%s", len(users), table)
+    return report
