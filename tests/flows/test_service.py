@@ -219,6 +219,7 @@ def test_reactions_shape_the_next_list_in_every_process_and_after_a_restart(clie
     asked = _recommend(client, user, k=10)  # ... and A reads it: the request stands for the session
     assert asked["request_source"] == "session" and "scary horror" in asked["instruction"]
     assert any(i.get("matches") == ["horror"] for i in asked["items"])
+    assert asked["understood"] == {"genres": ["Horror"]}  # what the standing request was read as, over HTTP
     restarted = create_app(world["cfg"], emit=lambda n: None, poll=False)
     with TestClient(restarted) as c:
         again = _recommend(c, user, k=10)
