@@ -124,9 +124,8 @@ class OnlineConfig(_Frozen):
     # integration is accurate for information steps of at least 0.01, hence the bounds on both
     design_looks: int = Field(default=24, ge=1, le=100)
     min_users: int = 100  # per arm before a look counts (the delta method needs users, not impressions)
-    min_information_step: float = Field(
-        default=0.01, ge=0.01
-    )  # a look with less new information fraction is not counted
+    # a look that adds less information fraction than this is not counted
+    min_information_step: float = Field(default=0.01, ge=0.01)
     min_duration_hours: float = 24.0  # no promotion (or futility stop) before a whole daily cycle; harm stops any time
     max_duration_hours: float = 336.0  # the final look comes here if the planned sample has not
     plan_window_hours: float = 168.0  # champion traffic before the test that sizes it (else the first look's, blinded)
