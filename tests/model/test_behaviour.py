@@ -256,10 +256,7 @@ def test_a_refused_genre_is_left_out_and_a_named_title_pulls_its_own(served, pre
         named = next(i for i in range(1, cat.n_items + 1) if cat.genres_of(i)[0] == other)
         out = served.recommend(user, f"something like {cat.title(named).lower()}", k=10)
         assert out["understood"]["like"] == [cat.title(named)]
-        assert _genre_count(out, cat, other) >= max(5, shown[other] + 3), (
-            user,
-            other,
-            [i["title"] for i in out["items"]],
-        )
+        pulled = _genre_count(out, cat, other)  # from the least shown genre, limited by what is left unseen
+        assert pulled >= shown[other] + 3, (user, other, [i["title"] for i in out["items"]])
     out = served.recommend(split.users[split.eval_users[0]], "a comedy from the 80s", k=10)
     assert out["understood"]["genres"] == ["Comedy"] and "no release years" in out["understood"]["notes"][0]
