@@ -28,7 +28,7 @@ import polars as pl
 from instructrec import schema
 from instructrec.config import load_config
 from instructrec.recommend import Recommender, read_catalogue
-from instructrec.request_eval import WORDINGS, evaluate_requests, interactions_before, markdown_table
+from instructrec.request_eval import WORDINGS, interactions_before, markdown_table, served
 from instructrec.snapshot import read_table
 from instructrec.split import temporal_leave_one_out
 from model_registry import registry
@@ -69,12 +69,8 @@ def main() -> int:
     rec = Recommender.load(files.onnx_file, files.bundle, interactions_before(split, users), files.version)
     rec.catalogue.years[:] = catalogue.years
 
-    def rank(user: str, text: str | None) -> tuple[list[int], dict]:
-        out = rec.recommend(user, text, k=10)
-        return [rec.catalogue.index[i["item_id"]] for i in out["items"]], out.get("understood", {})
-
     began = time.perf_counter()
-    report = evaluate_requests(rank, split, users, args.seed, lambda text: rec.understand(text).like)
+    report = served(rec, split, users, args.seed)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     report.update(
         command="bench/request_classes.py " + " ".join(sys.argv[1:]),

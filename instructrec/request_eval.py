@@ -35,6 +35,7 @@ import numpy as np
 import polars as pl
 
 from instructrec import schema
+from instructrec.recommend import Recommender
 from instructrec.split import Catalogue, SplitData
 from instructrec.understand import BLACK_AND_WHITE, EARLIEST, Understood, display_title, violations
 
@@ -266,6 +267,16 @@ def evaluate_requests(
                 )
         out[kind] = row
     return {"users": len(plain), "k": K, "classes": out, "examples": [c.text for c in cases[:12]]}
+
+
+def served(rec: Recommender, split: SplitData, users: np.ndarray, seed: int) -> dict:
+    """`evaluate_requests` through `Recommender.recommend`, the call `/recommend` makes."""
+
+    def rank(user: str, text: str | None) -> tuple[list[int], dict]:
+        out = rec.recommend(user, text, k=K)
+        return [rec.catalogue.index[i["item_id"]] for i in out["items"]], out.get("understood", {})
+
+    return evaluate_requests(rank, split, users, seed, lambda text: rec.understand(text).like)
 
 
 def interactions_before(split: SplitData, users: np.ndarray) -> pl.DataFrame:

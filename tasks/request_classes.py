@@ -11,7 +11,7 @@ from instructrec.config import Config
 from instructrec.model import item_tower
 from instructrec.prepare import Prepared
 from instructrec.recommend import Recommender, write_bundle
-from instructrec.request_eval import evaluate_requests, interactions_before, markdown_table
+from instructrec.request_eval import interactions_before, markdown_table, served
 from tasks.evaluation import Exported
 from tasks.training import Trained
 
@@ -41,11 +41,7 @@ def evaluate_request_classes(
     )
     rec = Recommender.load(exported.path, bundle, interactions_before(split, users), "challenger")
 
-    def rank(user: str, text: str | None) -> tuple[list[int], dict]:
-        out = rec.recommend(user, text, k=10)
-        return [rec.catalogue.index[i["item_id"]] for i in out["items"]], out.get("understood", {})
-
-    report = evaluate_requests(rank, split, users, cfg.eval.seed, lambda text: rec.understand(text).like)
+    report = served(rec, split, users, cfg.eval.seed)
     classes = report["classes"]
     met = [row["satisfied"] for kind, row in classes.items() if kind != "negation" and "satisfied" in row]
     headline = {"requests/negation_refused_ratio": classes["negation"].get("refused_ratio")}
