@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-fast lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-new-items bench-scale bench-ray mlflow-ui clean
+.PHONY: run test test-fast lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-taste bench-new-items bench-scale bench-ray mlflow-ui clean
 
 # requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
 $(STAMP): pyproject.toml requirements.lock
@@ -116,6 +116,9 @@ bench-session: $(STAMP)
 # Requests as people write them (era, composite, negation, a named title) on the champion of `make run` (~2 min)
 bench-requests: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/request_classes.py --profile $(PROFILE)
+
+bench-taste: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/stated_taste.py --profile $(PROFILE)
 
 bench-new-items: $(STAMP)
 	$(BIN)/python bench/new_items.py --profile $(PROFILE)

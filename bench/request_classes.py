@@ -26,15 +26,30 @@ import numpy as np
 import polars as pl
 
 from instructrec import schema
-from instructrec.config import load_config
+from instructrec.config import Config, load_config
 from instructrec.recommend import Recommender, read_catalogue
 from instructrec.request_eval import WORDINGS, interactions_before, markdown_table, served
 from instructrec.snapshot import read_table
-from instructrec.split import temporal_leave_one_out
+from instructrec.split import Catalogue, SplitData, temporal_leave_one_out
 from model_registry import registry
-from model_registry.serving import champion_ref, fetch_version
+from model_registry.serving import ServingFiles, champion_ref, fetch_version
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def champion_data(cfg: Config) -> tuple[ServingFiles, Catalogue, pl.DataFrame, SplitData]:
+    """The registered champion's files, its catalogue (release years from the snapshot where the bundle has none),
+    its interactions and their protocol split: what every bench on the champion starts from."""
+    registry.connect(cfg.paths.tracking_uri)
+    files = fetch_version(cfg, champion_ref())
+    catalogue = read_catalogue(files.bundle)  # the model's item order
+    if not any(catalogue.years):
+        items = read_table(files.snapshot, "items").select(schema.ITEM, schema.YEAR)
+        year = dict(zip(items[schema.ITEM].to_list(), items[schema.YEAR].to_list(), strict=True))
+        catalogue.years[:] = [year.get(i) for i in catalogue.item_ids]
+        print("note: this bundle carries no release years; read from the snapshot's items table", file=sys.stderr)
+    interactions = files.interactions().filter(pl.col(schema.ITEM).is_in(pl.Series(catalogue.item_ids).implode()))
+    return files, catalogue, interactions, temporal_leave_one_out(interactions, catalogue)
 
 
 def markdown(report: dict) -> str:
@@ -53,16 +68,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     cfg = load_config(args.profile)
-    registry.connect(cfg.paths.tracking_uri)
-    files = fetch_version(cfg, champion_ref())
-    catalogue = read_catalogue(files.bundle)  # the model's item order; years from the snapshot where missing
-    if not any(catalogue.years):
-        items = read_table(files.snapshot, "items").select(schema.ITEM, schema.YEAR)
-        year = dict(zip(items[schema.ITEM].to_list(), items[schema.YEAR].to_list(), strict=True))
-        catalogue.years[:] = [year.get(i) for i in catalogue.item_ids]
-        print("note: this bundle carries no release years; read from the snapshot's items table", file=sys.stderr)
-    interactions = files.interactions().filter(pl.col(schema.ITEM).is_in(pl.Series(catalogue.item_ids).implode()))
-    split = temporal_leave_one_out(interactions, catalogue)
+    files, catalogue, interactions, split = champion_data(cfg)
     users = split.eval_users
     if args.users:
         users = np.sort(np.random.default_rng(args.seed).choice(users, min(args.users, len(users)), replace=False))
