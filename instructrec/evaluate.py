@@ -80,7 +80,7 @@ def build_cases(
             if ins is None:
                 continue
             all_seen = np.union1d(split.history_before_test(u), [split.test[u]])
-            negs.append(_sample_unseen(rng, n_items, all_seen, n_negatives))
+            negs.append(_padded(_sample_unseen(rng, n_items, all_seen, n_negatives), tgt, n_negatives))
             rows.append(u)
             texts.append(ins.text)
             templates.append(ins.template)
@@ -129,16 +129,34 @@ def without_words(cases: dict[str, EvalCase], noun: str) -> dict[str, EvalCase]:
     return out
 
 
+SAMPLING_ROUNDS = 64  # rejection rounds before the exact draw; a user who has seen nearly everything ends there
+
+
 def _sample_unseen(rng: np.random.Generator, n_items: int, seen: np.ndarray, k: int) -> np.ndarray:
+    """k distinct items the user never saw, or all of them where fewer exist (that row's sampled rank then reads
+    fewer negatives). Rejection sampling, as the protocol has always drawn them (the same draws), for a bounded
+    number of rounds, then an exact draw from what is left: no loop without an end."""
     out: list[int] = []
     seen_set = set(seen.tolist())
-    while len(out) < k:
+    want = max(0, min(k, n_items - len(seen_set)))  # seen holds catalogue indices 1..n_items
+    for _ in range(SAMPLING_ROUNDS):
+        if len(out) >= want:
+            break
         for c in rng.integers(1, n_items + 1, size=2 * k):
             if int(c) not in seen_set and int(c) not in out:
                 out.append(int(c))
-                if len(out) == k:
+                if len(out) == want:
                     break
+    if len(out) < want:
+        rest = np.setdiff1d(np.arange(1, n_items + 1), np.asarray([*seen_set, *out], dtype=np.int64))
+        out += rng.choice(rest, want - len(out), replace=False).tolist()
     return np.asarray(out, dtype=np.int64)
+
+
+def _padded(negatives: np.ndarray, target: int, k: int) -> np.ndarray:
+    """A row of k negative columns: where the user left fewer than k items unseen, the rest repeat the target,
+    which never ranks ahead of itself (metrics.sampled_ranks), so the row is ranked among the negatives it has."""
+    return np.concatenate([negatives, np.full(k - len(negatives), target, dtype=np.int64)])
 
 
 @dataclass

@@ -44,6 +44,7 @@ def prepare(cfg: Config, interactions: pl.DataFrame, items: pl.DataFrame, noun: 
     split = temporal_leave_one_out(sample_users(interactions, d.max_users, d.seed), catalogue)
     require_evaluable(split)
     examples = training_examples(split, d.max_history, d.seed, d.instruction_mix, d.window_stride)
+    require_trainable(split, examples)
     valid = build_cases(split, e.types, d.max_history, e.seed + VALID_SEED_OFFSET, e.sampled_negatives, target="valid")
     test = build_cases(split, e.types, d.max_history, e.seed, e.sampled_negatives, target="test")
     if e.held_out_templates:
@@ -67,5 +68,18 @@ def require_evaluable(split: SplitData) -> None:
     rule = (
         f"too little data to split: at least one user needs 3 interactions (train, validation, test in time); "
         f"the most any of the {len(split.users)} users has is {most}"
+    )
+    raise DataValidationError("the interactions table", [Violation("interactions", "user_id", rule)])
+
+
+def require_trainable(split: SplitData, examples: Examples) -> None:
+    """Every model learns next-item steps inside each user's training events (before validation and test): with
+    none, there is nothing to train on, and the stages after would fail deep inside a tokenizer or an empty mean."""
+    if examples.n_examples:
+        return
+    most = max((len(t) for t in split.train), default=0)
+    rule = (
+        "too little data to train: at least one user needs 4 interactions (two to learn a next step from, then "
+        f"validation and test in time); the most any of the {len(split.users)} users has before validation is {most}"
     )
     raise DataValidationError("the interactions table", [Violation("interactions", "user_id", rule)])

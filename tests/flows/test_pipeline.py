@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -391,4 +392,32 @@ def test_too_little_data_to_split_is_a_plain_message_not_a_crash(runs, tmp_path,
     assert main(["pipeline", "--profile", "tiny", "--data", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "too little data to split" in err and "needs 3 interactions" in err and err.count("\n") == 1
+    assert (registry.versions(), registry.aliases()) == before
+
+
+SMALL_ITEMS = "item_id,title,genres\ni1,Alpha (1990),Drama\ni2,Beta (1991),Comedy\ni3,Gamma (1992),Drama|Comedy\n"
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        # three items, two users who have seen all three: the 1+9 protocol once looked for 9 unseen items for ever
+        "u1,i1,2020-01-01T00:00:00Z\nu1,i2,2020-01-02T00:00:00Z\nu1,i3,2020-01-03T00:00:00Z\n"
+        "u2,i2,2020-01-01T00:00:00Z\nu2,i3,2020-01-02T00:00:00Z\nu2,i1,2020-01-03T00:00:00Z\n",
+        # one user, three events (legal extreme timestamps): enough to split, nothing to train on (was an IndexError)
+        "u1,i1,-5\nu1,i2,-1\nu1,i3,946684800\n",
+    ],
+    ids=["every-item-seen", "one-user-three-events"],
+)
+def test_small_data_that_passes_validation_is_refused_in_seconds_saying_what_is_needed(runs, tmp_path, capsys, events):
+    data = tmp_path / "small"
+    data.mkdir()
+    (data / "items.csv").write_text(SMALL_ITEMS)
+    (data / "interactions.csv").write_text("user_id,item_id,timestamp\n" + events)
+    before = registry.versions(), registry.aliases()
+    started = time.monotonic()
+    assert main(["pipeline", "--profile", "tiny", "--data", str(data)]) == 2
+    assert time.monotonic() - started < 30
+    err = capsys.readouterr().err
+    assert "too little data to train" in err and "needs 4 interactions" in err and err.count("\n") == 1
     assert (registry.versions(), registry.aliases()) == before

@@ -59,3 +59,18 @@ def test_sampled_protocol_ranks_among_candidates_only():
     row = metrics.per_row(np.array([1]), ("s_hr@1", "s_ndcg@3"), prefix="s_")
     assert row["s_hr@1"][0] == 0.0
     assert row["s_ndcg@3"][0] == pytest.approx(1 / np.log2(3))
+
+
+def test_negatives_are_the_unseen_items_that_exist_and_padding_never_outranks_the_target():
+    from instructrec.evaluate import _padded, _sample_unseen
+
+    rng = np.random.default_rng(0)
+    assert sorted(_sample_unseen(rng, 5, np.array([1, 2, 3]), 9).tolist()) == [4, 5]  # ends: only two exist
+    assert _sample_unseen(rng, 3, np.array([1, 2, 3]), 9).tolist() == []
+    many = _sample_unseen(rng, 1000, np.arange(1, 991), 9)  # 10 left: the exact draw after the rejection rounds
+    assert len(set(many.tolist())) == 9 and (many > 990).all()
+    row = _padded(np.array([4, 5]), 2, 9)
+    assert row.tolist() == [4, 5] + [2] * 7
+    scores = np.array([[0.0, 0.5, 0.9, 0.1, 0.2]])  # columns = items 1..5; the target (item 2) scores 0.9... not
+    scores[0, 1] = 0.15  # target item 2 at 0.15: item 5 (0.2) is ahead, item 4 (0.1) is not, the padding never
+    assert metrics.sampled_ranks(scores, np.array([1]), row[None] - 1).tolist() == [1]
