@@ -33,6 +33,15 @@ def test_good_tables_pass_and_build_data_docs(tmp_path):
     assert out.success, out.violations
 
 
+def test_interactions_without_ratings_pass_but_a_missing_required_column_does_not(tmp_path):
+    inter, items = canonical()
+    catalogue = {"catalogue": items["item_id"].to_list()}
+    assert run("interactions", inter.drop(schema.RATING), tmp_path, catalogue).success  # clicks, plays: no ratings
+    out = run("interactions", inter.drop(schema.TIMESTAMP), tmp_path / "t", catalogue)
+    assert not out.success
+    assert any(v.column == "timestamp" and v.rule.startswith("required column") for v in out.violations)
+
+
 def set_row(df, column, row, value, dtype=None):
     expr = (
         pl.when(pl.col(schema.ROW) == row)
