@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-fast lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-taste bench-new-items bench-scale bench-ray mlflow-ui clean
+.PHONY: run test test-fast fuzz lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-taste bench-new-items bench-scale bench-ray mlflow-ui clean
 
 # requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
 $(STAMP): pyproject.toml requirements.lock
@@ -53,6 +53,10 @@ run: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
+
+# The small-data fuzzer at length: FUZZ_DRAWS (default 200) random datasets through every stage (`make test` runs 6)
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/flows/test_fuzz.py --hypothesis-show-statistics
 
 # Debian packages the tests drive for real: headless Chromium + ChromeDriver (UI review), PostgreSQL (MLflow store)
 SYSTEM_PACKAGES := chromium chromium-driver postgresql

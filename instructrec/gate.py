@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from instructrec.config import GateConfig
 from instructrec.instructions import worded
+
+if TYPE_CHECKING:
+    from instructrec.evaluate import EvalReport
 
 Outcome = Literal["promote", "reject", "insufficient_data", "continue"]  # continue: the A/B test goes on
 MIN_PAIRED_USERS = 20
@@ -36,6 +39,14 @@ class ArmEvaluation:
     @property
     def mean(self) -> float:
         return float(np.mean(self.values)) if len(self.values) else float("nan")
+
+
+def arm_of(report: EvalReport, version: str | None = None, latency: float | None = None) -> ArmEvaluation:
+    """A scorer's evaluation as the gate reads it: per-user NDCG@10 (the paired unit), per type and slice."""
+    users, values = report.user_metric()
+    slices = {t: v["ndcg@10"] for t, v in report.by_type.items()}
+    slices.update({s: v["ndcg@10"] for s, v in report.slices.items()})
+    return ArmEvaluation(report.name, users, values, slices, version, latency, report.user_metric_by_type())
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from adapters import events, tracking
 from instructrec.config import Config
-from instructrec.evaluate import EvalReport
-from instructrec.gate import ArmEvaluation, Decision, decide, floor_baseline, paired_bootstrap
+from instructrec.gate import ArmEvaluation, Decision, arm_of, decide, floor_baseline, paired_bootstrap
 from instructrec.model import item_tower, save_scorer
 from instructrec.optimize import FP32
 from instructrec.prepare import Prepared
@@ -37,13 +36,6 @@ class GateResult:
 
 
 SUPERSEDED = "superseded"  # passed its gate, but another run promoted a version first
-
-
-def _arm(report: EvalReport, version: str | None = None, latency: float | None = None) -> ArmEvaluation:
-    users, values = report.user_metric()
-    slices = {t: v["ndcg@10"] for t, v in report.by_type.items()}
-    slices.update({s: v["ndcg@10"] for s, v in report.slices.items()})
-    return ArmEvaluation(report.name, users, values, slices, version, latency, report.user_metric_by_type())
 
 
 def _plot_deltas(run_id: str, challenger: ArmEvaluation, champion: ArmEvaluation, cfg: Config) -> None:
@@ -173,14 +165,14 @@ def gate_and_register(
     """Offline gate, registration, aliases. online_rollout: a passing candidate goes to the A/B test, not to champion."""
     logger = get_run_logger()
     reports, champion_ref = evaluations.reports, evaluations.champion
-    chal = _arm(reports[CHALLENGER], latency=exported.latency_ms)
+    chal = arm_of(reports[CHALLENGER], latency=exported.latency_ms)
     champ = None
     if champion_ref is not None:
-        champ = _arm(reports[CHAMPION], champion_ref.version, exported.champion_latency_ms)
+        champ = arm_of(reports[CHAMPION], champion_ref.version, exported.champion_latency_ms)
         _plot_deltas(run_id, chal, champ, cfg)
-    baselines = {name: _arm(reports[name]) for name in BASELINES if name in reports}
+    baselines = {name: arm_of(reports[name]) for name in BASELINES if name in reports}
     # per type, the references that can serve it: the baselines and the challenger without the words
-    references = baselines | {name: _arm(report) for name, report in evaluations.references.items()}
+    references = baselines | {name: arm_of(report) for name, report in evaluations.references.items()}
     policy = cfg.gate.model_copy(update={"epsilon": cfg.gate.online.offline_epsilon}) if online_rollout else cfg.gate
     decision = decide(chal, floor_baseline(baselines, policy), policy, champ, exported.parity, references)
 
