@@ -93,6 +93,7 @@ class SASRecJob:
     settings: SASRecSettings
     validate: Callable[[SASRec], float] = _no_sasrec_validation
     init_state: dict[str, torch.Tensor] | None = None
+    on_epoch: OnEpoch | None = None  # rank 0 calls it after each validated epoch (picklable, as TrainJob's)
 
     name = "sasrec"
 
@@ -105,7 +106,7 @@ class SASRecJob:
         model = SASRec(baseline_config(self.cfg, self.n_items))
         if self.init_state is not None:
             model.load_state_dict(self.init_state)
-        return model, fit_sasrec(model, self.train, self.settings, self.validate, ranks)
+        return model, fit_sasrec(model, self.train, self.settings, self.validate, ranks, self.on_epoch)
 
 
 def _rank_main(config: dict) -> None:

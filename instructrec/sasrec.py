@@ -145,8 +145,11 @@ def fit_sasrec(
     s: SASRecSettings,
     validate: Callable[[SASRec], float],
     ranks: Ranks = Ranks(),
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> SASRecFit:
     """Full-softmax next-item training on every position; keeps the best-validation weights.
+
+    on_epoch: rank 0 calls it with each validated epoch's row (seconds: per epoch since the last row).
 
     ranks: data-parallel (instructrec.distributed): each rank takes its part of every step of
     batch_size x world windows from one shared permutation; rank 0 validates for all.
@@ -161,7 +164,7 @@ def fit_sasrec(
         step = torch.nn.parallel.DistributedDataParallel(step)
     gen = torch.Generator().manual_seed(s.seed)
     best, best_epoch, best_state, history = float("-inf"), -1, copy.deepcopy(model.state_dict()), []
-    started = time.perf_counter()
+    started = last_row = time.perf_counter()
     for epoch in range(s.epochs):
         model.train()
         losses = []
@@ -176,7 +179,12 @@ def fit_sasrec(
         if (epoch + 1) % s.eval_every and epoch + 1 != s.epochs:
             continue
         metric = ranks.from_lead(validate(model) if ranks.lead else 0.0)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_ndcg@10": metric})
+        done = epoch - (history[-1]["epoch"] if history else -1)
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_ndcg@10": metric}
+        row["seconds"], last_row = (time.perf_counter() - last_row) / done, time.perf_counter()
+        history.append(row)
+        if on_epoch is not None and ranks.lead:
+            on_epoch(row)
         if metric > best:
             best, best_epoch, best_state = metric, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= s.patience:

@@ -166,13 +166,14 @@ def finetune_from_champion(
     examples, stats = examples_from_config(cfg, prepared.split, events, prepared.examples, True, requests)
     tracking.log_metrics(run_id, {f"{ONLINE_STAGE}/{k}": v for k, v in stats.as_dict().items()})
     fp = fingerprint(ONLINE_STAGE, champion.version, champion.run_id, cfg.feedback, sorted(events[schema.EVENT_ID]))
-    epochs = EpochLogger(run_id, ONLINE_STAGE)
+    settings = feedback_settings(cfg, online=True)
+    epochs = EpochLogger(run_id, ONLINE_STAGE, settings.epochs)
     cache = text_cache(cfg)
     result = fit(
         model,
         tokenizer,
         examples,
-        feedback_settings(cfg, online=True),
+        settings,
         validator(prepared, tokenizer, cfg, cache),
         cfg.paths.checkpoints / fp,
         fp,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from dataclasses import dataclass, replace
 
 import matplotlib.pyplot as plt
@@ -11,6 +13,7 @@ import mlflow
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from adapters import tracking
 from instructrec import schema
@@ -86,13 +89,21 @@ def epoch_step(epoch: int) -> int:
 
 
 class EpochLogger:
-    """Logs epochs live, from this process or from DDP rank 0's (it carries the tracking URI there);
-    `replay` adds the epochs no process logged live (restored from a checkpoint: resumed or reused runs)."""
+    """Logs epochs live, from this process or from DDP rank 0's (it carries the tracking URI there), as MLflow
+    curves and as one progress line each (loss, validation NDCG@10, elapsed, what is left at most): a log file
+    has no progress bar. `replay` adds the epochs no process logged live (restored from a checkpoint: resumed
+    or reused runs), as curves only."""
 
-    def __init__(self, run_id: str, stage: str):
+    def __init__(self, run_id: str, stage: str, epochs: int = 0):
         self.run_id, self.stage, self.tracking_uri = run_id, stage, mlflow.get_tracking_uri()
+        self.epochs, self.started, self.best = epochs, time.time(), float("-inf")  # wall clock: DDP ranks share it
+        self.first: tuple[int, float] | None = None  # (epoch, time) of the first row this process logged
 
     def __call__(self, row: dict) -> None:
+        self._log(row)
+        _progress_logger().info(self.line(row))
+
+    def _log(self, row: dict) -> None:
         if mlflow.get_tracking_uri() != self.tracking_uri:
             mlflow.set_tracking_uri(self.tracking_uri)
         tracking.log_metrics(
@@ -101,12 +112,46 @@ class EpochLogger:
             step=epoch_step(row["epoch"]),
         )
 
+    def line(self, row: dict) -> str:
+        """'representation epoch 3/40: loss 5.1234, val NDCG@10 0.0932 (best 0.0950); 2m03s elapsed, at most
+        12m40s left': the estimate assumes every remaining epoch runs (early stopping can end sooner); a resumed
+        run's first line counts the restored epochs as run, its later lines do not."""
+        now = time.time()
+        done, elapsed = row["epoch"] + 1, now - self.started
+        self.first = self.first or (row["epoch"], now)
+        # the pace since the first row (a resumed run starts past epoch 0); before a second row, since the start
+        first_epoch, first_time = self.first
+        per_epoch = (now - first_time) / (row["epoch"] - first_epoch) if row["epoch"] > first_epoch else elapsed / done
+        metric = row.get("val_ndcg@10")
+        if metric is not None:
+            self.best = max(self.best, metric)
+        parts = [f"{self.stage} epoch {done}/{self.epochs or '?'}: loss {row['loss']:.4f}"]
+        if metric is not None:
+            parts.append(f", val NDCG@10 {metric:.4f} (best {self.best:.4f})")
+        parts.append(f"; {_duration(elapsed)} elapsed")
+        if self.epochs > done:
+            parts.append(f", at most {_duration(per_epoch * (self.epochs - done))} left")
+        return "".join(parts)
+
     def replay(self, history: list[dict]) -> None:
-        # a trained epoch's row has its seconds (SASRec's rows have none: all of them are logged here)
         logged = tracking.logged_steps(self.run_id, f"{self.stage}/{CURVES['seconds']}")
         for row in history:
             if epoch_step(row["epoch"]) not in logged:
-                self(row)
+                self._log(row)
+
+
+def _progress_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The flow run's logger where there is one (the console and the Prefect UI), else this module's (a Ray
+    worker's output reaches the driver's console)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{sec:02d}s" if minutes else f"{sec}s"
 
 
 def _log_curves(run_id: str, stage: str, history: list[dict], best_epoch: int) -> None:
@@ -186,6 +231,7 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
         history = state["history"]
     else:
         settings = baseline_settings(cfg)
+        epochs = EpochLogger(run_id, "sasrec", settings.epochs)
         case = {HEADLINE: prepared.valid_cases[HEADLINE]}
 
         def validate(m: SASRec) -> float:
@@ -199,10 +245,11 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
                 per_rank(settings, cfg),
                 validate,
                 init_state=model.state_dict(),
+                on_epoch=epochs,
             )
             result = train_on_ray(cfg, model, job, fp)
         else:
-            result = fit_sasrec(model, prepared.split.train, settings, validate)
+            result = fit_sasrec(model, prepared.split.train, settings, validate, on_epoch=epochs)
         history = result.history
         with atomic_path(path) as tmp:
             torch.save({"model": model.state_dict(), "history": history}, tmp)
@@ -212,7 +259,7 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
             result.best_epoch + 1,
             result.seconds,
         )
-    EpochLogger(run_id, "sasrec").replay(history)  # its epochs, logged once it returns
+    EpochLogger(run_id, "sasrec", b.epochs).replay(history)  # the epochs not logged live (a reused checkpoint's)
     if history:
         best = max(history, key=lambda r: r["val_ndcg@10"])  # the first best: the epoch fit_sasrec kept
         _log_best(run_id, "sasrec", history, best["val_ndcg@10"], best["epoch"])
@@ -252,7 +299,7 @@ def train_representation(
         cfg.train,
         init.fingerprint if init else None,
     )
-    epochs = EpochLogger(run_id, "representation")
+    epochs = EpochLogger(run_id, "representation", cfg.train.epochs)
     cache = text_cache(cfg)
     validate = validator(prepared, tokenizer, cfg, cache)
     if cfg.runtime.engine == "ray":
@@ -317,7 +364,7 @@ def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id:
     examples, stats = examples_from_config(cfg, prepared.split, store, prepared.examples)
     settings = feedback_settings(cfg)
     fp = fingerprint("feedback", base.fingerprint, cfg.feedback, sorted(store[schema.EVENT_ID].to_list()))
-    epochs = EpochLogger(run_id, "feedback")
+    epochs = EpochLogger(run_id, "feedback", settings.epochs)
     cache = base.text_cache  # None already when BERT is tuned (text_cache)
     result = fit(
         base.model,

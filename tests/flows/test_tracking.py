@@ -105,6 +105,29 @@ def test_a_ranks_epoch_logger_writes_to_the_runs_store_and_replay_adds_only_what
     assert [m.step for m in client.get_metric_history(run_id, "representation/val_ndcg_at_10")] == [0, 1]
 
 
+def test_a_progress_line_per_epoch_estimates_what_is_left_from_the_epochs_this_process_ran():
+    """A log file has no progress bar: each epoch is one line with the loss, the validation metric (and the best so
+    far), the time elapsed and an upper bound on what is left (every remaining epoch at this process's pace)."""
+    import time
+
+    from tasks.training import EpochLogger
+
+    fresh = EpochLogger("run", "representation", 40)
+    fresh.started = time.time() - 120  # two minutes in, after epoch 2 of 40 (index 1)
+    assert fresh.line({"epoch": 1, "loss": 5.12344, "val_ndcg@10": 0.0932}) == (
+        "representation epoch 2/40: loss 5.1234, val NDCG@10 0.0932 (best 0.0932); 2m00s elapsed, at most 38m00s left"
+    )
+    assert "(best 0.0932)" in fresh.line({"epoch": 2, "loss": 5.0, "val_ndcg@10": 0.0900})
+
+    resumed = EpochLogger("run", "sasrec", 40)  # resumed after epoch 30: its first epoch here is index 30
+    resumed.started = time.time() - 60
+    assert resumed.line({"epoch": 30, "loss": 1.0}).startswith("sasrec epoch 31/40: loss 1.0000; 1m00s elapsed")
+    assert resumed.first is not None
+    resumed.first = (30, resumed.first[1] - 60)  # one epoch later, a minute on: the pace is a minute an epoch
+    assert resumed.line({"epoch": 31, "loss": 1.0}).endswith("at most 8m00s left")
+    assert "left" not in EpochLogger("run", "feedback", 3).line({"epoch": 2, "loss": 1.0})  # the last epoch
+
+
 def test_a_stage_logs_one_curve_per_series_stepped_by_epoch_and_the_kept_best_as_its_summary(tmp_path):
     """The curves' latest value is the last epoch's; the run's summary (best_val_ndcg@10, best_epoch) is the epoch
     training kept; the per-type validation scores go to the stage's history table, not to metrics."""
