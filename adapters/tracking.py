@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -20,12 +21,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from instructrec.config import Config
-from instructrec.errors import TrackingStoreError
+from instructrec.errors import TrackingStoreError, stop_signal_of
 from instructrec.io import process_alive
 
 log = logging.getLogger("instructrec.tracking")
@@ -140,14 +142,49 @@ def pipeline_run(cfg: Config, run_name: str, tags: dict[str, str]) -> Iterator[s
     run_id = run.info.run_id
     client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in cfg.flat().items()])
     log_json(run_id, cfg.model_dump(mode="json"), "config.json")  # the resolved config, whole
+    _open_runs[run_id] = mlflow.get_tracking_uri()
     try:
         yield run_id
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+    except BaseException as exc:
+        signum = stop_signal_of(exc)
+        if signum is None:
+            client.set_terminated(run_id, "FAILED")
+        else:
+            _close_stopped(client, run_id, f"stopped by {signal.Signals(signum).name}")
         raise
     finally:
+        _open_runs.pop(run_id, None)
         client.log_metric(run_id, LOGGING_TIME, _logging_seconds.pop(run_id, 0.0))
     client.set_terminated(run_id, "FINISHED")
+
+
+STOPPED_TAG = "instructrec.stopped"
+_open_runs: dict[str, str] = {}  # run id -> tracking URI of the pipeline runs this process has open
+
+
+def _close_stopped(client: MlflowClient, run_id: str, reason: str) -> None:
+    """A stopped run is KILLED (MLflow's status for it), with the reason as a tag the UI shows."""
+    client.set_tag(run_id, STOPPED_TAG, reason)
+    client.set_terminated(run_id, "KILLED")
+
+
+def close_open_runs(reason: str, timeout: float = 3.0) -> None:
+    """From the stop watchdog, when a run did not unwind in time: each open MLflow run KILLED with the reason, and
+    the Prefect flow run that made it Crashed (one bounded HTTP call: the server may be gone)."""
+    for run_id, uri in list(_open_runs.items()):
+        client = MlflowClient(tracking_uri=uri)
+        flow_run = client.get_run(run_id).data.tags.get("prefect.flow_run_id")
+        _close_stopped(client, run_id, reason)
+        api = os.environ.get("PREFECT_API_URL")
+        if flow_run and api:
+            state = {"type": "CRASHED", "name": "Crashed", "message": reason}
+            try:
+                httpx.post(
+                    f"{api}/flow_runs/{flow_run}/set_state", json={"state": state, "force": True}, timeout=timeout
+                )
+            except httpx.HTTPError:
+                pass
+        _open_runs.pop(run_id, None)
 
 
 OWNER_HOST, OWNER_PID = "instructrec.host", "instructrec.pid"

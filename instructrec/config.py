@@ -188,6 +188,7 @@ class ServeConfig(_Frozen):
     admin_token_env: str = (
         "INSTRUCTREC_ADMIN_TOKEN"  # DELETE /users/{id} (erasure) needs it; unset: erasure only by CLI
     )
+    drain_seconds: int = 5  # on SIGTERM: stop accepting, finish in-flight requests for at most this long, exit
     max_body_bytes: int = 16_384  # larger request bodies are refused (413) before they are read
     onnx_threads: int = 0  # ONNX Runtime intra-op threads per model (0: one per core)
     experiment: str = "ab-1"  # salt of the user -> arm hash; a new experiment reshuffles users

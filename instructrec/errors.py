@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 
 
@@ -50,3 +51,22 @@ class SourceError(Exception):
 
 class TrackingStoreError(Exception):
     """The experiment store (MLflow's database) cannot be written: checked before any run starts."""
+
+
+class StopSignal(BaseException):
+    """A stop signal (SIGTERM, SIGINT) ended the run: not an error in the run, so not an `Exception`."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_signal_of(exc: BaseException) -> int | None:
+    """The signal that stopped a run, where `exc` is how it unwound: ours, Prefect's TerminationSignal (which
+    carries `.signal`), or Python's KeyboardInterrupt; None for a failure."""
+    if isinstance(exc, StopSignal):
+        return exc.signum
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.SIGINT
+    number = getattr(exc, "signal", None)
+    return int(number) if isinstance(number, int) and not isinstance(exc, Exception) else None

@@ -7,15 +7,17 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from contextlib import nullcontext
 from pathlib import Path
 
 from instructrec.config import load_config
-from instructrec.errors import DataValidationError, SourceError, TrackingStoreError
+from instructrec.errors import DataValidationError, SourceError, TrackingStoreError, stop_signal_of
 from ops.environment import environment_defaults
 from ops.prefect_api import ApiStartError, prefect_api
+from ops.stop import exit_status, stop_on_signal
 
 EXIT_BAD_INPUT = 2
 
@@ -166,6 +168,9 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
+    # SIGTERM (uvicorn's handler): no new connections, in-flight requests finish (each feedback event is on disk
+    # before its acknowledgement), the event logs close in the app's lifespan, uvicorn re-raises the signal (the
+    # exit status says SIGTERM); a request still running after `drain_seconds` is cut
     if cfg.serve.workers > 1:  # processes share sessions and requests through the event logs (service.app.SharedState)
         os.environ[SERVE_ENV] = json.dumps({"profile": args.profile, "overrides": overrides})
         uvicorn.run(
@@ -175,10 +180,13 @@ def _serve(args: argparse.Namespace) -> int:
             host=host,
             port=port,
             log_level="warning",
+            timeout_graceful_shutdown=cfg.serve.drain_seconds,
         )
         return 0
     registry.connect(cfg.paths.tracking_uri)
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
+    uvicorn.run(
+        create_app(cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=cfg.serve.drain_seconds
+    )
     return 0
 
 
@@ -369,8 +377,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.run in RUNS_FLOWS:
         threading.Thread(target=_preload, daemon=True).start()  # while the Prefect server boots
     try:
-        with prefect_api() if args.run in RUNS_FLOWS else nullcontext():
-            return args.run(args)
+        with stop_on_signal() if args.run in RUNS_FLOWS else nullcontext():
+            try:
+                with prefect_api() if args.run in RUNS_FLOWS else nullcontext():
+                    return args.run(args)
+            except BaseException as exc:
+                if (signum := stop_signal_of(exc)) is None:
+                    raise
+                print(
+                    f"stopped by {signal.Signals(signum).name}: the run is marked KILLED in MLflow and Crashed in "
+                    "Prefect; the last finished epoch's checkpoint is kept (the same command resumes from it)",
+                    file=sys.stderr,
+                )
+                return exit_status(signum)
     except (DataValidationError, SourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -10,7 +10,8 @@ busy laptop and two runs at once on one home work:
 - start-up waits PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (the CLI's default is 180 s) and is
   retried on a new port, so a machine whose cores are taken is slow, not broken;
 - the server dies with the process that started it, also on kill -9 (the kernel's parent-death signal),
-  so no orphaned server is left behind.
+  so no orphaned server is left behind; it runs in its own session, so a stop signal sent to the whole
+  process group reaches the run first, which then reports how it ended before the server stops.
 """
 
 from __future__ import annotations
@@ -95,7 +96,11 @@ def _startup_lock(home: Path) -> Iterator[None]:
 def _start(timeout: float) -> tuple[subprocess.Popen, str]:
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
         port = _free_port()
-        server = subprocess.Popen(_command(port), env=_server_env(), preexec_fn=_die_with_parent)
+        # its own session: a stop signal sent to our process group (a terminal's Ctrl-C, `timeout`) must not take the
+        # server away while the flow run still reports how it ended; it stops with us (`_stop`, or the death signal)
+        server = subprocess.Popen(
+            _command(port), env=_server_env(), preexec_fn=_die_with_parent, start_new_session=True
+        )
         url = f"http://127.0.0.1:{port}/api"
         if _healthy(server, url, timeout):
             return server, url

@@ -307,10 +307,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:  # start-up blocks until the models are loaded
         slots.start() if poll else slots.refresh()
-        yield
+        yield  # on SIGTERM uvicorn stops accepting and lets in-flight requests finish (serve.drain_seconds) first
         slots.stop()
         feedback_log.close()
         impression_log.close()
+        log.info("stopped: in-flight requests answered, feedback and impression logs closed")
 
     app = FastAPI(
         title="InstructRec",

@@ -1,4 +1,5 @@
-"""Faults a new user meets, with real processes: a loaded machine, two runs at once on one home, kill -9.
+"""Faults a new user meets, with real processes: a loaded machine, two runs at once on one home, kill -9, one
+SIGTERM from a scheduler.
 
 Each `instructrec pipeline` here is a separate process with its own ephemeral Prefect server
 (ops.prefect_api), exactly as `make run` starts it.
@@ -19,6 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from model_registry import registry
+from ops.stop import children
 from tests.conftest import write_dataset
 
 pytestmark = pytest.mark.slow
@@ -27,31 +29,25 @@ QUICK = ["--set", "export.variants=false", "--set", "gate.n_bootstrap=100"]
 CLI = [sys.executable, "-m", "ops.cli", "pipeline", "--profile", "tiny"]
 
 
-def _pipeline(home: Path, data: Path, log: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _pipeline(
+    home: Path, data: Path, log: Path, *extra: str, env: dict[str, str] | None = None, group: bool = False
+) -> subprocess.Popen:
     base = {**os.environ, "INSTRUCTREC_HOME": str(home)}
     for key in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME"):
         base.pop(key, None)
     env = {**base, **(env or {})}
     return subprocess.Popen(
-        [*CLI, "--data", str(data), *QUICK, *extra], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+        [*CLI, "--data", str(data), *QUICK, *extra],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=group,  # a process group of its own, as a terminal or systemd gives a service
     )
 
 
 def _burn(n: int) -> list[subprocess.Popen]:
     """n processes spinning a core each: the machine a newcomer's laptop is while other jobs run."""
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def _gone(pid: int, within: float) -> bool:
@@ -119,7 +115,7 @@ def test_kill_9_resumes_marks_the_killed_run_failed_and_leaves_no_server(home):
     victim = _pipeline(home["home"], home["data"], home["logs"] / "killed.log", *long)
     _wait_for(lambda: set(home["home"].glob("checkpoints/*/last.pt")) - before, 600, "the first epoch checkpoint")
     time.sleep(2)
-    servers = _children(victim.pid)
+    servers = children(victim.pid)
     assert servers, "the CLI runs its Prefect server as a child"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -141,6 +137,35 @@ def test_kill_9_resumes_marks_the_killed_run_failed_and_leaves_no_server(home):
     assert resumed[0].info.status == "FINISHED" and "representation.resumed_after_epoch" in resumed[0].data.tags
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert _flow_run_state(home["home"], killed[0].data.tags["prefect.flow_run_id"]) == "CRASHED"
+
+
+def test_one_sigterm_stops_a_run_in_a_long_stage_within_seconds_and_marks_it(home):
+    """What a scheduler does (systemd, `timeout`, a terminal's Ctrl-C signal the whole process group): one SIGTERM,
+    then SIGKILL after its grace period. The run must not need the second."""
+    log = home["logs"] / "sigterm.log"
+    before = set(home["home"].glob("checkpoints/*/last.pt"))
+    long = ["--set", "train.epochs=500", "--set", "train.patience=500", "--set", "train.seed=4"]
+    victim = _pipeline(home["home"], home["data"], log, *long, group=True)
+    _wait_for(lambda: "representation epoch 2/500" in log.read_text(), 600, "the representation stage's 2nd epoch")
+    descendants = children(victim.pid)
+    assert descendants, "the CLI runs its Prefect server as a child"
+    sent = time.monotonic()
+    os.killpg(victim.pid, signal.SIGTERM)
+    rc = victim.wait(timeout=60)
+    took = time.monotonic() - sent
+    text = log.read_text()
+    assert rc == 128 + signal.SIGTERM and took <= 10, (rc, took, text[-3000:])
+    assert "stopped by SIGTERM" in text and "Traceback" not in text, text[-3000:]
+    assert all(_gone(pid, within=5) for pid in descendants), "a child of the stopped run is still running"
+
+    client = MlflowClient(f"sqlite:///{home['home'] / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("instructrec").experiment_id], f"tags.`instructrec.pid` = '{victim.pid}'"
+    )
+    assert len(runs) == 1 and runs[0].info.status == "KILLED"
+    assert "SIGTERM" in runs[0].data.tags["instructrec.stopped"]
+    assert _flow_run_state(home["home"], runs[0].data.tags["prefect.flow_run_id"]) == "CRASHED"
+    assert set(home["home"].glob("checkpoints/*/last.pt")) - before, "the last finished epoch's checkpoint is kept"
 
 
 def _flow_run_state(home: Path, flow_run_id: str) -> str:

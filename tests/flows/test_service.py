@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -532,3 +533,85 @@ def test_a_live_aa_through_the_service_and_the_feedback_flow_never_promotes_and_
     finally:
         registry.remove_alias(registry.CHALLENGER)
         client.app.state.slots.refresh()
+
+
+def test_sigterm_drains_the_request_in_flight_and_loses_no_acknowledged_feedback(world):
+    """What a scheduler does to the real service process: one SIGTERM while a feedback event is half received.
+    The event finishes, is stored and acknowledged; every event acknowledged before is in the log; the process
+    ends in seconds by the signal (after its clean shutdown) with nothing left running."""
+    import http.client
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from ops.demo import wait_for
+    from ops.stop import children
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "INSTRUCTREC_HOME": str(world["home"]), "MLFLOW_TRACKING_URI": world["cfg"].paths.tracking_uri}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "serve", "--profile", "tiny", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url, timeout=120)
+        acked = []
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for n in range(20):
+                out = c.post("/recommend", json={"user_id": f"u{n % 10}", "k": 5}).json()
+                event = {"request_id": out["request_id"], "user_id": f"u{n % 10}", "kind": "like"}
+                event |= {"item_id": out["items"][0]["item_id"], "event_id": f"term-{n}"}
+                assert c.post("/feedback", json=event).status_code == 200
+                acked.append(event["event_id"])
+            last = c.post("/recommend", json={"user_id": "u1", "k": 5}).json()
+        body = json.dumps(
+            {"request_id": last["request_id"], "user_id": "u1", "kind": "dislike"}
+            | {"item_id": last["items"][0]["item_id"], "event_id": "term-in-flight"}
+        ).encode()
+        descendants = children(proc.pid)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.putrequest("POST", "/feedback")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body[:10])  # the request has begun: headers and a tenth of its body are in
+        time.sleep(0.5)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        conn.send(body[10:])
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        acked.append("term-in-flight")
+        rc = proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    # uvicorn shuts down cleanly, then raises the signal again: the status says SIGTERM ended it, as it should
+    assert rc == -signal.SIGTERM and took <= 10 and "Traceback" not in stderr, (rc, took, stderr[-3000:])
+    assert "stopped: in-flight requests answered, feedback and impression logs closed" in stderr
+    assert not [p for p in descendants if _running(p)], "a child of the service outlived it"
+    stored = read_store(world["cfg"].paths.feedback)
+    assert set(acked) <= set(stored["event_id"].to_list())
+    with pytest.raises(httpx.ConnectError):  # and it is gone: nothing listens any more
+        httpx.get(f"{url}/health", timeout=2)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
