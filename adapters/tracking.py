@@ -140,11 +140,16 @@ def pipeline_run(cfg: Config, run_name: str, tags: dict[str, str]) -> Iterator[s
         experiment_id, run_name=run_name, tags={**tags, **_flow_run_tags(), **owner, **code_version()}
     )
     run_id = run.info.run_id
-    client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in cfg.flat().items()])
-    log_json(run_id, cfg.model_dump(mode="json"), "config.json")  # the resolved config, whole
-    _open_runs[run_id] = mlflow.get_tracking_uri()
+    _open_runs[run_id] = mlflow.get_tracking_uri()  # from here on a stop signal finds the run to close
     try:
-        yield run_id
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in cfg.flat().items()])
+        log_json(run_id, cfg.model_dump(mode="json"), "config.json")  # the resolved config, whole
+        try:
+            yield run_id
+        finally:
+            logging_seconds = _logging_seconds.pop(run_id, 0.0)
+        client.log_metric(run_id, LOGGING_TIME, logging_seconds)
+        client.set_terminated(run_id, "FINISHED")
     except BaseException as exc:
         signum = stop_signal_of(exc)
         if signum is None:
@@ -154,8 +159,6 @@ def pipeline_run(cfg: Config, run_name: str, tags: dict[str, str]) -> Iterator[s
         raise
     finally:
         _open_runs.pop(run_id, None)
-        client.log_metric(run_id, LOGGING_TIME, _logging_seconds.pop(run_id, 0.0))
-    client.set_terminated(run_id, "FINISHED")
 
 
 STOPPED_TAG = "instructrec.stopped"

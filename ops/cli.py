@@ -385,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
                 if (signum := stop_signal_of(exc)) is None:
                     raise
                 print(
-                    f"stopped by {signal.Signals(signum).name}: the run is marked KILLED in MLflow and Crashed in "
-                    "Prefect; the last finished epoch's checkpoint is kept (the same command resumes from it)",
+                    f"stopped by {signal.Signals(signum).name}: a run it had begun is marked KILLED in MLflow (tag "
+                    "instructrec.stopped) and its flow run ended in Prefect; the last finished epoch's checkpoint "
+                    "is kept (the same command resumes from it)",
                     file=sys.stderr,
                 )
                 return exit_status(signum)

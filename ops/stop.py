@@ -14,16 +14,17 @@ cancelling a flow run), and SIGKILL skips every clean-up. So the first SIGTERM o
 
 The watchdog is woken through the signal's wakeup file descriptor, which the C-level handler writes at once:
 it starts counting even while the main thread is inside a long C call and cannot run Python handlers yet.
-A second signal exits at once. Exit status 128 + the signal's number, as a shell reports a killed process.
-The one case this cannot reach is a C call that holds the GIL for its whole length (no Python thread runs):
-only SIGKILL ends it; the library's long calls (torch, numpy, ONNX Runtime) release the GIL.
+A second signal exits at once where the handler runs (a second delivery of the first, which Prefect's own
+handler makes, is not one); inside a long C call the grace period ends it. Exit status 128 + the signal's
+number, as a shell reports a killed process. The one case this cannot reach is a C call that holds the GIL
+for its whole length (no Python thread runs): only SIGKILL ends it; the library's long calls (torch, numpy,
+ONNX Runtime) release the GIL.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import sys
 import threading
@@ -70,14 +71,16 @@ class _Stopper:
         self.grace, self.signum = grace, 0
 
     def handle(self, signum: int, frame) -> None:
-        if self.signum:  # the second signal: no more waiting
+        if self.signum:  # the second signal this handler sees: no more waiting
             _hard_exit(signum, "a second stop signal")
         self.signum = signum
         raise StopSignal(signum)
 
     def watch(self, read_fd: int) -> None:
-        # the read end stays open until the process ends: a later signal's wakeup byte must find a reader
-        pipe = os.fdopen(read_fd, "rb", buffering=0)
+        """Wait for the first stop signal's wakeup byte, then `grace` seconds. Later bytes are not counted as
+        second signals: inside a flow run, Prefect's handler takes the first delivery and sends the signal to
+        the process again (one byte more for one signal); a second signal proper reaches `handle`."""
+        pipe = os.fdopen(read_fd, "rb", buffering=0)  # left open: a later signal's wakeup byte finds a reader
         while byte := pipe.read(1):
             if byte[0] in SIGNALS:
                 break
@@ -85,26 +88,46 @@ class _Stopper:
             pipe.close()
             return  # the block ended without a stop signal
         signum = byte[0]
-        deadline = time.monotonic() + self.grace
-        while (left := deadline - time.monotonic()) > 0:
-            # a second signal ends the wait (the main thread may be inside a long C call, its handler not run yet)
-            if select.select([pipe], [], [], left)[0] and (again := pipe.read(1)) and again[0] in SIGNALS:
-                _hard_exit(again[0], "a second stop signal")
+        time.sleep(self.grace)
         _hard_exit(signum, f"still running {self.grace:g} s after {signal.Signals(signum).name}")
 
 
-def _hard_exit(signum: int, why: str) -> None:
-    """Close what the run left open, terminate the children, exit now (no interpreter clean-up to wait on)."""
-    name = signal.Signals(signum).name
-    print(f"stopping: {why}; closing the run and exiting", file=sys.stderr, flush=True)
-    try:
-        from adapters import tracking
+_exiting = threading.Lock()
+CLOSE_SECONDS = 2.0  # what closing the runs may take in a hard exit (a store that does not answer)
 
-        tracking.close_open_runs(f"stopped by {name} ({why})")
-    except Exception as exc:  # a store that does not answer must not keep the process alive
-        print(f"stopping: could not close the open runs: {exc}", file=sys.stderr, flush=True)
+
+def _hard_exit(signum: int, why: str) -> None:
+    """Close what the run left open (bounded), terminate the children, exit now (no interpreter clean-up).
+    Once: a second caller (the handler while the watchdog is at it) exits at once."""
+    status = exit_status(signum)
+    if not _exiting.acquire(blocking=False):
+        os._exit(status)
+    name = signal.Signals(signum).name
+    _say(f"stopping: {why}; closing the run and exiting")
+    tracking = sys.modules.get("adapters.tracking")  # not imported: no run was opened (and no import now)
+    if tracking is not None:
+        closing = threading.Thread(
+            target=_close_runs, args=(tracking, f"stopped by {name} ({why})"), name="stop-close", daemon=True
+        )
+        closing.start()
+        closing.join(CLOSE_SECONDS)
     terminate_children()
-    os._exit(exit_status(signum))
+    os._exit(status)
+
+
+def _close_runs(tracking, reason: str) -> None:
+    try:
+        tracking.close_open_runs(reason)
+    except Exception as exc:  # a store that does not answer must not keep the process alive
+        _say(f"stopping: could not close the open runs: {exc}")
+
+
+def _say(message: str) -> None:
+    """Straight to stderr's descriptor: a signal handler may interrupt a write to sys.stderr."""
+    try:
+        os.write(2, f"{message}\n".encode())
+    except OSError:
+        pass
 
 
 def children(pid: int | None = None) -> list[int]:

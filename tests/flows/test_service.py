@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -567,6 +566,7 @@ def test_sigterm_drains_the_request_in_flight_and_loses_no_acknowledged_feedback
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(url, timeout=120)
+        assert not children(proc.pid)  # one process: nothing it starts can outlive it
         acked = []
         with httpx.Client(base_url=url, timeout=30) as c:
             for n in range(20):
@@ -580,13 +580,12 @@ def test_sigterm_drains_the_request_in_flight_and_loses_no_acknowledged_feedback
             {"request_id": last["request_id"], "user_id": "u1", "kind": "dislike"}
             | {"item_id": last["items"][0]["item_id"], "event_id": "term-in-flight"}
         ).encode()
-        descendants = children(proc.pid)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.putrequest("POST", "/feedback")
         conn.putheader("Content-Type", "application/json")
         conn.putheader("Content-Length", str(len(body)))
         conn.endheaders(body[:10])  # the request has begun: headers and a tenth of its body are in
-        time.sleep(0.5)
+        time.sleep(1.0)  # for the server to read them (it is idle: milliseconds)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
@@ -603,15 +602,7 @@ def test_sigterm_drains_the_request_in_flight_and_loses_no_acknowledged_feedback
     # uvicorn shuts down cleanly, then raises the signal again: the status says SIGTERM ended it, as it should
     assert rc == -signal.SIGTERM and took <= 10 and "Traceback" not in stderr, (rc, took, stderr[-3000:])
     assert "stopped: in-flight requests answered, feedback and impression logs closed" in stderr
-    assert not [p for p in descendants if _running(p)], "a child of the service outlived it"
     stored = read_store(world["cfg"].paths.feedback)
     assert set(acked) <= set(stored["event_id"].to_list())
     with pytest.raises(httpx.ConnectError):  # and it is gone: nothing listens any more
         httpx.get(f"{url}/health", timeout=2)
-
-
-def _running(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
