@@ -15,16 +15,18 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instructrec.config import Config
-from instructrec.instructions import pad_histories, windows
 from instructrec.model import CausalEncoder, autocast, bf16_capable, catalogue_log_prob
 from instructrec.ranks import Ranks
+
+if TYPE_CHECKING:  # the model imports with torch alone (bench/gpu_check.py on a bare GPU host)
+    from instructrec.config import Config
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class SASRec(nn.Module):
 
 def training_windows(train: list[np.ndarray], max_len: int) -> np.ndarray:
     """Each train sequence cut from its end into disjoint windows of max_len + 1 items (input + shifted target)."""
+    from instructrec.instructions import pad_histories, windows  # (with the split: polars)
+
     spans = [tuple(int(i) for i in seq[start:end]) for seq in train for start, _, end in windows(seq, max_len)]
     return pad_histories(spans, max_len + 1)
 
@@ -149,7 +153,8 @@ def fit_sasrec(
 ) -> SASRecFit:
     """Full-softmax next-item training on every position; keeps the best-validation weights.
 
-    on_epoch: rank 0 calls it with each validated epoch's row (seconds: per epoch since the last row).
+    on_epoch: rank 0 calls it after every epoch with its row (loss, seconds, and val_ndcg@10 where validated);
+    the returned history holds the validated rows.
 
     ranks: data-parallel (instructrec.distributed): each rank takes its part of every step of
     batch_size x world windows from one shared permutation; rank 0 validates for all.
@@ -176,15 +181,16 @@ def fit_sasrec(
             loss.backward()
             optim.step()
             losses.append(ranks.mean(loss.item()))
-        if (epoch + 1) % s.eval_every and epoch + 1 != s.epochs:
-            continue
-        metric = ranks.from_lead(validate(model) if ranks.lead else 0.0)
-        done = epoch - (history[-1]["epoch"] if history else -1)
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_ndcg@10": metric}
-        row["seconds"], last_row = (time.perf_counter() - last_row) / done, time.perf_counter()
-        history.append(row)
+        row = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan")}
+        validated = not (epoch + 1) % s.eval_every or epoch + 1 == s.epochs
+        if validated:
+            row["val_ndcg@10"] = metric = ranks.from_lead(validate(model) if ranks.lead else 0.0)
+            history.append(row)
+        row["seconds"], last_row = time.perf_counter() - last_row, time.perf_counter()
         if on_epoch is not None and ranks.lead:
-            on_epoch(row)
+            on_epoch(row)  # every epoch: a log shows progress between validations too
+        if not validated:
+            continue
         if metric > best:
             best, best_epoch, best_state = metric, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= s.patience:

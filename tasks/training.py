@@ -141,12 +141,19 @@ class EpochLogger:
 
 
 def _progress_logger() -> logging.Logger | logging.LoggerAdapter:
-    """The flow run's logger where there is one (the console and the Prefect UI), else this module's (a Ray
-    worker's output reaches the driver's console)."""
+    """The flow run's logger where there is one (the console and the Prefect UI), else this module's, writing
+    to stderr: a DDP rank's process on the Ray engine (its lines go to Ray's worker log,
+    /tmp/ray/session_latest/logs/worker-*.err; the driver shows the MLflow curves)."""
     try:
         return get_run_logger()
     except MissingContextError:
-        return logging.getLogger(__name__)
+        log = logging.getLogger(__name__)
+        if not log.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+        return log
 
 
 def _duration(seconds: float) -> str:
