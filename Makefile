@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-fast fuzz lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-taste bench-new-items bench-scale bench-ray mlflow-ui clean
+.PHONY: run test test-fast fuzz gpu-check lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-taste bench-new-items bench-scale bench-ray mlflow-ui clean
 
 # requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
 $(STAMP): pyproject.toml requirements.lock
@@ -95,6 +95,11 @@ bench: $(STAMP)
 # One command on a GPU host: set up CUDA, then the scorer benchmark (fp16 on CUDA, IOBinding)
 bench-gpu: setup-gpu
 	$(BIN)/python bench/scorer.py
+
+# A GPU host with no project environment (torch, numpy, transformers, onnxruntime-gpu only): the system Python
+# runs the training steps at ML-1M's shape (examples/s, MFU) and the exported scorer under ORT's CUDA provider
+gpu-check:
+	$(PYTHON) bench/gpu_check.py --out bench/results/gpu_check.json
 
 # 50 concurrent clients for 60 s against the service (after `make run`): requests/s, p50/p99, no lost feedback
 bench-service: $(STAMP)

@@ -13,14 +13,16 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from instructrec.gate import Parity
 from instructrec.io import atomic_path
 from instructrec.model import InstructRecScorer
+
+if TYPE_CHECKING:  # the export imports with torch and onnxruntime alone (bench/gpu_check.py on a bare GPU host)
+    from instructrec.gate import Parity
 
 INPUTS = ("input_ids", "attention_mask", "history")
 OUTPUT = "scores"
@@ -51,11 +53,23 @@ def export_onnx(model: InstructRecScorer, tokenizer, target: Path, opset: int = 
     sample = model.tokenize(tokenizer, ["an example instruction", "a second, longer example instruction text"])
     history = torch.zeros(2, model.config.max_history, dtype=torch.long)
     history[0, -2:] = torch.tensor([1, 2])
+    return export_graph(model, sample["input_ids"], sample["attention_mask"], history, target, opset)
+
+
+def export_graph(
+    model: InstructRecScorer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    history: torch.Tensor,
+    target: Path,
+    opset: int = 17,
+) -> Path:
+    """`export_onnx` from sample inputs instead of a tokenizer (a model in eval mode, on the CPU)."""
     with atomic_path(target) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Exported(model),
-            (sample["input_ids"], sample["attention_mask"], history),
+            _Exported(model).eval(),  # the exporter restores the wrapper's mode afterwards, onto the model too
+            (input_ids, attention_mask, history),
             str(tmp),
             input_names=list(INPUTS),
             output_names=[OUTPUT],
@@ -202,6 +216,8 @@ class OnnxScorer:
 def parity(torch_scores: np.ndarray, onnx_scores: np.ndarray, k: int = 10) -> Parity:
     """How far the exported graph's scores are from PyTorch's: the largest absolute difference and the mean
     overlap of the two top-k lists (what the gate's ONNX-parity check compares with its thresholds)."""
+    from instructrec.gate import Parity
+
     diff = float(np.max(np.abs(torch_scores - onnx_scores)))
     top_t = np.argsort(-torch_scores, axis=1)[:, :k]
     top_o = np.argsort(-onnx_scores, axis=1)[:, :k]

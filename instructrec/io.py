@@ -10,8 +10,10 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:  # the model code imports this module where polars is not installed (a bare GPU host)
+    import polars as pl
 
 
 @contextmanager
