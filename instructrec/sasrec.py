@@ -154,7 +154,8 @@ def fit_sasrec(
     """Full-softmax next-item training on every position; keeps the best-validation weights.
 
     on_epoch: rank 0 calls it after every epoch with its row (loss, seconds, and val_ndcg@10 where validated);
-    the returned history holds the validated rows.
+    the returned history holds the validated rows. Where it has `step(epoch, done, total, loss)`, rank 0 calls
+    that after every step.
 
     ranks: data-parallel (instructrec.distributed): each rank takes its part of every step of
     batch_size x world windows from one shared permutation; rank 0 validates for all.
@@ -169,11 +170,13 @@ def fit_sasrec(
         step = torch.nn.parallel.DistributedDataParallel(step)
     gen = torch.Generator().manual_seed(s.seed)
     best, best_epoch, best_state, history = float("-inf"), -1, copy.deepcopy(model.state_dict()), []
+    on_step = getattr(on_epoch, "step", None) if ranks.lead else None
     started = last_row = time.perf_counter()
     for epoch in range(s.epochs):
         model.train()
         losses = []
-        for rows in torch.randperm(len(windows), generator=gen).to(device).split(s.batch_size * ranks.world):
+        batches = torch.randperm(len(windows), generator=gen).to(device).split(s.batch_size * ranks.world)
+        for done, rows in enumerate(batches, 1):
             if len(rows) < ranks.world:
                 continue  # every rank needs rows
             loss = step(rows.tensor_split(ranks.world)[ranks.rank])
@@ -181,6 +184,8 @@ def fit_sasrec(
             loss.backward()
             optim.step()
             losses.append(ranks.mean(loss.item()))
+            if on_step is not None:
+                on_step(epoch, done, len(batches), losses[-1])
         row = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan")}
         validated = not (epoch + 1) % s.eval_every or epoch + 1 == s.epochs
         if validated:

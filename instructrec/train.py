@@ -319,6 +319,8 @@ def fit(
     ranks: data-parallel training (instructrec.distributed launches it): every rank runs this with the
     same examples and settings; each takes its part of each step's batch of `s.batch_size` x world windows
     from one shared permutation; only rank 0 validates, writes checkpoints and calls `on_epoch`.
+    on_epoch: called with each epoch's row; where it also has `step(epoch, done, total, loss)`, that is called
+    after every step (rank 0): a log can show progress inside a long epoch.
     """
     device = torch.device(s.device)
     model.to(device)
@@ -367,6 +369,7 @@ def fit(
             step, device_ids=[device.index] if device.type == "cuda" else None
         )
     batch = s.batch_size * ranks.world
+    on_step = getattr(on_epoch, "step", None) if ranks.lead else None
     seen = 0
     started = time.perf_counter()
     for epoch in range(start_epoch, s.epochs):
@@ -378,12 +381,15 @@ def fit(
         losses, t0, n_epoch = [], time.perf_counter(), 0
         batches = [b for b in range(0, len(order), batch) if len(order) - b >= ranks.world]  # every rank gets rows
         # disable=None: bars only on a terminal (a log file would get one line of carriage returns per stage)
-        for b in tqdm(
-            batches,
-            desc=f"{s.stage} epoch {epoch + 1}/{s.epochs}",
-            disable=None if progress and ranks.lead else True,
-            leave=False,
-            mininterval=2.0,
+        for done, b in enumerate(
+            tqdm(
+                batches,
+                desc=f"{s.stage} epoch {epoch + 1}/{s.epochs}",
+                disable=None if progress and ranks.lead else True,
+                leave=False,
+                mininterval=2.0,
+            ),
+            1,
         ):
             rows = order[b : b + batch].tensor_split(ranks.world)[ranks.rank]
             negatives = (
@@ -396,6 +402,8 @@ def fit(
             optim.step()
             losses.append(ranks.mean(loss.item()))
             n_epoch += n
+            if on_step is not None:
+                on_step(epoch, done, len(batches), losses[-1])
         seen += n_epoch
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
         result.history.append(row)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from dataclasses import dataclass, replace
 
@@ -13,7 +12,6 @@ import mlflow
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import MissingContextError
 
 from adapters import tracking
 from instructrec import schema
@@ -34,6 +32,7 @@ from instructrec.train import (
     representation_settings,
     warm_start,
 )
+from tasks.progress import STEP_LINE_SECONDS, duration, say
 
 
 @dataclass
@@ -98,10 +97,30 @@ class EpochLogger:
         self.run_id, self.stage, self.tracking_uri = run_id, stage, mlflow.get_tracking_uri()
         self.epochs, self.started, self.best = epochs, time.time(), float("-inf")  # wall clock: DDP ranks share it
         self.first: tuple[int, float] | None = None  # (epoch, time) of the first row this process logged
+        self.epoch_started: tuple[int, int, float] | None = None  # (epoch, step, time) first seen, for `step`
+        self.last_line = self.started
 
     def __call__(self, row: dict) -> None:
         self._log(row)
-        _progress_logger().info(self.line(row))
+        self._say(self.line(row))
+
+    def step(self, epoch: int, done: int, total: int, loss: float) -> None:
+        """Inside an epoch, a line every STEP_LINE_SECONDS: a long epoch still shows progress in a log."""
+        now = time.time()
+        if self.epoch_started is None or self.epoch_started[0] != epoch:
+            self.epoch_started = (epoch, done, now)
+        _, first, since = self.epoch_started
+        if now - self.last_line < STEP_LINE_SECONDS or done >= total or done == first:
+            return
+        left = (now - since) / (done - first) * (total - done)
+        self._say(
+            f"{self.stage} epoch {epoch + 1}/{self.epochs or '?'}: {done / total:.0%} of {total} steps, loss "
+            f"{loss:.4f}; {duration(now - self.started)} elapsed, this epoch about {duration(left)} left"
+        )
+
+    def _say(self, line: str) -> None:
+        self.last_line = time.time()
+        say(line)
 
     def _log(self, row: dict) -> None:
         if mlflow.get_tracking_uri() != self.tracking_uri:
@@ -128,9 +147,9 @@ class EpochLogger:
         parts = [f"{self.stage} epoch {done}/{self.epochs or '?'}: loss {row['loss']:.4f}"]
         if metric is not None:
             parts.append(f", val NDCG@10 {metric:.4f} (best {self.best:.4f})")
-        parts.append(f"; {_duration(elapsed)} elapsed")
+        parts.append(f"; {duration(elapsed)} elapsed")
         if self.epochs > done:
-            parts.append(f", at most {_duration(per_epoch * (self.epochs - done))} left")
+            parts.append(f", at most {duration(per_epoch * (self.epochs - done))} left")
         return "".join(parts)
 
     def replay(self, history: list[dict]) -> None:
@@ -138,27 +157,6 @@ class EpochLogger:
         for row in history:
             if epoch_step(row["epoch"]) not in logged:
                 self._log(row)
-
-
-def _progress_logger() -> logging.Logger | logging.LoggerAdapter:
-    """The flow run's logger where there is one (the console and the Prefect UI), else this module's, writing
-    to stderr: a DDP rank's process on the Ray engine (its lines go to Ray's worker log,
-    /tmp/ray/session_latest/logs/worker-*.err; the driver shows the MLflow curves)."""
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        log = logging.getLogger(__name__)
-        if not log.handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-            log.addHandler(handler)
-            log.setLevel(logging.INFO)
-        return log
-
-
-def _duration(seconds: float) -> str:
-    minutes, sec = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{sec:02d}s" if minutes else f"{sec}s"
 
 
 def _log_curves(run_id: str, stage: str, history: list[dict], best_epoch: int) -> None:

@@ -128,6 +128,47 @@ def test_a_progress_line_per_epoch_estimates_what_is_left_from_the_epochs_this_p
     assert "left" not in EpochLogger("run", "feedback", 3).line({"epoch": 2, "loss": 1.0})  # the last epoch
 
 
+def test_a_long_epoch_writes_a_line_every_half_minute_with_what_is_left_of_it(caplog):
+    import logging
+    import time
+
+    from tasks.progress import STEP_LINE_SECONDS
+    from tasks.training import EpochLogger
+
+    logger = EpochLogger("run", "representation", 40)
+    with caplog.at_level(logging.INFO, logger="tasks.progress"):
+        logger.step(2, 1, 100, 5.0)  # the epoch's first step: its pace is not known yet
+        logger.last_line -= STEP_LINE_SECONDS
+        assert logger.epoch_started is not None
+        logger.epoch_started = (2, 1, time.time() - 60)  # 60 s for steps 2..31: 2 s a step
+        logger.step(2, 31, 100, 4.5)
+        logger.step(2, 32, 100, 4.4)  # too soon after the last line
+        logger.last_line -= STEP_LINE_SECONDS
+        logger.step(2, 100, 100, 4.0)  # the epoch's own line follows
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("representation epoch 3/40: 31% of 100 steps, loss 4.5000")
+    assert lines[0].endswith("this epoch about 2m18s left")
+
+
+def test_a_stage_with_nothing_to_say_still_writes_a_line_each_period_and_a_talking_one_does_not(caplog):
+    import logging
+    import time
+
+    from tasks.progress import heartbeat, say
+
+    with caplog.at_level(logging.INFO, logger="tasks.progress"):
+        with heartbeat("export_onnx", every=0.3):
+            time.sleep(1.1)  # silent: a line at about 0.3, 0.6 and 0.9 s
+        silent = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        with heartbeat("train_sasrec", every=0.3):
+            for _ in range(10):
+                say("sasrec epoch ...")  # a stage with its own lines
+                time.sleep(0.1)
+    assert 2 <= len(silent) <= 4 and all(m.startswith("export_onnx: still at work, ") for m in silent), silent
+    assert [r.getMessage() for r in caplog.records] == ["sasrec epoch ..."] * 10
+
+
 def test_a_stage_logs_one_curve_per_series_stepped_by_epoch_and_the_kept_best_as_its_summary(tmp_path):
     """The curves' latest value is the last epoch's; the run's summary (best_val_ndcg@10, best_epoch) is the epoch
     training kept; the per-type validation scores go to the stage's history table, not to metrics."""
