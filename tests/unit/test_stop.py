@@ -37,15 +37,29 @@ LOOPING = textwrap.dedent("""
 """)
 
 
-def _start(script: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    return proc
+@pytest.fixture
+def start():
+    """Start a script that prints "ready"; whatever the test's outcome, nothing it started outlives it."""
+    started: list[subprocess.Popen] = []
+
+    def run(script: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        started.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return proc
+
+    yield run
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_python_loop_unwinds_at_once_through_the_stop_signal_exception(sig):
-    proc = _start(LOOPING)
+def test_a_python_loop_unwinds_at_once_through_the_stop_signal_exception(start, sig):
+    proc = start(LOOPING)
     sent = time.monotonic()
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=20)
@@ -53,8 +67,8 @@ def test_a_python_loop_unwinds_at_once_through_the_stop_signal_exception(sig):
     assert f"unwound by {signal.Signals(sig).name}" in out
 
 
-def test_a_run_that_swallows_the_stop_is_ended_by_the_watchdog_after_the_grace_period():
-    proc = _start(SWALLOWING.replace("GRACE", "1.0"))
+def test_a_run_that_swallows_the_stop_is_ended_by_the_watchdog_after_the_grace_period(start):
+    proc = start(SWALLOWING.replace("GRACE", "1.0"))
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
@@ -63,8 +77,8 @@ def test_a_run_that_swallows_the_stop_is_ended_by_the_watchdog_after_the_grace_p
     assert "still running 1 s after SIGTERM" in err
 
 
-def test_a_second_signal_exits_at_once():
-    proc = _start(SWALLOWING.replace("GRACE", "600.0"))
+def test_a_second_signal_exits_at_once(start):
+    proc = start(SWALLOWING.replace("GRACE", "600.0"))
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     sent = time.monotonic()
