@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 import uuid
 
@@ -353,12 +357,8 @@ def test_a_registry_outage_keeps_the_loaded_models_serving_and_shows_in_health(w
 def test_a_full_disk_answers_503_and_stores_nothing_it_did_not_acknowledge(world):
     """The real service process under a file-size limit (the OS refuses writes past 4 kB per file, as a full disk)."""
     import json
-    import os
     import resource
     import signal
-    import socket
-    import subprocess
-    import sys
 
     import httpx
 
@@ -371,18 +371,7 @@ def test_a_full_disk_answers_503_and_stores_nothing_it_did_not_acknowledge(world
     from model_registry.serving import load_version
 
     load_version(world["cfg"], registry.get_alias(registry.CHAMPION))  # downloaded before the limit: only logs grow
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "INSTRUCTREC_HOME": str(world["home"]), "MLFLOW_TRACKING_URI": world["cfg"].paths.tracking_uri}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", "serve", "--profile", "tiny", "--port", str(port)],
-        env=env,
-        preexec_fn=limit_files,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    port, proc = _serve_process(world, preexec_fn=limit_files)
     url = f"http://127.0.0.1:{port}"
     acked, refused, codes = [], [], []
     try:
@@ -540,11 +529,7 @@ def test_sigterm_drains_the_request_in_flight_and_loses_no_acknowledged_feedback
     ends in seconds by the signal (after its clean shutdown) with nothing left running."""
     import http.client
     import json
-    import os
     import signal
-    import socket
-    import subprocess
-    import sys
     import time
 
     import httpx
@@ -552,17 +537,7 @@ def test_sigterm_drains_the_request_in_flight_and_loses_no_acknowledged_feedback
     from ops.demo import wait_for
     from ops.stop import children
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "INSTRUCTREC_HOME": str(world["home"]), "MLFLOW_TRACKING_URI": world["cfg"].paths.tracking_uri}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", "serve", "--profile", "tiny", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    port, proc = _serve_process(world)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(url, timeout=120)
@@ -606,3 +581,15 @@ def test_sigterm_drains_the_request_in_flight_and_loses_no_acknowledged_feedback
     assert set(acked) <= set(stored["event_id"].to_list())
     with pytest.raises(httpx.ConnectError):  # and it is gone: nothing listens any more
         httpx.get(f"{url}/health", timeout=2)
+
+
+def _serve_process(world, **popen) -> tuple[int, subprocess.Popen]:
+    """`instructrec serve` in its own process on a free port of this machine, on the world's registry."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "INSTRUCTREC_HOME": str(world["home"]), "MLFLOW_TRACKING_URI": world["cfg"].paths.tracking_uri}
+    command = [sys.executable, "-m", "ops.cli", "serve", "--profile", "tiny", "--port", str(port)]
+    return port, subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen
+    )
