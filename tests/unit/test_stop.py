@@ -15,13 +15,24 @@ from instructrec.errors import StopSignal, stop_signal_of
 SWALLOWING = textwrap.dedent("""
     import time
     from ops.stop import stop_on_signal
-    with stop_on_signal(grace=GRACE):
-        print("ready", flush=True)
+
+    def swallow_forever(say_ready):
         while True:  # retries that swallow every exception, StopSignal too: only the watchdog ends this
             try:
+                if say_ready:
+                    say_ready = False
+                    print("ready", flush=True)  # inside the try: a signal sent on "ready" lands in it
                 time.sleep(0.05)
             except BaseException:
                 pass
+
+    with stop_on_signal(grace=GRACE):
+        say_ready = True
+        while True:  # a signal between two inner tries (the loop's jump back) is swallowed here
+            try:
+                swallow_forever(say_ready)
+            except BaseException:
+                say_ready = False
 """)
 LOOPING = textwrap.dedent("""
     from instructrec.errors import StopSignal
