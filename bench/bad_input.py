@@ -1,7 +1,7 @@
 """Bad input, tried as a new user would: each class through `instructrec pipeline --profile tiny --data DIR`.
 
 Prints, per class, the exit code, the seconds until the command returned and the first line of its error, and
-writes bench/results/bad_input.json (the README's bad-input table). A benchmark: it asserts nothing. All cases
+writes bench/results/bad_input.json (the table in docs/how-to/troubleshooting.md). A benchmark: it asserts nothing. All cases
 share one home, whose Prefect database is migrated by a warm-up run first, as on a machine in use.
 """
 

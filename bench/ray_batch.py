@@ -1,6 +1,6 @@
 """Batch top-k on both engines side by side: one process vs a Ray Data actor pool, same users, same graph.
 
-    .venv/bin/python bench/ray_batch.py --users 1000000               # the README figure (tiny shape)
+    .venv/bin/python bench/ray_batch.py --users 1000000               # the figure in docs/scaling.md (tiny shape)
     .venv/bin/python bench/ray_batch.py --users 20000 --profile cpu   # MiniLM, the `make run` model's shape
 
 Synthetic users (instructrec.synth: heavy-tailed activity, Zipf popularity, genre-coherent histories),
