@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from instructrec import schema
-from instructrec.config import load_config
+from instructrec.config import PROFILES, load_config
 from instructrec.evaluate import EvalCase, PopularityScorer, TorchScorer, evaluate
 from instructrec.model import extend_catalogue
 from instructrec.prepare import prepare
@@ -61,7 +61,7 @@ def rows_of(case: EvalCase, keep: np.ndarray) -> EvalCase:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="movielens-100k")
-    ap.add_argument("--profile", default="cpu", choices=["tiny", "cpu", "gpu"])
+    ap.add_argument("--profile", default="cpu", choices=PROFILES)
     ap.add_argument("--share", type=float, default=0.1, help="share of items held out of training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from instructrec.abtest import Effect, ratio
-from instructrec.config import load_config
+from instructrec.config import PROFILES, load_config
 from instructrec.simulate import Policy, play_sessions
 from model_registry import registry
 from ops.demo import build_world, free_port, start_service, wait_for
@@ -80,7 +80,7 @@ def arm_table(stats, pages: range) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="cpu", choices=["tiny", "cpu", "gpu"])
+    ap.add_argument("--profile", default="cpu", choices=PROFILES)
     ap.add_argument("--home", default=str(ROOT / ".instructrec-session-ab"))
     ap.add_argument(
         "--pages",

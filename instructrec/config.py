@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Profile = Literal["tiny", "cpu", "gpu"]
+PROFILES: tuple[Profile, ...] = get_args(Profile)  # the choices every entry point offers, in this order
+
+MINILM_BACKBONE = "minilm"  # all-MiniLM-L6-v2, from its PyPI package (instructrec.backbone.MINILM_DISTRIBUTION)
+TINY_BACKBONE = "tiny"  # a random tiny BERT with MiniLM's vocabulary (tests)
 
 DEFAULT_HOME = ".instructrec"
 
@@ -41,7 +45,7 @@ class DataConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    backbone: str = "minilm"  # "minilm" (PyPI package), "tiny" (random) or a local BERT directory
+    backbone: str = MINILM_BACKBONE  # "minilm" (PyPI package), "tiny" (random) or a local BERT directory
     dim: int = 64  # width of both towers' output space
     n_layers: int = 2  # fusion transformer over [instruction text; history items]
     n_heads: int = 2
@@ -305,11 +309,11 @@ class Config(_Frozen):
         return out
 
 
-_PROFILES: dict[str, dict] = {
+_PROFILES: dict[Profile, dict] = {  # the values each of PROFILES sets
     "tiny": {
         "data": {"max_users": 60},
         "model": {
-            "backbone": "tiny",
+            "backbone": TINY_BACKBONE,
             "dim": 32,
             "n_layers": 1,
             "n_heads": 2,
@@ -374,7 +378,7 @@ def load_config(
 ) -> Config:
     """Build the config for a profile; environment is read here and only here."""
     if profile not in _PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(_PROFILES)}")
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     env = os.environ if environ is None else environ
     home = Path(env.get("INSTRUCTREC_HOME", DEFAULT_HOME)).resolve()
     tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
@@ -390,4 +394,4 @@ def load_config(
     return Config(profile=profile, paths=PathsConfig(home=home, tracking_uri=tracking_uri), **raw)
 
 
-__all__ = ["Config", "Profile", "load_config", "merge", "Field"]
+__all__ = ["Config", "Profile", "PROFILES", "load_config", "merge", "Field"]

@@ -12,12 +12,16 @@ import sys
 import threading
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from instructrec.config import load_config
+from instructrec.config import PROFILES, Config, load_config
 from instructrec.errors import DataValidationError, SourceError, TrackingStoreError, stop_signal_of
 from ops.environment import environment_defaults
 from ops.prefect_api import ApiStartError, prefect_api
 from ops.stop import exit_status, stop_on_signal
+
+if TYPE_CHECKING:
+    from instructrec.recommend import Recommender
 
 EXIT_BAD_INPUT = 2
 
@@ -45,8 +49,10 @@ def _pipeline(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.set)
     pipeline = training_pipeline
-    if load_config(args.profile, args.data, overrides).runtime.engine == "ray":
-        from flows.training_ray import training_pipeline_ray as pipeline  # fan-out through RayTaskRunner
+    if (runtime := load_config(args.profile, args.data, overrides).runtime).engine == "ray":
+        from flows.training_ray import ray_pipeline  # fan-out through RayTaskRunner, built for this runtime
+
+        pipeline = ray_pipeline(runtime)
     summary = pipeline(profile=args.profile, data=args.data, overrides=overrides)
     print(summary.render())
     return 0
@@ -69,12 +75,17 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def _champion():
+def _config(args: argparse.Namespace) -> Config:
+    """The config a command runs on: its --profile, under its --set overrides (and the environment's)."""
+    return load_config(args.profile, overrides=parse_overrides(args.set))
+
+
+def _champion(args: argparse.Namespace) -> tuple[Config, Recommender]:
     """(config, the champion's recommender); exits 1 with the next step when there is none yet."""
     from model_registry import registry
     from model_registry.serving import NoChampion, load_champion
 
-    cfg = load_config()
+    cfg = _config(args)
     registry.connect(cfg.paths.tracking_uri)
     try:
         return cfg, load_champion(cfg)
@@ -86,14 +97,14 @@ def _champion():
 def _recommend(args: argparse.Namespace) -> int:
     from instructrec.recommend import Adaptation
 
-    cfg, rec = _champion()
+    cfg, rec = _champion(args)
     adapt = Adaptation.of(cfg.serve, args.diversity)
     print(json.dumps(rec.recommend(args.user_id, args.instruction, args.k, adapt=adapt), indent=2))
     return 0
 
 
 def _similar(args: argparse.Namespace) -> int:
-    _, rec = _champion()
+    _, rec = _champion(args)
     try:
         print(json.dumps(rec.similar(args.item_id, args.k), indent=2))
     except KeyError:
@@ -115,7 +126,7 @@ def _forget(args: argparse.Namespace) -> int:
 
     from instructrec.erasure import erase_user
 
-    cfg = load_config()
+    cfg = _config(args)
     erasure = erase_user(cfg.paths.feedback, args.user_id, requested_by=f"cli:{getpass.getuser()}")
     print(json.dumps(asdict(erasure), indent=2))
     return 0
@@ -205,7 +216,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from instructrec.simulate import Policy, play_round
     from ops.demo import build_world
 
-    cfg = load_config(args.profile)
+    cfg = _config(args)
     _, futures, genre_of = build_world(cfg, args.future_share)
     users = sorted(u for u, f in futures.items() if f.liked or f.evaluation)[: args.users or None]
     stats = play_round(args.url, futures, users, genre_of, Policy(), args.seed, args.concurrency)
@@ -242,7 +253,7 @@ def _stack(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     if args.backend:
         overrides.setdefault("stack", {})["backend"] = args.backend
-    stack = Stack(load_config("cpu", overrides=overrides))
+    stack = Stack(load_config(args.profile, overrides=overrides))
     if args.action == "down":
         print("stopped:", ", ".join(stack.down()) or "nothing was running")
         return 0
@@ -275,11 +286,15 @@ def _add_set(parser: argparse.ArgumentParser, help: str = "override a config val
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=f"{help} (repeatable)")
 
 
+def _add_profile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=PROFILES, default="cpu", help="config profile (default: cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instructrec", description="Instruction-following recommender pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pipeline", help="ingest, validate, train, fine-tune, evaluate, export and gate")
-    p.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
+    _add_profile(p)
     p.add_argument(
         "--data",
         default=None,
@@ -294,15 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--diversity", type=float, default=None, help="MMR re-ranking weight, 0 to 1 (default serve.diversity)"
     )
+    _add_profile(r)
+    _add_set(r, "e.g. --set serve.diversity=0.2")
     r.set_defaults(run=_recommend)
     si = sub.add_parser("similar", help="the champion's nearest items to one item (item tower), as JSON")
     si.add_argument("--item-id", required=True)
     si.add_argument("-k", type=int, default=10)
+    _add_profile(si)
+    _add_set(si)
     si.set_defaults(run=_similar)
     fg = sub.add_parser(
         "forget", help="erase a user's feedback and impressions from serving and all future training (audited)"
     )
     fg.add_argument("--user-id", required=True)
+    _add_profile(fg)
+    _add_set(fg)
     fg.set_defaults(run=_forget)
     sy = sub.add_parser(
         "synth", help="a seeded synthetic catalogue and log at any size (power-law popularity), for --data"
@@ -315,31 +336,32 @@ def build_parser() -> argparse.ArgumentParser:
     sy.set_defaults(run=_synth)
     b = sub.add_parser("batch", help="top-k for every user from the champion, written as Parquet")
     b.add_argument("-k", type=int, default=10)
-    b.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
+    _add_profile(b)
     _add_set(b, "override a config value, e.g. --set runtime.engine=ray (a Ray Data actor pool; RAY_ADDRESS to join)")
     b.set_defaults(run=_batch)
     sv = sub.add_parser("serve", help="HTTP service: /recommend, /feedback, /health (champion/challenger split)")
-    sv.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
+    _add_profile(sv)
     sv.add_argument("--host", default=None, help="default: serve.host (127.0.0.1)")
     sv.add_argument("--port", type=int, default=None, help="default: serve.port (8000)")
     _add_set(sv, "e.g. --set serve.session_share=0.5 --set serve.diversity=0.2")
     sv.set_defaults(run=_serve)
     ft = sub.add_parser("finetune", help="judge the running A/B test, then tune a challenger on new feedback")
-    ft.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
+    _add_profile(ft)
     ft.add_argument("--data", default=None, help="default: the champion's data source")
     ft.add_argument("--force", action="store_true", help="tune even below feedback.trigger_events new events")
     _add_set(ft)
     ft.set_defaults(run=_finetune)
     sm = sub.add_parser("simulate", help="play simulated users (reacting from their unseen future) against a service")
     sm.add_argument("--url", default="http://127.0.0.1:8000")
-    sm.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
+    _add_profile(sm)
     sm.add_argument("--users", type=int, default=0, help="how many users (0: all with a future)")
     sm.add_argument("--future-share", type=float, default=0.3)
     sm.add_argument("--concurrency", type=int, default=8)
     sm.add_argument("--seed", type=int, default=0)
+    _add_set(sm)
     sm.set_defaults(run=_simulate)
     d = sub.add_parser("demo", help="train on the past, serve, simulate, fine-tune, A/B gate, promote: round by round")
-    d.add_argument("--profile", choices=["tiny", "cpu", "gpu"], default="cpu")
+    _add_profile(d)
     d.add_argument("--rounds", type=int, default=3)
     d.add_argument(
         "--feedback-share",
@@ -357,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(run=_demo)
     st = sub.add_parser("stack", help="local Prefect server + worker + MLflow server, deployments from prefect.yaml")
     st.add_argument("action", choices=["up", "down", "status"])
+    _add_profile(st)
     st.add_argument(
         "--backend",
         choices=["sqlite", "postgres"],

@@ -25,6 +25,9 @@ from tasks import experiments
 from tasks.evaluation import BASELINES, CHALLENGER, CHAMPION, Evaluations, Exported
 from tasks.training import Trained
 
+# what the registered ONNX model asks of its host (MLflow pip requirements): the runtime pyproject.toml pins
+ONNX_RUNTIME_REQUIREMENT = "onnxruntime-gpu==1.31.1"
+
 
 @dataclass
 class GateResult:
@@ -101,7 +104,7 @@ def _log_candidate(
             input_example=example,  # MLflow checks it: it loads the model and scores the example
             save_as_external_data=False,
             onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
-            pip_requirements=["onnxruntime-gpu==1.31.1", "onnx"],
+            pip_requirements=[ONNX_RUNTIME_REQUIREMENT, "onnx"],
         )
     return str(info.registered_model_version)
 
