@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-fast fuzz gpu-check lint lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-taste bench-new-items bench-scale bench-ray mlflow-ui clean
+.PHONY: run test test-fast fuzz gpu-check lint docs lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-taste bench-new-items bench-scale bench-ray mlflow-ui clean
 
 # requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
 $(STAMP): pyproject.toml requirements.lock
@@ -41,6 +41,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/basedpyright
+
+# Reference pages generated from the code (config fields, CLI help, HTTP API) into docs/reference/;
+# tests/unit/test_reference_docs.py fails while a committed page is stale
+docs: $(STAMP)
+	$(BIN)/python -m ops.reference
 
 # Everything not marked slow (no whole flow runs, no servers): the inner loop
 test-fast: $(STAMP)
