@@ -1,8 +1,10 @@
 """The operations stack for real: a Prefect server, a process worker and an MLflow server on free local ports,
 every deployment of prefect.yaml, events between them, the failure automation, and both UIs in headless Chromium.
 
-Order matters within this module (one stack, one story): train -> the champion event runs batch inference ->
-the service's feedback event runs fine-tuning -> a failing run notifies -> a reviewer opens the UIs.
+One stack, one story, in file order: train -> the champion event runs batch inference -> the service's feedback
+event runs fine-tuning -> a failing run notifies -> a reviewer opens the UIs. No test relies on another having run:
+the training run they build on is a module fixture (`trained`, run once), so any test passes alone (`-k reviewer`).
+Every check waits, up to a deadline, on exactly what it asserts, and says on timeout what it awaited.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
+from selenium.webdriver.support.wait import WebDriverWait
 
 from instructrec.config import load_config
 from instructrec.feedback import append_events
@@ -81,7 +85,7 @@ def stack(tmp_path_factory):
             mp.setenv("MLFLOW_TRACKING_URI", endpoints.mlflow)
             registry.connect(endpoints.mlflow)
             with temporary_settings({PREFECT_API_URL: endpoints.prefect_api}):
-                yield SimpleNamespace(ops=ops, endpoints=endpoints, home=home, data=data, hook=hook, runs={})
+                yield SimpleNamespace(ops=ops, endpoints=endpoints, home=home, data=data, hook=hook)
         finally:
             pids = ops.running()
             ops.down()
@@ -93,6 +97,28 @@ def stack(tmp_path_factory):
             os.kill(pid, 0)
 
 
+@pytest.fixture(scope="module")
+def trained(stack):
+    """The training deployment, run once per module on the worker: the flow run and the MLflow run of the champion
+    it registered (read at once, before fine-tuning can move the alias). Its champion event starts batch inference."""
+    run = run_deployment(TRAINING, parameters={"profile": "tiny", "data": str(stack.data)}, timeout=600)
+    assert run.state.is_completed(), f"the training deployment's run did not complete: {run.state}"
+    version = registry.get_alias(registry.CHAMPION)
+    assert version is not None, "the completed training run registered no champion"
+    return SimpleNamespace(run=run, mlrun=registry.client().get_run(version.run_id))
+
+
+def wait_for(condition, awaited: str, timeout: float, interval: float = 1.0):
+    """`condition()`'s first truthy value, polled until `timeout` s; on timeout, fail saying what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if result := condition():
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {awaited}")
+        time.sleep(interval)
+
+
 def runs_of(deployment: str):
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name(deployment)
@@ -102,15 +128,17 @@ def runs_of(deployment: str):
 def wait_for_final_run(deployment: str, timeout: float = 420):
     """The first tiny-profile run of `deployment` that reaches a final state (created by a trigger, not by this
     test; the profile comes from the event's payload)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def finished():
         done = [
             r for r in runs_of(deployment) if r.state and r.state.is_final() and r.parameters.get("profile") == "tiny"
         ]
-        if done:
-            return done[0]
-        time.sleep(2)
-    raise AssertionError(f"no finished run of {deployment} within {timeout:.0f} s: {runs_of(deployment)}")
+        return done[0] if done else None
+
+    try:
+        return wait_for(finished, f"a tiny-profile run of {deployment} in a final state", timeout, interval=2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; its runs: {runs_of(deployment)}") from None
 
 
 def test_stack_is_up_with_every_deployment_and_the_failure_automation(stack):
@@ -125,8 +153,8 @@ def test_stack_is_up_with_every_deployment_and_the_failure_automation(stack):
     assert set(stack.ops.running()) == {"mlflow", "prefect-server", "worker"}
 
 
-def test_training_deployment_runs_on_the_worker_and_registers_a_champion(stack):
-    run = run_deployment(TRAINING, parameters={"profile": "tiny", "data": str(stack.data)}, timeout=600)
+def test_training_deployment_runs_on_the_worker_and_registers_a_champion(trained):
+    run = trained.run
     assert run.state.is_completed(), run.state
     assert run.name.startswith("train-tiny-")  # readable: profile and data hash
     version = registry.get_alias(registry.CHAMPION)
@@ -135,10 +163,9 @@ def test_training_deployment_runs_on_the_worker_and_registers_a_champion(stack):
     assert mlrun.info.status == "FINISHED" and mlrun.data.params["profile"] == "tiny"
     assert "test/challenger/ndcg_at_10" in mlrun.data.metrics
     assert mlrun.data.tags["prefect.flow_run_id"] == str(run.id)
-    stack.runs["training"] = (run, mlrun)
 
 
-def test_new_champion_triggers_batch_inference(stack):
+def test_new_champion_triggers_batch_inference(stack, trained):
     run = wait_for_final_run(BATCH)
     assert run.state.is_completed(), run.state
     assert run.parameters["profile"] == "tiny"  # from the event's payload
@@ -148,7 +175,7 @@ def test_new_champion_triggers_batch_inference(stack):
     assert set(table["model_version"]) == {"1"}
 
 
-def test_feedback_event_from_the_service_runs_the_fine_tuning_deployment(stack):
+def test_feedback_event_from_the_service_runs_the_fine_tuning_deployment(stack, trained):
     append_events(
         stack.home / "feedback",
         pl.DataFrame(
@@ -179,10 +206,14 @@ def test_feedback_event_from_the_service_runs_the_fine_tuning_deployment(stack):
 def test_a_failed_flow_run_fires_the_notification_automation(stack):
     run = run_deployment(TRAINING, parameters={"profile": "tiny", "data": str(stack.home / "missing")}, timeout=600)
     assert run.state.is_failed(), run.state
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not stack.hook.received:
-        time.sleep(1)
-    assert stack.hook.received, "the failure automation did not call its webhook"
+
+    def last_note_is_this_run():  # what is asserted below: the latest notification is about this run
+        return stack.hook.received and json.loads(stack.hook.received[-1]).get("flow_run_id") == str(run.id)
+
+    try:
+        wait_for(last_note_is_this_run, f"the failure automation's webhook to be called for flow run {run.id}", 120)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the webhook received {stack.hook.received}") from None
     note = json.loads(stack.hook.received[-1])
     assert note["flow_run_id"] == str(run.id) and note["state"] == "Failed"
     assert run.name in note["text"]
@@ -215,23 +246,43 @@ def browser():
     chrome.quit()
 
 
-def page_shows(chrome, url: str, *texts: str, screenshot: str, timeout: float = 60) -> str:
-    """Open `url`, wait until the rendered page shows every text, save a screenshot; the page's text."""
-    chrome.get(url)
-    deadline, body = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        body = chrome.find_element("tag name", "body").text
-        if all(t in body for t in texts):
-            break
-        time.sleep(0.5)
+def browser_waits_for(chrome, condition, awaited: str, screenshot: str, timeout: float = 60):
+    """`condition(chrome)`'s first truthy value, polled by WebDriverWait until `timeout` s (an element replaced or
+    not there yet while the page renders is a no); a screenshot is saved either way, and on timeout the failure says
+    what was awaited and where the screenshot is."""
+    try:
+        result = WebDriverWait(
+            chrome,
+            timeout,
+            poll_frequency=0.25,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        ).until(condition)
+    except TimeoutException:
+        result = None
     chrome.save_screenshot(str(SCREENSHOTS / screenshot))
-    missing = [t for t in texts if t not in body]
-    assert not missing, f"{url} does not show {missing} (screenshot {SCREENSHOTS / screenshot})"
-    return body
+    assert result, f"timed out after {timeout:.0f} s waiting for {awaited} (screenshot {SCREENSHOTS / screenshot})"
+    return result
 
 
-def test_reviewer_finds_metrics_plots_and_champion_in_mlflow_ui(stack, browser):
-    run, mlrun = stack.runs["training"]
+def page_shows(chrome, url: str, *texts: str, screenshot: str, timeout: float = 60) -> str:
+    """Open `url` in a fresh document (a hash-only change would keep the previous page's text on screen while the
+    single-page app routes), wait until the rendered page shows every text, save a screenshot; the page's text."""
+    chrome.get("about:blank")
+    chrome.get(url)
+    seen = {"body": ""}
+
+    def shows_every_text(driver):
+        seen["body"] = driver.find_element("tag name", "body").text
+        return seen["body"] if all(t in seen["body"] for t in texts) else None
+
+    try:
+        return browser_waits_for(chrome, shows_every_text, f"{url} to show {list(texts)}", screenshot, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it does not show {[t for t in texts if t not in seen['body']]}") from None
+
+
+def test_reviewer_finds_metrics_plots_and_champion_in_mlflow_ui(stack, trained, browser):
+    mlrun = trained.mlrun
     base = f"{stack.endpoints.mlflow}/#/experiments/{mlrun.info.experiment_id}/runs/{mlrun.info.run_id}"
     page_shows(
         browser,
@@ -252,7 +303,14 @@ def test_reviewer_finds_metrics_plots_and_champion_in_mlflow_ui(stack, browser):
         "ndcg_by_type_and_slice.png",
         screenshot="mlflow-plot.png",
     )
-    assert rendered_image(browser), "the PNG artifact did not render"
+    # the name shows (in the artifact tree) before the preview has fetched and decoded the image: wait for the image
+    browser_waits_for(
+        browser,
+        rendered_image("ndcg_by_type_and_slice.png"),
+        "the PNG artifact to render: a visible preview <img> of ndcg_by_type_and_slice.png with a blob: src, "
+        "complete and naturalWidth > 0",
+        screenshot="mlflow-plot.png",
+    )
     page_shows(
         browser,
         f"{stack.endpoints.mlflow}/#/models/{registry.MODEL_NAME}",
@@ -271,21 +329,26 @@ def test_reviewer_finds_metrics_plots_and_champion_in_mlflow_ui(stack, browser):
     )
 
 
-def rendered_image(chrome, timeout: float = 30) -> bool:
-    """Whether an artifact preview image (a blob: URL) has loaded with a width, waiting for it to load."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        images = [
-            i for i in chrome.find_elements("tag name", "img") if (i.get_attribute("src") or "").startswith("blob:")
-        ]
-        if any(i.get_attribute("naturalWidth") not in (None, "0") for i in images):
-            return True
-        time.sleep(0.5)
-    return False
+def rendered_image(name: str):
+    """A WebDriverWait condition: the artifact preview of `name` (an <img> whose alt is its artifact path and whose
+    src is the blob: URL of its fetched bytes) is laid out, has finished loading and decoded to a non-empty image."""
+
+    def loaded(driver) -> bool:
+        return driver.execute_script(
+            """
+            const name = arguments[0];
+            return [...document.querySelectorAll("img")].some(img =>
+                (img.alt === name || img.alt.endsWith("/" + name)) && img.src.startsWith("blob:")
+                && img.complete && img.naturalWidth > 0 && img.getBoundingClientRect().width > 0);
+            """,
+            name,
+        )
+
+    return loaded
 
 
-def test_reviewer_finds_the_completed_flow_run_in_prefect_ui(stack, browser):
-    run, _ = stack.runs["training"]
+def test_reviewer_finds_the_completed_flow_run_in_prefect_ui(stack, trained, browser):
+    run = trained.run
     page_shows(
         browser,
         f"{stack.endpoints.prefect_ui}/runs/flow-run/{run.id}",
