@@ -27,6 +27,8 @@ class _Frozen(BaseModel):
 
 
 class DataConfig(_Frozen):
+    """The input, its limits, and how the split and the training instructions are drawn from it."""
+
     source: str = "movielens-100k"  # "movielens-1m", or a directory with interactions.* and items.*
     max_users: int | None = None  # subsample users (seeded) for small profiles
     max_history: int = 20  # the paper keeps the 20 most recent items
@@ -37,34 +39,38 @@ class DataConfig(_Frozen):
     cold_user_max_train: int = 20  # "cold" slice: at most this many train interactions
     long_tail_share: float = 0.8  # items outside the most popular 20% of interactions
     max_title_chars: int = 1_000  # longer titles / item texts are refused in validation, before any heavy work
-    max_text_chars: int = 20_000
+    max_text_chars: int = 20_000  # longer item texts are refused in validation
     max_rows: int = 100_000_000  # per table (interactions, items); checked in validation
     max_file_bytes: int = 8 * 1024**3  # per input file; checked before the file is read
     validation_sample_rows: int = 200_000  # past this, GX sees a seeded sample; Polars checks every row exactly
-    seed: int = 7
+    seed: int = 7  # user subsampling and the instructions' template draws
 
 
 class ModelConfig(_Frozen):
+    """The BERT two-tower scorer: instruction tower (history encoder + words) and item tower."""
+
     backbone: str = MINILM_BACKBONE  # "minilm" (PyPI package), "tiny" (random) or a local BERT directory
     dim: int = 64  # width of both towers' output space
     n_layers: int = 2  # fusion transformer over [instruction text; history items]
-    n_heads: int = 2
-    dropout: float = 0.2
+    n_heads: int = 2  # attention heads of the history encoder
+    dropout: float = 0.2  # history encoder and fusion MLP
     attention_dropout: float = (
         0.0  # on the history encoder's attention weights (off by default: it costs CPU time and was not tuned)
     )
     text_dropout: float = 0.5  # dropout on the instruction's BERT vector (robustness to unseen wordings)
     bert_dropout: float | None = None  # BERT's own dropout while it is tuned (None: the backbone's, 0.1)
     train_bert: bool = False  # fine-tune BERT itself (GPU); else BERT features are cached
-    max_text_tokens: int = 64
+    max_text_tokens: int = 64  # the instruction's words are cut to this many BERT tokens
 
 
 class TrainConfig(_Frozen):
-    epochs: int = 40
+    """Training of the scorer (the representation stage)."""
+
+    epochs: int = 40  # at most; early stopping (patience) usually ends training sooner
     batch_size: int = 128  # history windows per step (each holds up to window_stride examples)
-    lr: float = 1e-3
-    bert_lr: float = 3e-5
-    weight_decay: float = 0.01
+    lr: float = 1e-3  # AdamW learning rate of everything but BERT
+    bert_lr: float = 3e-5  # of BERT's own weights, when model.train_bert
+    weight_decay: float = 0.01  # AdamW's
     full_softmax: bool = True  # softmax over the whole catalogue; False: in-batch + sampled negatives (huge catalogues)
     history_loss_weight: float = 1.0  # auxiliary SASRec-style next-item loss on the bare history states
     init_from_baseline: bool = True  # start the history tower from the run's SASRec where shapes fit (train.warm_start)
@@ -72,45 +78,52 @@ class TrainConfig(_Frozen):
     patience: int = 6  # epochs without validation gain before stopping
     eval_every: int = 1  # validate after every n-th epoch (validation is a large share of an epoch on big data)
     mixed_precision: bool = True  # bf16 products where the hardware has bf16 units (AVX512-BF16/AMX CPUs, GPUs)
-    device: str = "cpu"
-    seed: int = 7
+    device: str = "cpu"  # torch device of training and evaluation ("cpu", "cuda", "cuda:1")
+    seed: int = 7  # initialisation and batch order
 
 
 class BaselineConfig(_Frozen):
     """SASRec, the ID-only sequential reference trained on the same split in every run."""
 
-    enabled: bool = True
-    dim: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    dropout: float = 0.2
-    attention_dropout: float = 0.0
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 1e-3
+    enabled: bool = True  # off: no SASRec row in the evaluation and no warm start of the scorer
+    dim: int = 64  # width of the item embeddings and the transformer
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 2  # attention heads per block
+    dropout: float = 0.2  # on embeddings and blocks
+    attention_dropout: float = 0.0  # on the attention weights
+    epochs: int = 200  # at most; early stopping usually ends training sooner
+    batch_size: int = 128  # history windows per step
+    lr: float = 1e-3  # Adam learning rate
     patience: int = 10  # epochs without validation gain
-    eval_every: int = 5
+    eval_every: int = 5  # validate after every n-th epoch
 
 
 class FeedbackConfig(_Frozen):
-    like_min_rating: float = 4.0
-    dislike_max_rating: float = 2.0
-    epochs: int = 2
-    lr: float = 5e-4
+    """Feedback fine-tuning: in the pipeline (ratings as likes and dislikes, plus the feedback store) and on
+    served traffic (a challenger for the online A/B test)."""
+
+    like_min_rating: float = 4.0  # training ratings at or above this are likes in fine-tuning
+    dislike_max_rating: float = 2.0  # at or below this, dislikes
+    epochs: int = 2  # passes of the pipeline's fine-tuning over likes, dislikes and stored feedback (+ replay)
+    lr: float = 5e-4  # the pipeline's fine-tuning learning rate
     replay_ratio: float = 1.0  # base examples replayed per feedback example
-    dislike_weight: float = 0.5
+    dislike_weight: float = 0.5  # weight of a dislike's unlikelihood push against a like's pull
     trigger_events: int = 500  # new stored events that make the service emit the fine-tuning event
     online_epochs: int = 3  # passes over served-traffic feedback (+ replay) when tuning a challenger
-    online_lr: float = 1e-4
+    online_lr: float = 1e-4  # learning rate when tuning a challenger on served-traffic feedback
     online_replay_ratio: float = 4.0  # base examples replayed per served-traffic feedback example
 
 
 class EvalConfig(_Frozen):
+    """The evaluation protocol: temporal leave-one-out, full ranking, every instruction type."""
+
+    # instruction types evaluated: preference P0 none / P1 history / P2 stated taste x intention I0 none / I1 vague
+    # / I2 specific
     types: tuple[str, ...] = ("P1/I0", "P1/I1", "P1/I2", "P2/I0", "P2/I1", "P2/I2", "P0/I1", "P0/I2")
     held_out_templates: bool = True  # also test every type on its held-out template
-    ks: tuple[int, ...] = (1, 5, 10, 20)
-    sampled_negatives: int = 9
-    seed: int = 2023
+    ks: tuple[int, ...] = (1, 5, 10, 20)  # cut-offs of HR@k (NDCG@k at 5, 10, 20)
+    sampled_negatives: int = 9  # the paper's 1 + 9 protocol, reported beside full ranking (never decides)
+    seed: int = 2023  # the evaluation cases' templates and sampled negatives
     request_users: int = 300  # test users asked each request class through the exported graph (0: not measured)
 
 
@@ -143,7 +156,7 @@ class OnlineConfig(_Frozen):
         True  # with online evidence the win is decided online; offline no-regression still applies
     )
     offline_epsilon: float = 0.02  # the no-regression tolerance for an online rollout (traffic is the second guard)
-    seed: int = 5
+    seed: int = 5  # of the latency guardrail's bootstrap
 
     @property
     def planned_power(self) -> float:
@@ -155,7 +168,10 @@ class OnlineConfig(_Frozen):
 
 
 class GateConfig(_Frozen):
-    metric: str = "ndcg@10"
+    """The offline champion/challenger gate: the like-for-like floor, then paired bootstrap checks against the
+    champion, slices, ONNX parity and latency."""
+
+    metric: str = "ndcg@10"  # the per-user metric every check compares
     floor: Literal["popularity", "best_baseline"] = (
         "best_baseline"  # best_baseline: the better of the references that can serve each type; popularity: it alone
     )
@@ -172,21 +188,21 @@ class GateConfig(_Frozen):
     epsilon: float = 0.005  # tolerated drop of the bootstrap lower bound
     min_gain: float = 0.0  # mean gain needed to promote
     require_significance: bool = False  # also require the interval to exclude 0
-    n_bootstrap: int = 2000
-    confidence: float = 0.95
+    n_bootstrap: int = 2000  # resamples of users in each paired bootstrap
+    confidence: float = 0.95  # of every bootstrap interval
     slice_tolerance: float = 0.02  # absolute NDCG@10 drop allowed per slice
-    max_parity_diff: float = 1e-3
-    min_top10_overlap: float = 0.98
+    max_parity_diff: float = 1e-3  # largest score difference allowed between the ONNX graph and PyTorch
+    min_top10_overlap: float = 0.98  # least share of top-10 items the ONNX graph and PyTorch agree on
     latency_tolerance: float = 0.5  # relative p50 latency increase allowed
-    seed: int = 11
+    seed: int = 11  # of the bootstrap resamples
     online: OnlineConfig = OnlineConfig()
 
 
 class ServeConfig(_Frozen):
     """The HTTP service and the feedback loop around it."""
 
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = "127.0.0.1"  # anything beyond localhost needs the API token (api_token_env)
+    port: int = 8000  # the service's TCP port
     workers: int = 1  # service processes (uvicorn workers); they share sessions through the event logs
     api_token_env: str = "INSTRUCTREC_API_TOKEN"  # the token lives in this variable, never in config or MLflow
     admin_token_env: str = (
@@ -198,9 +214,9 @@ class ServeConfig(_Frozen):
     experiment: str = "ab-1"  # salt of the user -> arm hash; a new experiment reshuffles users
     challenger_share: float = 0.5  # traffic share of the challenger while one is registered
     reload_seconds: float = 5.0  # how often aliases are re-read (hot reload)
-    max_k: int = 100
-    max_text_chars: int = 500
-    max_user_id_chars: int = 64
+    max_k: int = 100  # largest k a request may ask for
+    max_text_chars: int = 500  # longest request or feedback text
+    max_user_id_chars: int = 64  # longest user id in a request
     # session adaptation: what a reaction does to the same user's next list (no retraining)
     adapt_sessions: bool = True  # off: a reaction only hides the judged item
     session_share: float = 1.0  # share of users (hashed, experiment "<experiment>-session") that get adaptation
@@ -218,9 +234,9 @@ class ServeConfig(_Frozen):
 class StackConfig(_Frozen):
     """The local operations stack (`instructrec stack up`): Prefect server + worker, MLflow server."""
 
-    prefect_port: int = 4200
-    mlflow_port: int = 5000
-    postgres_port: int = 5433
+    prefect_port: int = 4200  # Prefect server and UI
+    mlflow_port: int = 5000  # MLflow server and UI
+    postgres_port: int = 5433  # the PostgreSQL cluster behind MLflow when backend is postgres
     backend: Literal["sqlite", "postgres"] = "sqlite"  # MLflow's store; env MLFLOW_BACKEND
     # where the MLflow server keeps artifacts (it proxies them: clients need no credentials); env
     # MLFLOW_ARTIFACTS_DESTINATION, e.g. s3://bucket/mlflow (the server reads AWS_* / MLFLOW_S3_ENDPOINT_URL);
@@ -230,6 +246,8 @@ class StackConfig(_Frozen):
 
 
 class ExportConfig(_Frozen):
+    """The ONNX export and its optimised variants."""
+
     variants: bool = True  # build fused / int8 / fp16 graphs beside the plain fp32 export
     max_relative_loss: float = 0.01  # a variant losing more validation NDCG@10 than this never serves
     parity_rows_per_type: int = 64  # evaluation instructions per type for the PyTorch parity check
@@ -238,7 +256,7 @@ class ExportConfig(_Frozen):
 class RuntimeConfig(_Frozen):
     """Where the heavy stages run: in this process, or on a Ray cluster (a local one unless RAY_ADDRESS names one)."""
 
-    engine: Literal["local", "ray"] = "local"
+    engine: Literal["local", "ray"] = "local"  # ray: DDP training, evaluation tasks and batch inference on Ray
     ray_address: str | None = None  # env RAY_ADDRESS ("auto", "ray://head:10001"); None: start a local cluster
     cpus: int | None = None  # a local cluster's CPUs (None: all of this machine's)
     object_store_mb: int = 512  # a local cluster's object store (Ray's default takes 30% of memory)
@@ -249,8 +267,10 @@ class RuntimeConfig(_Frozen):
 
 
 class PathsConfig(_Frozen):
-    home: Path
-    tracking_uri: str
+    """Where a run keeps everything; from the environment, never from --set."""
+
+    home: Path  # $INSTRUCTREC_HOME: snapshots, checkpoints, exports, feedback, the SQLite MLflow store
+    tracking_uri: str  # $MLFLOW_TRACKING_URI, else sqlite:///<home>/mlflow.db
 
     @property
     def snapshots(self) -> Path:
@@ -278,7 +298,9 @@ class PathsConfig(_Frozen):
 
 
 class Config(_Frozen):
-    profile: Profile
+    """A run's whole configuration, resolved once at the entry point (`load_config`)."""
+
+    profile: Profile  # tiny (tests), cpu (make run) or gpu; --profile
     paths: PathsConfig
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -291,8 +313,8 @@ class Config(_Frozen):
     serve: ServeConfig = ServeConfig()
     stack: StackConfig = StackConfig()
     runtime: RuntimeConfig = RuntimeConfig()
-    experiment: str = "instructrec"
-    progress: bool = True
+    experiment: str = "instructrec"  # the MLflow experiment of pipeline runs
+    progress: bool = True  # progress lines in training (off in tests)
 
     def flat(self) -> dict[str, str]:
         """Dotted key -> value, for logging as MLflow params."""
