@@ -65,8 +65,30 @@ def test_int8_quantises_every_encoder_weight_product_and_nothing_else(variants):
     assert any(name.startswith("/encoder/blocks.") for name in float_mm)  # the history transformer stays fp32
 
 
-def test_fp16_halves_the_graph(variants):
+def test_fp16_stores_the_weights_in_half_precision_and_keeps_the_interface(variants):
+    """Where no GPU runs it, the fp16 graph is checked as data: its weights are the fp32 graph's rounded to half
+    precision, and its inputs and outputs are the fp32 graph's (int64 ids, fp32 scores), so callers do not change."""
+    import onnx
+    from onnx import numpy_helper
+
     _, _, paths, _ = variants
+    half, full = onnx.load(str(paths["fp16"])), onnx.load(str(paths["fp32"]))
+
+    def interface(graph):
+        return [(v.name, v.type.tensor_type.elem_type) for v in [*graph.input, *graph.output]]
+
+    assert interface(half.graph) == interface(full.graph)
+    weights = {w.name: numpy_helper.to_array(w) for w in half.graph.initializer}
+    floats = {n: w for n, w in weights.items() if w.dtype.kind == "f"}
+    halves = sum(w.nbytes for w in floats.values() if w.dtype == np.float16)
+    assert halves / sum(w.nbytes for w in floats.values()) > 0.9
+    reference = {w.name: numpy_helper.to_array(w) for w in full.graph.initializer}
+    shared = [
+        n for n, w in floats.items() if w.dtype == np.float16 and n in reference and reference[n].shape == w.shape
+    ]
+    assert len(shared) >= 5, "the fp16 graph keeps the names of the weights it converted"
+    for name in shared:
+        assert np.allclose(floats[name].astype(np.float32), reference[name], rtol=1e-3, atol=1e-4), name
     assert paths["fp16"].stat().st_size < 0.7 * paths["fused"].stat().st_size
 
 

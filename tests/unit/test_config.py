@@ -1,17 +1,22 @@
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from instructrec.config import load_config
+from instructrec.config import PROFILES, Config, load_config
 from ops.cli import parse_overrides
 
 
 def test_profiles_differ_only_in_values(tmp_path):
     env = {"INSTRUCTREC_HOME": str(tmp_path)}
-    tiny, cpu = load_config("tiny", environ=env), load_config("cpu", environ=env)
-    assert tiny.model.backbone == "tiny" and cpu.model.backbone == "minilm"
-    assert cpu.paths.tracking_uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    flat = {p: load_config(p, environ=env).flat() for p in PROFILES}
+    assert len({frozenset(f) for f in flat.values()}) == 1, "every profile sets the same fields"
+    differ = {k for k in flat["cpu"] if len({flat[p][k] for p in PROFILES}) > 1}
+    # the model's size and its training budget are what a profile is about; where things live is not
+    assert {"profile", "model.backbone", "model.dim", "train.device", "data.max_users"} <= differ
+    assert not {k for k in differ if k.startswith(("paths.", "serve.", "stack."))}
+    assert flat["tiny"]["model.backbone"] == "tiny" and flat["cpu"]["model.backbone"] == "minilm"
+    assert flat["cpu"]["paths.tracking_uri"] == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
 
 
 def test_environment_is_read_once_at_load(tmp_path):
@@ -40,9 +45,23 @@ def test_overrides_are_typed_and_unknown_keys_rejected(tmp_path):
         load_config("huge", environ=env)
 
 
-def test_flat_params_cover_every_section(tmp_path):
+def _leaves(model: type[BaseModel], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and kind is not Path:
+            out |= _leaves(kind, f"{prefix}{name}.")
+        else:
+            out.add(f"{prefix}{name}")
+    return out
+
+
+def test_flat_params_cover_every_field_of_every_section(tmp_path):
+    """MLflow params are the whole resolved config: every leaf field of every section, by its --set key."""
     flat = load_config("cpu", environ={"INSTRUCTREC_HOME": str(tmp_path)}).flat()
-    assert {"profile", "model.dim", "train.epochs", "gate.epsilon", "eval.types"} <= set(flat)
+    leaves = _leaves(Config)
+    assert len(leaves) > 100 and {"gate.online.mde", "serve.port", "runtime.engine"} <= leaves
+    assert set(flat) == leaves
 
 
 def test_a_source_preset_sits_between_the_profile_and_overrides(tmp_path):
