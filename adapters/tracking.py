@@ -401,6 +401,51 @@ def log_dataset(
     MlflowClient().log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
 
+def load_json(run_id: str, artifact_file: str) -> dict:
+    """A JSON artifact of a run (e.g. the gate decision an online look starts from)."""
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_file}")
+
+
+def tracking_uri() -> str:
+    """The store this process logs to: a DDP rank or a Ray worker is pointed at it with `use_store`."""
+    return mlflow.get_tracking_uri()
+
+
+def use_store(uri: str) -> None:
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
+
+
+def record_run(experiment: str, run_name: str, tags: dict[str, str], metrics: dict[str, float], params: dict) -> str:
+    """A finished run in one call, for a job whose whole record is known at its end (batch inference)."""
+    client = MlflowClient()
+    run = client.create_run(experiment, run_name=run_name, tags=tags)
+    log_metrics(run.info.run_id, metrics)
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, str(value))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def log_onnx_model(
+    run_id: str, graph, name: str, registered_model_name: str, input_example: dict, pip_requirements: list[str]
+) -> str:
+    """Log the ONNX graph as an MLflow model of the run, registered as a new version of `registered_model_name`;
+    MLflow loads it and scores `input_example` as a check. Returns the new version."""
+    with active(run_id), quiet_onnxruntime():
+        info = mlflow.onnx.log_model(
+            graph,
+            name=name,
+            registered_model_name=registered_model_name,
+            signature=onnx_signature(graph),
+            input_example=input_example,
+            save_as_external_data=False,
+            onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+            pip_requirements=pip_requirements,
+        )
+    return str(info.registered_model_version)
+
+
 @contextmanager
 def quiet_onnxruntime() -> Iterator[None]:
     """ONNX Runtime's own log cut to fatal errors, while MLflow loads a just-logged ONNX model to check its input

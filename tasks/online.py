@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import matplotlib.pyplot as plt
-import mlflow
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -62,7 +61,7 @@ def online_gate(cfg: Config, run_id: str, trigger: str = "manual") -> OnlineGate
     if tags.get("evaluated_against") != champ.version:
         decision = _reject_stale(chal.version, tags.get("evaluated_against"), champ.version)
         return OnlineGateResult("reject", champ.version, chal.version, decision)
-    offline = decision_from_dict(mlflow.artifacts.load_dict(f"runs:/{tags['run_id']}/gate/decision.json"))
+    offline = decision_from_dict(tracking.load_json(tags["run_id"], "gate/decision.json"))
     since = datetime.fromisoformat(tags["challenger_since"])
     exp = experiments.open_experiment(cfg, champ.version, chal.version, since)
     impressions = experiments.impressions_since(cfg, since)  # read once: the test's evidence and the lists' metrics

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import mlflow
 import numpy as np
 import onnx
 from prefect import get_run_logger, task
@@ -95,18 +94,10 @@ def _log_candidate(
         "attention_mask": enc["attention_mask"].astype(np.int64),
         "history": history,
     }
-    with tracking.active(run_id), tracking.quiet_onnxruntime():
-        info = mlflow.onnx.log_model(
-            graph,
-            name=registry.ONNX_MODEL,
-            registered_model_name=registry.MODEL_NAME,
-            signature=tracking.onnx_signature(graph),
-            input_example=example,  # MLflow checks it: it loads the model and scores the example
-            save_as_external_data=False,
-            onnx_execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
-            pip_requirements=[ONNX_RUNTIME_REQUIREMENT, "onnx"],
-        )
-    return str(info.registered_model_version)
+    # MLflow checks the example: it loads the model and scores it
+    return tracking.log_onnx_model(
+        run_id, graph, registry.ONNX_MODEL, registry.MODEL_NAME, example, [ONNX_RUNTIME_REQUIREMENT, "onnx"]
+    )
 
 
 def promote(cfg: Config, version: str, champion: str | None) -> None:
@@ -201,7 +192,7 @@ def gate_and_register(
     registry.describe(version, summary, tags)
     tracking.log_json(run_id, {**decision.to_dict(), "version": version}, "gate/decision.json")
     tracking.log_metrics(run_id, {"gate/promoted": float(decision.promote and not online_rollout)})
-    mlflow.MlflowClient().set_tag(run_id, "gate_outcome", outcome)
+    tracking.set_tags(run_id, {"gate_outcome": outcome})
     current = registry.aliases()
     logger.info("gate: %s -> v%s; aliases now %s", outcome, version, current)
     if outcome == SUPERSEDED:

@@ -7,7 +7,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -42,19 +41,10 @@ def batch_top_k(cfg: Config, k: int) -> Path:
     scored = time.perf_counter()
     summary = pl.scan_parquet(target / "*.parquet").select(pl.len().alias("rows"), pl.col("variant").first()).collect()
     variant = summary["variant"][0] or "fp32"
-    client = mlflow.MlflowClient()
-    run = client.create_run(
+    tracking.record_run(
         tracking.experiment_id(cfg, BATCH_EXPERIMENT, "batch"),
-        run_name=f"top{k}-v{files.version}",
-        tags={
-            "model_version": files.version,
-            "variant": variant,
-            "engine": cfg.runtime.engine,
-            **tracking.code_version(),
-        },
-    )
-    tracking.log_metrics(
-        run.info.run_id,
+        f"top{k}-v{files.version}",
+        {"model_version": files.version, "variant": variant, "engine": cfg.runtime.engine, **tracking.code_version()},
         {
             "users": len(histories),
             "rows": summary["rows"][0],
@@ -62,9 +52,8 @@ def batch_top_k(cfg: Config, k: int) -> Path:
             "score_s": scored - loaded,
             "users_per_s": len(histories) / (scored - loaded),
         },
+        {"output": target},
     )
-    client.log_param(run.info.run_id, "output", str(target))
-    client.set_terminated(run.info.run_id, "FINISHED")
     logger.info(
         "top-%d for %d users from v%s (%s, engine %s) in %.2f s -> %s",
         k,

@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, replace
 
 import matplotlib.pyplot as plt
-import mlflow
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -94,7 +93,7 @@ class EpochLogger:
     or reused runs), as curves only."""
 
     def __init__(self, run_id: str, stage: str, epochs: int = 0):
-        self.run_id, self.stage, self.tracking_uri = run_id, stage, mlflow.get_tracking_uri()
+        self.run_id, self.stage, self.tracking_uri = run_id, stage, tracking.tracking_uri()
         self.epochs, self.started, self.best = epochs, time.time(), float("-inf")  # wall clock: DDP ranks share it
         self.first: tuple[int, float] | None = None  # (epoch, time) of the first row this process logged
         self.epoch_started: tuple[int, int, float] | None = None  # (epoch, step, time) first seen, for `step`
@@ -123,8 +122,7 @@ class EpochLogger:
         say(line)
 
     def _log(self, row: dict) -> None:
-        if mlflow.get_tracking_uri() != self.tracking_uri:
-            mlflow.set_tracking_uri(self.tracking_uri)
+        tracking.use_store(self.tracking_uri)
         tracking.log_metrics(
             self.run_id,
             {f"{self.stage}/{name}": row[k] for k, name in CURVES.items() if k in row},
@@ -211,7 +209,7 @@ def _log_best(run_id: str, stage: str, history: list[dict], best_metric: float, 
 def _summarise(run_id: str, stage: str, result: FitResult, epochs: EpochLogger) -> None:
     epochs.replay(result.history)
     if result.resumed_from is not None:
-        mlflow.MlflowClient().set_tag(run_id, f"{stage}.resumed_after_epoch", str(result.resumed_from + 1))
+        tracking.set_tags(run_id, {f"{stage}.resumed_after_epoch": result.resumed_from + 1})
     _log_best(
         run_id, stage, result.history, result.best_metric, result.best_epoch, examples_per_s=result.examples_per_s
     )
@@ -293,7 +291,7 @@ def train_representation(
     if init is not None:
         warm_start(model, init.model)
         logger.info("history tower started from SASRec %s", init.fingerprint)
-    mlflow.MlflowClient().set_tag(run_id, "representation.init", f"sasrec {init.fingerprint}" if init else "scratch")
+    tracking.set_tags(run_id, {"representation.init": f"sasrec {init.fingerprint}" if init else "scratch"})
     settings = representation_settings(cfg)
     fp = fingerprint(
         "representation",

@@ -104,3 +104,14 @@ def test_no_import_cycle():
     for node in sorted(GRAPH):
         if node not in state and (cycle := visit(node)):
             pytest.fail("import cycle: " + " -> ".join(cycle))
+
+
+def test_tasks_log_to_mlflow_only_through_the_adapter():
+    """A task that called MLflow itself would bypass the adapter's retries, key spelling and logging-time count."""
+    wrong = sorted(
+        f"{path.relative_to(ROOT)} imports {m}"
+        for path in (ROOT / "tasks").rglob("*.py")
+        for m in _imports(path)
+        if m.split(".")[0] == "mlflow"
+    )
+    assert not wrong, "\n".join(wrong)
