@@ -110,7 +110,7 @@ gpu-check:
 bench-service: $(STAMP)
 	$(BIN)/python bench/service.py
 
-# Each class of bad input through the tiny pipeline: exit code, seconds to refuse, the message (README table)
+# Each class of bad input through the tiny pipeline: exit code, seconds to refuse, the message (docs/how-to/troubleshooting.md)
 bench-bad-input: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/bad_input.py
 
@@ -126,14 +126,15 @@ bench-cuped: $(STAMP)
 bench-session: $(STAMP)
 	$(BIN)/python bench/session_ab.py --profile $(PROFILE)
 
-# Items held out of training, served through their text vectors: NDCG@10 on them vs popularity
 # Requests as people write them (era, composite, negation, a named title) on the champion of `make run` (~2 min)
 bench-requests: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/request_classes.py --profile $(PROFILE)
 
+# What a stated taste (P2/I0) can say beyond popularity, on the champion of `make run`
 bench-taste: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/stated_taste.py --profile $(PROFILE)
 
+# Items held out of training, served through their text vectors: NDCG@10 on them vs popularity
 bench-new-items: $(STAMP)
 	$(BIN)/python bench/new_items.py --profile $(PROFILE)
 
