@@ -146,6 +146,22 @@ def _paired(a: ArmEvaluation, b: ArmEvaluation) -> tuple[np.ndarray, np.ndarray]
     return a.values[ia], b.values[ib]
 
 
+Placement = Literal["champion", "challenger", "none"]
+
+
+def placement(decision: Decision, champion: str | None, online_rollout: bool) -> Placement:
+    """Where an offline decision puts the candidate's version (model_registry moves the aliases). `champion` on a
+    full pass, except in an online rollout, where served traffic decides; `challenger` (an A/B test against the
+    champion) when only the offline "win" is missing, or on any pass in an online rollout: a candidate that is
+    not worse earns traffic, not the whole audience; nowhere otherwise, and never without a champion to test
+    against."""
+    if decision.promote and not online_rollout:
+        return "champion"
+    if champion is not None and decision.passed(ignore=("win",)):
+        return "challenger"
+    return "none"
+
+
 def floor_baseline(baselines: dict[str, ArmEvaluation], policy: GateConfig) -> ArmEvaluation:
     """The arm the challenger must beat: popularity, or the better of the in-run baselines (policy.floor)."""
     if policy.floor == "popularity":

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from adapters import events, tracking
 from instructrec.config import Config
-from instructrec.gate import ArmEvaluation, Decision, arm_of, decide, floor_baseline, paired_bootstrap
+from instructrec.gate import ArmEvaluation, Decision, arm_of, decide, floor_baseline, paired_bootstrap, placement
 from instructrec.model import item_tower, save_scorer
 from instructrec.optimize import FP32
 from instructrec.prepare import Prepared
@@ -110,11 +110,10 @@ def promote(cfg: Config, version: str, champion: str | None) -> None:
 def _place(
     decision: Decision, version: str, champion: str | None, online_rollout: bool, cfg: Config
 ) -> tuple[str, dict[str, str]]:
-    """Move aliases for an offline decision: promote on a full pass (never in an online rollout); a candidate
-    that fails only the offline "win" check, or any passing candidate of an online rollout, becomes the
-    `challenger` and gets its traffic share until the online gate decides; anything else gets no alias.
-    Returns the outcome recorded on the version, and its extra tags."""
-    if decision.promote and not online_rollout:
+    """Move aliases where `gate.placement` puts the version (a challenger gets its traffic share until the
+    online gate decides). Returns the outcome recorded on the version, and its extra tags."""
+    where = placement(decision, champion, online_rollout)
+    if where == "champion":
         try:
             promote(cfg, version, champion)
         except registry.PromotionConflict:
@@ -126,7 +125,7 @@ def _place(
                 "gate it against that",
             }
         return decision.outcome, {}
-    if champion is not None and decision.passed(ignore=("win",)):
+    if where == "challenger" and champion is not None:
         since = datetime.now(UTC)
         exp = experiments.open_experiment(cfg, champion, version, since)  # sized now from the champion's traffic
         registry.mark_challenger(version)

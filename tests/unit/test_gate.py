@@ -14,6 +14,7 @@ from instructrec.gate import (
     decision_from_dict,
     floor_baseline,
     paired_bootstrap,
+    placement,
     type_references,
 )
 from instructrec.instructions import HELD_OUT, HISTORY, TYPES, worded
@@ -368,3 +369,19 @@ def test_a_worded_type_below_its_reference_is_a_known_weakness_unless_it_regress
     better_champion = ArmEvaluation("champion", weak.users, weak.values, {**slices, "P2/I0": 0.2}, version="1")
     regressed = decide(same, baseline, POWERED, champion=better_champion, references=refs)
     assert regressed.outcome == "reject" and "type:P2/I0" in [c.name for c in regressed.checks if not c.holds]
+
+
+def test_placement_puts_a_version_where_its_decision_says():
+    rng = np.random.default_rng(3)
+    champ = rng.uniform(0.1, 0.4, 200)
+    pop = arm("pop", np.full(200, 0.01))
+    better = decide(arm("c", champ + 0.05), pop, POLICY, champion=arm("champ", champ))
+    equal = decide(arm("c", champ), pop, POLICY, champion=arm("champ", champ))  # fails only the offline "win"
+    worse = decide(arm("c", champ - 0.05), pop, POLICY, champion=arm("champ", champ))
+    first = decide(arm("c", np.full(200, 0.2)), pop, POLICY)
+    assert placement(better, "1", online_rollout=False) == "champion"
+    assert placement(better, "1", online_rollout=True) == "challenger"  # traffic decides a rollout
+    assert placement(equal, "1", online_rollout=False) == "challenger"
+    assert placement(worse, "1", online_rollout=False) == placement(worse, "1", online_rollout=True) == "none"
+    assert placement(first, None, online_rollout=False) == "champion"
+    assert placement(first, None, online_rollout=True) == "none"  # nothing to test it against
