@@ -87,9 +87,11 @@ demo-aa: $(STAMP)
 	INSTRUCTREC_HOME=$(DEMO_HOME)-aa $(BIN)/instructrec demo --aa --profile $(PROFILE) --rounds 6 --set export.variants=false
 
 # GPU hosts: the CUDA build of torch and the CUDA 13 / cuDNN 9 runtime that onnxruntime-gpu loads
+# the onnxruntime-gpu version pyproject.toml pins (written once)
+ORT_GPU_VERSION := $(shell sed -n 's/.*"onnxruntime-gpu==\([^"]*\)".*/\1/p' pyproject.toml)
 setup-gpu:
 	$(MAKE) setup TORCH_INDEX_URL=$${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu130}
-	$(BIN)/python -m pip install -q "onnxruntime-gpu[cuda,cudnn]==1.31.1"
+	$(BIN)/python -m pip install -q "onnxruntime-gpu[cuda,cudnn]==$(ORT_GPU_VERSION)"
 
 # Benchmarks print tables and write bench/results/*.json (after `make run`: they use its champion)
 bench: $(STAMP)

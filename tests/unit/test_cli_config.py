@@ -5,6 +5,7 @@ task runner), captures what it hands and stops there. Nothing is trained, served
 from __future__ import annotations
 
 import argparse
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,6 @@ def test_the_pins_the_code_names_are_the_ones_pyproject_pins():
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert ONNX_RUNTIME_REQUIREMENT in dependencies
     assert any(d.startswith(f"{MINILM_DISTRIBUTION}==") for d in dependencies)
+    # `make setup-gpu` reads the version from pyproject.toml instead of spelling it again
+    makefile = (ROOT / "Makefile").read_text()
+    assert not re.search(r"onnxruntime-gpu(\[[^\]]*\])?==\d", makefile) and "$(ORT_GPU_VERSION)" in makefile
