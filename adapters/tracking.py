@@ -7,6 +7,7 @@ only enter the fluent API (`active`) for calls that need it (log_model).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
@@ -89,7 +90,25 @@ def configure(cfg: Config) -> str:
     cfg.paths.home.mkdir(parents=True, exist_ok=True)
     ensure_writable(cfg.paths.tracking_uri)
     mlflow.set_tracking_uri(cfg.paths.tracking_uri)
-    return experiment_id(cfg, cfg.experiment)
+    with _store_setup_lock(cfg.paths.tracking_uri):
+        return experiment_id(cfg, cfg.experiment)
+
+
+@contextmanager
+def _store_setup_lock(tracking_uri: str) -> Iterator[None]:
+    """One process at a time creates (or migrates) a SQLite store and the experiment in it: two pipelines started
+    at once on a fresh home both ran MLflow's schema migrations on one file, and one failed in alembic ("No such
+    index"). A server or a database server serialises this itself."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    with db.with_name(f".{db.name}.setup.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def experiment_id(cfg: Config, name: str, folder: str = "") -> str:

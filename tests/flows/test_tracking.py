@@ -315,3 +315,43 @@ def test_an_onnx_graphs_signature_lists_its_inputs_and_outputs_with_dynamic_axes
         ("history", np.dtype("int64"), (-1, 7)),
     ]
     assert [(s.name, s.type, s.shape) for s in sig.outputs.inputs] == [("scores", np.dtype("float32"), (-1, 7))]
+
+
+SETUP = """
+import sys, time
+from pathlib import Path
+from adapters import tracking
+from instructrec.config import load_config
+
+home, me, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+cfg = load_config("tiny", environ={"INSTRUCTREC_HOME": str(home)})
+(home / f"ready-{me}").touch()
+while len(list(home.glob("ready-*"))) < n:  # every process is past its imports: they reach the store together
+    time.sleep(0.01)
+print(tracking.configure(cfg))
+"""
+
+
+@pytest.mark.slow  # three interpreters importing MLflow: ~20 s
+def test_pipelines_started_together_on_a_fresh_home_set_up_one_store_without_colliding(tmp_path):
+    """Without the set-up lock, three processes ran MLflow's schema migrations on one new SQLite file and two or
+    three of them failed in alembic, in every one of three tries."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SETUP, str(home), str(i), "3"],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1  # one experiment, the same id for all
