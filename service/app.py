@@ -24,24 +24,11 @@ from instructrec.eventlog import EventLog
 from instructrec.feedback import FEEDBACK_LOG, IMPRESSION_LOG, read_store
 from model_registry import registry
 from service.routes import admin, feedback, health, recommend
-from service.schemas import ITEM_KINDS, Kind, RequestSource, request_models
+from service.schemas import request_models
 from service.security import Guard
-from service.state import REMEMBERED_REQUESTS, FinetuneTrigger, ModelSlots, Served, SharedState, adapts
+from service.state import FinetuneTrigger, ModelSlots, SharedState
 
-__all__ = [  # importable from here as before the split (ops.cli, tests)
-    "ITEM_KINDS",
-    "REMEMBERED_REQUESTS",
-    "SERVE_ENV",
-    "FinetuneTrigger",
-    "Kind",
-    "ModelSlots",
-    "RequestSource",
-    "Served",
-    "SharedState",
-    "adapts",
-    "app_from_environment",
-    "create_app",
-]
+__all__ = ["SERVE_ENV", "FinetuneTrigger", "ModelSlots", "app_from_environment", "create_app"]  # ops.cli, tests
 
 log = logging.getLogger("instructrec.service")
 SERVE_ENV = "INSTRUCTREC_SERVE"  # {"profile", "overrides"} for each worker process (`instructrec serve` sets it)
@@ -100,7 +87,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def app_from_environment() -> FastAPI:
     """The app of one worker process of `instructrec serve` with serve.workers > 1 (uvicorn factory)."""
     import json
-    import os
 
     from instructrec.config import load_config
 

@@ -6,7 +6,8 @@ read an attribute.
 """
 
 import logging
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
@@ -19,36 +20,22 @@ from service.state import FinetuneTrigger, ModelSlots, SharedState
 log = logging.getLogger("instructrec.service")
 
 
-async def config(request: Request) -> Config:
-    return request.app.state.cfg
+def _state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency that hands a route one attribute of app.state (set once by service.app._open_state)."""
+
+    async def get(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    get.__name__ = f"state_{name}"
+    return get
 
 
-async def model_slots(request: Request) -> ModelSlots:
-    return request.app.state.slots
-
-
-async def shared_state(request: Request) -> SharedState:
-    return request.app.state.shared
-
-
-async def feedback_log(request: Request) -> EventLog:
-    return request.app.state.feedback_log
-
-
-async def impression_log(request: Request) -> EventLog:
-    return request.app.state.impression_log
-
-
-async def finetune_trigger(request: Request) -> FinetuneTrigger:
-    return request.app.state.trigger
-
-
-Cfg = Annotated[Config, Depends(config)]
-Slots = Annotated[ModelSlots, Depends(model_slots)]
-Shared = Annotated[SharedState, Depends(shared_state)]
-FeedbackLog = Annotated[EventLog, Depends(feedback_log)]
-ImpressionLog = Annotated[EventLog, Depends(impression_log)]
-Trigger = Annotated[FinetuneTrigger, Depends(finetune_trigger)]
+Cfg = Annotated[Config, Depends(_state("cfg"))]
+Slots = Annotated[ModelSlots, Depends(_state("slots"))]
+Shared = Annotated[SharedState, Depends(_state("shared"))]
+FeedbackLog = Annotated[EventLog, Depends(_state("feedback_log"))]
+ImpressionLog = Annotated[EventLog, Depends(_state("impression_log"))]
+Trigger = Annotated[FinetuneTrigger, Depends(_state("trigger"))]
 
 
 def champion_or_503(slots: ModelSlots) -> dict[str, Recommender]:
