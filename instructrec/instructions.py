@@ -18,6 +18,7 @@ target's attributes, never its title or id.
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from instructrec.split import Catalogue, SplitData
+from instructrec.understand import BLACK_AND_WHITE, DECADE_WORDS, OLD_YEARS, RECENT_YEARS, SILENT
 
 HISTORY = "[history]"
 TITLES_SHOWN = 20  # history titles in an instruction's words, as the paper; the history tower may read more items
@@ -109,9 +111,14 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
     ),
 }
 TYPES = tuple(TEMPLATES)
-# Half the positions train history-only (the headline type); the rest spread over the other types.
+# The headline type (history only) takes the largest share; the requests people write next (REQUEST_TEMPLATES:
+# era, composite, negation, a named title) 12%, all read beside a history as P1/I0 is; the rest the other types.
 TRAIN_MIX: dict[str, float] = {
-    "P1/I0": 0.5,
+    "P1/I0": 0.38,
+    "P1/era": 0.035,
+    "P1/composite": 0.035,
+    "P1/negation": 0.025,
+    "P1/title": 0.025,
     "P1/I1": 0.08,
     "P1/I2": 0.1,
     "P2/I0": 0.06,
@@ -263,9 +270,156 @@ def make_instruction(
 def free_text_instruction(text: str, history: np.ndarray, max_history: int, catalogue: Catalogue) -> Instruction:
     """A user's own request (CLI, feedback), read next to their history when there is one."""
     if len(history):
-        body = f"My history: {HISTORY}. My request: {text.strip()}"
+        body = REQUEST_FRAME.format(history=HISTORY, request=text.strip())
         return Instruction("P1/free", "free", body, tuple(int(i) for i in history[-max_history:]))
     return Instruction("P0/free", "free", text.strip())
+
+
+# -- requests as people write them (docs/requests.md) ---------------------------------------------------------
+# Era, composite, negation and a named title, each read beside the history in the frame the service gives a
+# person's own words (REQUEST_FRAME). Built at training positions from the target's metadata; the evaluation's
+# wordings (request_eval.WORDINGS) are never used here (a test holds the two sets apart).
+REQUEST_FRAME = "My history: {history}. My request: {request}"
+REQUEST_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "P1/era": (
+        "Recommend a {noun} {when}.",
+        "Something {when}, please.",
+        "I'd like to see a {noun} {when}.",
+        "Show me {nouns} {when}.",
+        "Find me a good one {when}.",
+    ),
+    "P1/composite": (
+        "A {genre} {noun} {when}.",
+        "Looking for {genre} {when}.",
+        "Show me {genre} {nouns} {when}.",
+        "A {noun} that mixes {genre} with {genre2}.",
+        "Something {genre} and {genre2} at once.",
+        "I want {genre} plus {genre2}.",
+    ),
+    "P1/negation": (
+        "Anything but {genre}.",
+        "Not in the mood for {genre}.",
+        "Skip the {genre}, please.",
+        "No {genre} tonight.",
+        "I don't want {genre}.",
+        "Something other than {genre}.",
+        "Please, no more {genre}.",
+        "Recommend a {noun}, just not {genre}.",
+    ),
+    "P1/title": (
+        "Something like {title}.",
+        "{Nouns} similar to {title}, please.",
+        "In the vein of {title}.",
+        "Give me something that reminds me of {title}.",
+        "Recommend something in the style of {title}.",
+    ),
+}
+REQUEST_TYPES = tuple(REQUEST_TEMPLATES)
+_DECADE_NAMES = {decade: word for word, decade in DECADE_WORDS.items() if " " not in word}
+
+
+def era_phrase(year: int, newest: int, rng: np.random.Generator) -> str:
+    """A period that holds `year`, worded as people do (the readings `understand` gives the same words)."""
+    decade = year // 10 * 10
+    part = "early" if year - decade <= 3 else "late" if year - decade >= 6 else "mid"
+    lo = year - int(rng.integers(0, 6))
+    hi = lo + 5 + int(rng.integers(0, 11))
+    forms = [
+        f"from the {decade}s",
+        f"from the {str(decade)[2:]}s",
+        f"made in the {part} {decade}s",
+        f"released from {lo} to {hi}",
+        f"made {lo}-{str(hi)[2:]}",
+        f"made before {year + 1 + int(rng.integers(0, 6))}",
+        f"released after {year - 1 - int(rng.integers(0, 6))}",
+    ]
+    if decade in _DECADE_NAMES:
+        forms.append(f"from the {_DECADE_NAMES[decade]}")
+    if year <= newest - OLD_YEARS:
+        forms += ["that is an old classic", "that counts as vintage"]
+    if year <= BLACK_AND_WHITE:
+        forms.append("in black and white")
+    if year <= SILENT:
+        forms.append("from the silent era")
+    if year >= newest - RECENT_YEARS:
+        forms += ["that is a recent release", "among the latest releases"]
+    return forms[int(rng.integers(0, len(forms)))]
+
+
+def spellings(title: str, year: int | None, rng: np.random.Generator) -> list[str]:
+    """The title as people type it: article in front with the year, lower case without it, without the article,
+    and with one typo (two neighbouring letters swapped in its longest word)."""
+    m = re.match(r"^(.*), (The|A|An)$", title)
+    front = f"{m.group(2)} {m.group(1)}" if m else title
+    bare = m.group(1) if m else re.sub(r"^(The|A|An) ", "", title)
+    words = front.split()
+    longest = max(range(len(words)), key=lambda i: len(words[i]))
+    w = words[longest]
+    if len(w) >= 4:
+        j = int(rng.integers(1, len(w) - 2))
+        words[longest] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
+    return [f"{front} ({year})" if year else front, front.lower(), bare, " ".join(words)]
+
+
+def _closest_in_history(history: np.ndarray, target: int, catalogue: Catalogue) -> int:
+    """The recent history's film whose genres are closest to the target's (Jaccard), never the target; 0 if none."""
+    want = set(catalogue.genres_of(target))
+    best, best_score = 0, 0.0
+    for idx in (int(i) for i in history[-50:][::-1]):  # the most recent first wins a tie
+        got = set(catalogue.genres_of(idx))
+        score = len(want & got) / len(want | got) if want | got else 0.0
+        if idx != target and score > best_score:
+            best, best_score = idx, score
+    return best
+
+
+def _refused_genre(history: np.ndarray, target: int, catalogue: Catalogue, rng: np.random.Generator) -> str | None:
+    """A genre the target lacks, drawn by how often the recent history shows it (what people refuse is what
+    they would otherwise be shown)."""
+    lacks = set(catalogue.genres_of(target))
+    counts = Counter(g for i in history[-20:] for g in catalogue.genres_of(int(i)) if g not in lacks)
+    if not counts:
+        return None
+    genres = sorted(counts)
+    p = np.asarray([counts[g] for g in genres], dtype=float)
+    return genres[int(rng.choice(len(genres), p=p / p.sum()))]
+
+
+def request_instruction(
+    type_: str, rng: np.random.Generator, catalogue: Catalogue, history: np.ndarray, target: int, max_history: int
+) -> Instruction | None:
+    """One request of a REQUEST_TYPES class that is true of `target`; None where the metadata cannot say it."""
+    if len(history) == 0:
+        return None
+    noun = catalogue.noun
+    fields = {"noun": noun, "nouns": plural(noun), "Nouns": plural(noun).capitalize()}
+    genres, year = catalogue.genres_of(target), catalogue.year_of(target)
+    templates = REQUEST_TEMPLATES[type_]
+    k = int(rng.integers(0, len(templates)))
+    if type_ == "P1/era" or (type_ == "P1/composite" and "{when}" in templates[k]):
+        if not year or (type_ == "P1/composite" and not genres):
+            return None
+        fields["when"] = era_phrase(year, catalogue.newest_year or year, rng)
+    if type_ == "P1/composite":
+        if len(genres) < (1 if "{when}" in templates[k] else 2):
+            return None
+        pair = rng.choice(len(genres), size=min(2, len(genres)), replace=False)
+        fields["genre"] = genres[int(pair[0])].lower()
+        fields["genre2"] = genres[int(pair[-1])].lower()
+    elif type_ == "P1/negation":
+        refused = _refused_genre(history, target, catalogue, rng)
+        if refused is None:
+            return None
+        fields["genre"] = refused.lower()
+    elif type_ == "P1/title":
+        named = _closest_in_history(history, target, catalogue)
+        if not named:
+            return None
+        forms = spellings(catalogue.title(named), catalogue.year_of(named), rng)
+        fields["title"] = forms[int(rng.integers(0, len(forms)))]
+    request = templates[k].format(**fields)
+    hist = tuple(int(i) for i in history[-max_history:])
+    return Instruction(type_, f"{type_}#{k}", REQUEST_FRAME.format(history=HISTORY, request=request), hist)
 
 
 def render(instruction: Instruction, catalogue: Catalogue, candidates: tuple[int, ...] = ()) -> str:
@@ -401,7 +555,11 @@ def sampled_instruction(
     max_history: int,
 ) -> Instruction:
     """A type drawn from the mix; history-only where the type cannot be expressed (history must be non-empty)."""
-    ins = make_instruction(sample_type(rng, mix), int(rng.integers(1 << 30)), catalogue, history, target, max_history)
+    type_ = sample_type(rng, mix)
+    if type_ in REQUEST_TEMPLATES:
+        ins = request_instruction(type_, rng, catalogue, history, target, max_history)
+    else:
+        ins = make_instruction(type_, int(rng.integers(1 << 30)), catalogue, history, target, max_history)
     ins = ins or make_instruction("P1/I0", int(rng.integers(1 << 30)), catalogue, history, None, max_history)
     assert ins is not None, "P1/I0 is expressible for any non-empty history"
     return ins

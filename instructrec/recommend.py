@@ -118,6 +118,7 @@ class Recommender:
     version: str = "?"
     variant: str = FP32
     space: ItemSpace | None = None  # item-tower vectors: similar items, demotion, reasons (absent in old bundles)
+    rules: bool = True  # requests read by instructrec.understand; False: the learned scorer alone reads every word
 
     def __post_init__(self) -> None:
         self.scorer = OnnxScorer(f"v{self.version}", self.session, self.tokenizer, self.max_text_tokens)
@@ -130,7 +131,7 @@ class Recommender:
 
     def understand(self, request: str | None) -> Understood:
         """What the request says for certain (refused genres, years, named titles): see instructrec.understand."""
-        if not request:
+        if not request or not self.rules:
             return Understood()
         if self._titles is None:
             self._titles = TitleIndex(self.catalogue, self.popularity)

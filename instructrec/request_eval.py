@@ -26,15 +26,15 @@ and for titles the share of spellings resolved and the genre overlap with the fi
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
 
 from instructrec import schema
+from instructrec.instructions import spellings
 from instructrec.recommend import Recommender
 from instructrec.split import Catalogue, SplitData
 from instructrec.understand import BLACK_AND_WHITE, EARLIEST, Understood, display_title, violations
@@ -82,21 +82,6 @@ class RequestCase:
     text: str
     truth: Understood  # the constraints the wording states, from the metadata
     named: int = 0  # title: the film named
-
-
-def spellings(title: str, year: int | None, rng: np.random.Generator) -> list[str]:
-    """The title as people type it: article in front with the year, lower case without it, without the article,
-    and with one typo (two neighbouring letters swapped in its longest word)."""
-    m = re.match(r"^(.*), (The|A|An)$", title)
-    front = f"{m.group(2)} {m.group(1)}" if m else title
-    bare = m.group(1) if m else re.sub(r"^(The|A|An) ", "", title)
-    words = front.split()
-    longest = max(range(len(words)), key=lambda i: len(words[i]))
-    w = words[longest]
-    if len(w) >= 4:
-        j = int(rng.integers(1, len(w) - 2))
-        words[longest] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
-    return [f"{front} ({year})" if year else front, front.lower(), bare, " ".join(words)]
 
 
 def _fill(kind: str, k: int, catalogue: Catalogue, **fields) -> str:
@@ -270,13 +255,21 @@ def evaluate_requests(
 
 
 def served(rec: Recommender, split: SplitData, users: np.ndarray, seed: int) -> dict:
-    """`evaluate_requests` through `Recommender.recommend`, the call `/recommend` makes."""
+    """`evaluate_requests` through `Recommender.recommend`, the call `/recommend` makes; under "learned_alone", the
+    same cases with the rules off (every word read by the learned scorer, nothing filtered): what training on the
+    request classes taught the model, and what a wording the rules miss gets."""
 
-    def rank(user: str, text: str | None) -> tuple[list[int], dict]:
-        out = rec.recommend(user, text, k=K)
-        return [rec.catalogue.index[i["item_id"]] for i in out["items"]], out.get("understood", {})
+    def ranker(r: Recommender) -> Ranker:
+        def rank(user: str, text: str | None) -> tuple[list[int], dict]:
+            out = r.recommend(user, text, k=K)
+            return [r.catalogue.index[i["item_id"]] for i in out["items"]], out.get("understood", {})
 
-    return evaluate_requests(rank, split, users, seed, lambda text: rec.understand(text).like)
+        return rank
+
+    report = evaluate_requests(ranker(rec), split, users, seed, lambda text: rec.understand(text).like)
+    alone = replace(rec, rules=False)
+    report["learned_alone"] = evaluate_requests(ranker(alone), split, users, seed, lambda text: ())["classes"]
+    return report
 
 
 def interactions_before(split: SplitData, users: np.ndarray) -> pl.DataFrame:
@@ -312,6 +305,27 @@ def markdown_table(report: dict) -> str:
             f"| title | {t['cases']} | {t['ndcg@10']:.4f} | {t['ndcg@10_no_request']:.4f} | genre overlap with the "
             f"film {t['genre_overlap']:.3f} | {t['genre_overlap_no_request']:.3f} | |"
         )
+    alone = report.get("learned_alone")
+    if alone:
+        lines += [
+            "",
+            "The learned scorer alone (rules off: every word read by the encoder, nothing filtered), same cases:",
+            "",
+            "| class | NDCG@10 (request) | top 10 meeting the request | same, no request |",
+            "|---|---|---|---|",
+        ]
+        for kind in CLASSES:
+            r = alone[kind]
+            if not r.get("cases"):
+                continue
+            nd = f"{r['ndcg@10']:.4f}" if "ndcg@10" in r else "n/a"
+            if kind == "title":
+                met = f"genre overlap {r['genre_overlap']:.3f} | {r['genre_overlap_no_request']:.3f}"
+            elif kind == "negation":
+                met = f"refused genre {r['refused_share']:.1%} | {r['refused_share_no_request']:.1%}"
+            else:
+                met = f"{r['satisfied']:.1%} | {r['satisfied_no_request']:.1%}"
+            lines.append(f"| {kind} | {nd} | {met} |")
     n = c["negation"]
     if n.get("cases"):
         per = ", ".join(f"'{w}' {v:.2f}x" for w, v in n["refused_ratio_per_wording"].items())

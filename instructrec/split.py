@@ -9,6 +9,7 @@ validation target, the rest train. Items are indexed 1..N in catalogue order;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -44,6 +45,11 @@ class Catalogue:
 
     def year_of(self, idx: int) -> int | None:
         return self.years[idx - 1]
+
+    @cached_property
+    def newest_year(self) -> int | None:
+        """The newest release year: what "recent" and "old" are read against (None without years)."""
+        return max((y for y in self.years if y), default=None)
 
     @classmethod
     def from_items(cls, items: pl.DataFrame, noun: str = "item") -> Catalogue:

@@ -281,6 +281,14 @@ def _two_digit_decade(d: str) -> int:
     return 2000 + n * 10 if n <= 1 else 1900 + n * 10
 
 
+def _range_end(start: str, end: str) -> int:
+    """A range's last year, written in full or by its last two digits ("1995-05" ends in 2005)."""
+    if len(end) == 4:
+        return int(end)
+    year = int(start[:2] + end)
+    return year + 100 if year < int(start) else year
+
+
 def _year_mentions(text: str, newest: int | None) -> list[_Mention]:
     out: list[_Mention] = []
 
@@ -289,11 +297,9 @@ def _year_mentions(text: str, newest: int | None) -> list[_Mention]:
 
     q = r"(?:(early|mid|late)[\s-]+)?"
     for m in re.finditer(r"\b(?:between|from)\s+" + YEAR_RE + r"\s*(?:and|to|-|until|till)\s*(\d{2,4})\b", text):
-        hi = m.group(2)
-        add(m, int(m.group(1)), int(hi) if len(hi) == 4 else int(m.group(1)[:2] + hi))
+        add(m, int(m.group(1)), _range_end(m.group(1), m.group(2)))
     for m in re.finditer(r"\b" + YEAR_RE + r"\s*(?:-|to)\s*(\d{2}|\d{4})\b", text):
-        hi = m.group(2)
-        add(m, int(m.group(1)), int(hi) if len(hi) == 4 else int(m.group(1)[:2] + hi))
+        add(m, int(m.group(1)), _range_end(m.group(1), m.group(2)))
     for m in re.finditer(r"\b(before|pre|prior to|earlier than|older than|until|up to)[\s-]*" + YEAR_RE + r"\b", text):
         y = int(m.group(2))
         add(m, EARLIEST, y if m.group(1) in ("until", "up to") else y - 1)

@@ -21,9 +21,9 @@ def evaluate_request_classes(
     cfg: Config, prepared: Prepared, challenger: Trained, exported: Exported, run_id: str
 ) -> dict | None:
     """Era, composite, negation and named-title requests (instructrec.request_eval) on `eval.request_users` test
-    users, through `Recommender.recommend` on the fp32 graph. Two headline metrics (the refused genre's share of the
-    top 10 against the no-request list's; the share of top-10 items meeting era and composite requests); the
-    per-class table and numbers as artifacts under requests/."""
+    users, through `Recommender.recommend` on the fp32 graph, and with the rules off (the learned scorer alone). Two
+    headline metrics each way (the refused genre's share of the top 10 against the no-request list's; the share of
+    top-10 items meeting era and composite requests); the per-class tables and numbers as artifacts under requests/."""
     split = prepared.split
     users = split.eval_users
     if cfg.eval.request_users <= 0 or not len(users):
@@ -46,6 +46,10 @@ def evaluate_request_classes(
     met = [row["satisfied"] for kind, row in classes.items() if kind != "negation" and "satisfied" in row]
     headline = {"requests/negation_refused_ratio": classes["negation"].get("refused_ratio")}
     headline["requests/constraints_met"] = float(np.mean(met)) if met else None
+    alone = report["learned_alone"]
+    headline["requests/learned_negation_refused_ratio"] = alone["negation"].get("refused_ratio")
+    met = [row["satisfied"] for kind, row in alone.items() if kind != "negation" and "satisfied" in row]
+    headline["requests/learned_constraints_met"] = float(np.mean(met)) if met else None
     tracking.log_metrics(run_id, {k: v for k, v in headline.items() if v is not None})  # the rest: the artifact
     tracking.log_json(run_id, report, "requests/request_classes.json")
     table = markdown_table(report)

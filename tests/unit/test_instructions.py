@@ -1,22 +1,31 @@
+import re
+
 import numpy as np
+import polars as pl
 import pytest
 
 from instructrec.instructions import (
     CANDIDATES,
     HISTORY,
     MOODS,
+    REQUEST_TEMPLATES,
+    REQUEST_TYPES,
     RERANKING,
     TEMPLATES,
     TRAIN_MIX,
+    era_phrase,
     free_text_instruction,
     make_instruction,
     render,
+    request_instruction,
     stated_taste,
     templates_of,
     training_examples,
     windows,
 )
+from instructrec.request_eval import WORDINGS
 from instructrec.split import Catalogue, temporal_leave_one_out
+from instructrec.understand import understand
 from tests.conftest import make_tables
 
 CAT = Catalogue(
@@ -111,6 +120,7 @@ def test_training_examples_cover_the_mix_and_never_use_eval_targets():
     from instructrec.sources.coerce import to_canonical
 
     inter = to_canonical(inter, schema.INTERACTIONS_SCHEMA, "interactions", "x")
+    items = items.with_columns(pl.Series(schema.YEAR, [1950 + i % 48 for i in range(items.height)]))
     items = to_canonical(items, {**schema.ITEMS_SCHEMA, **schema.ITEM_ATTRIBUTES}, "items", "x")
     split = temporal_leave_one_out(inter, Catalogue.from_items(items))
     ex = training_examples(split, 20, seed=0, stride=5)
@@ -123,3 +133,85 @@ def test_training_examples_cover_the_mix_and_never_use_eval_targets():
         window = [int(i) for i in ex.seq[w] if i > 0]
         assert window == seq[seq.index(window[0]) : seq.index(window[0]) + len(window)]  # a contiguous span
         assert split.valid[u] not in window or split.valid[u] in seq
+
+
+# -- the request classes (era, composite, negation, a named title) -----------------------------------------
+DATED = Catalogue(
+    item_ids=[str(i) for i in range(1, 9)],
+    titles=["Shining, The", "Fargo", "Casablanca", "Heat", "Nosferatu", "Scream", "Alien", "Toy Story"],
+    texts=[""] * 8,
+    genres=[
+        ("Horror",),
+        ("Crime", "Drama"),
+        ("Drama", "Romance"),
+        ("Action", "Crime"),
+        ("Horror",),
+        ("Horror", "Thriller"),
+        ("Sci-Fi", "Horror"),
+        ("Animation", "Comedy"),
+    ],
+    noun="movie",
+    years=[1980, 1996, 1942, 1995, 1922, 1996, 1979, 1995],
+)
+
+
+@pytest.mark.parametrize("type_", REQUEST_TYPES)
+def test_every_request_is_true_of_its_target_as_the_rules_read_it(type_):
+    """Each training request says something true of the target (from its metadata) and `understand` reads it so:
+    the years hold the target's year, asked genres are the target's, a refused genre is not, a named film is
+    from the history and never the target."""
+    rng, history, seen = np.random.default_rng(0), np.array([1, 7, 2, 6, 5, 3]), set()
+    for _ in range(300):
+        target = int(rng.choice([2, 3, 4, 8]))
+        ins = request_instruction(type_, rng, DATED, history, target, max_history=20)
+        if ins is None:
+            continue
+        assert ins.type == type_ and ins.history == tuple(history) and ins.text.startswith("My history: [history].")
+        request = ins.text.split("My request: ")[1]
+        seen.add(ins.template)
+        got = understand(request, DATED)
+        genres, year = set(DATED.genres_of(target)), DATED.year_of(target)
+        if type_ in ("P1/era", "P1/composite") and got.years:
+            assert got.years[0] <= year <= got.years[1], request
+        if type_ == "P1/era":
+            assert got.years is not None and not got.genres and not got.exclude_genres, request
+        elif type_ == "P1/composite":
+            assert got.genres and set(got.genres) <= genres and (got.years or len(got.genres) == 2), request
+        elif type_ == "P1/negation":
+            assert len(got.exclude_genres) == 1 and not set(got.exclude_genres) & genres, request
+            assert not got.genres and got.years is None, request
+        else:
+            assert len(got.like) == 1 and got.like[0] in history and got.like[0] != target, request
+            assert genres & set(DATED.genres_of(got.like[0])), request  # the history's closest film
+        assert DATED.title(target) not in request
+    assert seen == {f"{type_}#{k}" for k in range(len(REQUEST_TEMPLATES[type_]))}  # every template drawn
+
+
+def test_requests_need_the_metadata_they_speak_of():
+    undated = Catalogue(["a", "b"], ["A", "B"], ["", ""], [("Drama",), ("Drama",)], "movie")
+    rng = np.random.default_rng(0)
+    assert all(request_instruction("P1/era", rng, undated, np.array([1]), 2, 20) is None for _ in range(20))
+    assert all(request_instruction("P1/negation", rng, undated, np.array([1]), 2, 20) is None for _ in range(20))
+    assert all(request_instruction(t, rng, DATED, np.array([], dtype=int), 2, 20) is None for t in REQUEST_TYPES)
+
+
+def test_no_training_template_is_an_evaluation_wording():
+    """The request classes are measured on wordings training never reads (request_eval.WORDINGS)."""
+    held_out = {_shape(w) for ws in WORDINGS.values() for w in ws}
+    trained = {_shape(t) for ts in REQUEST_TEMPLATES.values() for t in ts}
+    trained |= {_shape(t.text) for ts in TEMPLATES.values() for t in ts if not t.held_out}
+    assert not held_out & trained
+
+
+def _shape(template: str) -> str:
+    """A template with its fields and punctuation taken out: two wordings that differ only there are one."""
+    return " ".join(re.sub(r"\{\w+\}|[^a-z ]", " ", template.lower()).split())
+
+
+def test_era_phrases_are_read_as_periods_holding_the_year():
+    rng = np.random.default_rng(1)
+    for year in (1922, 1942, 1959, 1980, 1996):
+        for _ in range(40):
+            phrase = era_phrase(year, 1998, rng)
+            years = understand(f"a movie {phrase}", DATED).years
+            assert years is not None and years[0] <= year <= years[1], phrase

@@ -77,6 +77,8 @@ def test_the_encoder_reads_the_request_without_what_the_rules_took_out():
         ("late nineties", [1996, 1999]),
         ("between 1970 and 1985", [1970, 1985]),
         ("1970-85", [1970, 1985]),
+        ("1995-05", [1995, 2005]),
+        ("from 1998 to 03", [1998, 2003]),
         ("before 1960", [None, 1959]),
         ("since 1990", [1990, None]),
         ("after 1990", [1991, None]),
