@@ -11,7 +11,10 @@ excluded), NDCG@10:
 - popularity plus beta per stated genre the item has: what the words could add
   to popularity if they were read perfectly, for a grid of beta;
 - the champion's scores plus lambda x popularity (both standardised per row),
-  lambda picked on validation and reported on test.
+  lambda picked on validation and reported on test;
+- popularity with each training event weighted by its recency (exponential
+  decay, a grid of half-lives): whether the test targets, the latest events,
+  follow what is popular lately rather than overall.
 
 If no beta lifts popularity on test, no scorer that reads the taste can beat
 popularity by reading it. Writes bench/results/stated_taste.json.
@@ -25,19 +28,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 from request_classes import champion_data
 
-from instructrec import metrics
+from instructrec import metrics, schema
 from instructrec.config import load_config
 from instructrec.evaluate import EvalCase, build_cases
 from instructrec.instructions import stated_taste
 from instructrec.prepare import VALID_SEED_OFFSET
 from instructrec.recommend import Recommender
+from instructrec.split import Catalogue, chronological
 
 ROOT = Path(__file__).resolve().parents[1]
 TYPE = "P2/I0"
 BETAS = (0.0, 0.1, 0.25, 0.5, 1.0)
 LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+HALF_LIVES_DAYS = (7, 14, 30, 60, 90, 180)
 
 
 def ndcg(scores: np.ndarray, case: EvalCase) -> float:
@@ -51,6 +57,23 @@ def ndcg(scores: np.ndarray, case: EvalCase) -> float:
 
 def standardised(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True)
+
+
+def recent_popularity(interactions: pl.DataFrame, catalogue: Catalogue, half_life_days: float) -> np.ndarray:
+    """[n_items]: training events (each user's all but last two, as the split) weighted 2^(-age / half-life),
+    the age counted from the newest training event."""
+    events = (
+        interactions.with_columns(
+            pl.col(schema.ITEM).replace_strict(catalogue.index, return_dtype=pl.Int64).alias("idx")
+        )
+        .pipe(chronological)
+        .with_columns(pl.int_range(pl.len()).over(schema.USER).alias("pos"), pl.len().over(schema.USER).alias("n"))
+        .filter((pl.col("n") < 3) | (pl.col("pos") < pl.col("n") - 2))
+    )
+    seconds = events[schema.TIMESTAMP].dt.epoch("s").to_numpy().astype(np.float64)
+    weight = np.exp2(-(seconds.max() - seconds) / (half_life_days * 86400.0))
+    counts = np.bincount(events["idx"].to_numpy(), weights=weight, minlength=catalogue.n_items + 1)
+    return standardised(np.log1p(counts[1:]))
 
 
 def main() -> int:
@@ -68,6 +91,7 @@ def main() -> int:
     for i, gs in enumerate(catalogue.genres):
         has[i, [genres[g] for g in gs]] = 1.0
 
+    recent = {h: recent_popularity(interactions, catalogue, h) for h in HALF_LIVES_DAYS}
     out: dict[str, dict] = {}
     for target, seed in (("valid", e.seed + VALID_SEED_OFFSET), ("test", e.seed)):
         # every type drawn as the pipeline draws them, so these are its P2/I0 cases exactly
@@ -90,6 +114,7 @@ def main() -> int:
             "popularity": ndcg(np.broadcast_to(pop, matched.shape), case),
             "popularity_plus_taste": {str(b): ndcg(pop + b * matched, case) for b in BETAS},
             "champion_plus_popularity": {str(lam): ndcg(model + lam * pop, case) for lam in LAMBDAS},
+            "recent_popularity": {str(h): ndcg(np.broadcast_to(recent[h], matched.shape), case) for h in recent},
         }
     blends = out["valid"]["champion_plus_popularity"]
     picked = max(blends, key=blends.__getitem__)
@@ -107,6 +132,10 @@ def main() -> int:
         print(
             "  champion + lambda x popularity:    "
             + ", ".join(f"{k}: {v:.4f}" for k, v in r["champion_plus_popularity"].items())
+        )
+        print(
+            "  popularity, half-life in days:     "
+            + ", ".join(f"{h}: {v:.4f}" for h, v in r["recent_popularity"].items())
         )
     print(f"lambda picked on validation: {picked}; test NDCG@10 {out['picked_lambda_on_valid']['test']:.4f}")
     return 0

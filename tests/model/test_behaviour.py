@@ -7,6 +7,8 @@ paraphrased templates (invariance), and recommend a one-genre history's genre
 (minimum functionality).
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -252,6 +254,9 @@ def test_a_refused_genre_is_left_out_and_a_named_title_pulls_its_own(served, pre
         out = served.recommend(user, f"anything but {refused.lower()}", k=10)
         assert _genre_count(out, cat, refused) == 0 and out["understood"] == {"exclude_genres": [refused]}
         assert all(refused.lower() not in i.get("matches", []) for i in out["items"])
+        assert f"anything but {refused.lower()}" not in out["instruction"]  # the refused clause is not encoded
+        alone = replace(served, rules=False).recommend(user, f"anything but {refused.lower()}", k=10)
+        assert alone["understood"] == {} and f"anything but {refused.lower()}" in alone["instruction"]
         seen = set(served.histories[user].tolist())
         unseen = Counter(cat.genres_of(i)[0] for i in range(1, cat.n_items + 1) if i not in seen)
         other = min((g for g in GENRES if unseen[g] >= 6), key=lambda g: (shown[g], g))  # room to pull into

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from instructrec.request_eval import evaluate_requests, request_cases, spellings
+from instructrec.request_eval import evaluate_requests, markdown_table, request_cases, spellings
 from instructrec.split import Catalogue, SplitData
 from instructrec.understand import understand, violations
 
@@ -75,3 +75,19 @@ def test_a_ranker_that_obeys_meets_every_request_and_one_that_ignores_them_does_
     assert good["composite"]["satisfied"] > bad["composite"]["satisfied"]
     assert good["title"]["resolved_in_requests"] == 1.0 and bad["title"]["resolved_in_requests"] == 0.0
     assert 0.0 <= good["era"]["ndcg@10"] <= 1.0 and "ndcg@10" not in good["rare_era"]
+
+
+def test_the_table_shows_the_learned_scorer_alone_beside_the_served_path():
+    split = _split()
+
+    def fixed(user: str, text: str | None) -> tuple[list[int], dict]:
+        return list(range(1, 11)), {}
+
+    report = evaluate_requests(fixed, split, np.arange(len(split.users)), 3, lambda t: ())
+    assert "learned scorer alone" not in markdown_table(report)
+    report["learned_alone"] = report["classes"]
+    table = markdown_table(report)
+    alone = table.split("learned scorer alone")[1]
+    negation = report["classes"]["negation"]
+    assert f"| negation | {negation['ndcg@10']:.4f} | refused genre {negation['refused_share']:.1%} |" in alone
+    assert alone.count("\n| ") == 1 + sum(1 for r in report["classes"].values() if r.get("cases"))
