@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -282,7 +283,10 @@ def _preload() -> None:
         importlib.import_module(name)
 
 
-def _add_set(parser: argparse.ArgumentParser, help: str = "override a config value, e.g. --set train.epochs=5") -> None:
+SET_HELP = "override a config value, e.g. --set train.epochs=5"
+
+
+def _add_set(parser: argparse.ArgumentParser, help: str = SET_HELP) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=f"{help} (repeatable)")
 
 
@@ -290,78 +294,93 @@ def _add_profile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=PROFILES, default="cpu", help="config profile (default: cpu)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="instructrec", description="Instruction-following recommender pipeline")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pipeline", help="ingest, validate, train, fine-tune, evaluate, export and gate")
+def _command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    run: Callable[[argparse.Namespace], int],
+    set_help: str = SET_HELP,
+) -> argparse.ArgumentParser:
+    """A sub-command that reads the config: --profile and --set, as every such command takes them."""
+    p = sub.add_parser(name, help=help)
     _add_profile(p)
+    _add_set(p, set_help)
+    p.set_defaults(run=run)
+    return p
+
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "pipeline",
+        "ingest, validate, train, fine-tune, evaluate, export and gate",
+        _pipeline,
+        "override a config value, e.g. --set train.epochs=5 --set train.seed=3",
+    )
     p.add_argument(
         "--data",
         default=None,
         help="'movielens-100k' (default), 'movielens-1m', or a directory with interactions.* and items.*",
     )
-    _add_set(p, "override a config value, e.g. --set train.epochs=5 --set train.seed=3")
-    p.set_defaults(run=_pipeline)
-    r = sub.add_parser("recommend", help="top-k from the champion's ONNX scorer, as JSON")
+    ft = _command(sub, "finetune", "judge the running A/B test, then tune a challenger on new feedback", _finetune)
+    ft.add_argument("--data", default=None, help="default: the champion's data source")
+    ft.add_argument("--force", action="store_true", help="tune even below feedback.trigger_events new events")
+    b = _command(
+        sub,
+        "batch",
+        "top-k for every user from the champion, written as Parquet",
+        _batch,
+        "override a config value, e.g. --set runtime.engine=ray (a Ray Data actor pool; RAY_ADDRESS to join)",
+    )
+    b.add_argument("-k", type=int, default=10)
+    sy = sub.add_parser(
+        "synth", help="a seeded synthetic catalogue and log at any size (power-law popularity), for --data"
+    )
+    for flag in ("--users", "--items", "--interactions"):
+        sy.add_argument(flag, type=int, required=True)
+    sy.add_argument("--out", type=Path, required=True)
+    sy.add_argument("--seed", type=int, default=7)
+    sy.set_defaults(run=_synth)
+
+
+def _add_serving_commands(sub: argparse._SubParsersAction) -> None:
+    r = _command(
+        sub, "recommend", "top-k from the champion's ONNX scorer, as JSON", _recommend, "e.g. --set serve.diversity=0.2"
+    )
     r.add_argument("--user-id", required=True)
     r.add_argument("--instruction", default=None, help="free-text request, e.g. 'a funny animated film'")
     r.add_argument("-k", type=int, default=10)
     r.add_argument(
         "--diversity", type=float, default=None, help="MMR re-ranking weight, 0 to 1 (default serve.diversity)"
     )
-    _add_profile(r)
-    _add_set(r, "e.g. --set serve.diversity=0.2")
-    r.set_defaults(run=_recommend)
-    si = sub.add_parser("similar", help="the champion's nearest items to one item (item tower), as JSON")
+    si = _command(sub, "similar", "the champion's nearest items to one item (item tower), as JSON", _similar)
     si.add_argument("--item-id", required=True)
     si.add_argument("-k", type=int, default=10)
-    _add_profile(si)
-    _add_set(si)
-    si.set_defaults(run=_similar)
-    fg = sub.add_parser(
-        "forget", help="erase a user's feedback and impressions from serving and all future training (audited)"
+    fg = _command(
+        sub, "forget", "erase a user's feedback and impressions from serving and all future training (audited)", _forget
     )
     fg.add_argument("--user-id", required=True)
-    _add_profile(fg)
-    _add_set(fg)
-    fg.set_defaults(run=_forget)
-    sy = sub.add_parser(
-        "synth", help="a seeded synthetic catalogue and log at any size (power-law popularity), for --data"
+    sv = _command(
+        sub,
+        "serve",
+        "HTTP service: /recommend, /feedback, /health (champion/challenger split)",
+        _serve,
+        "e.g. --set serve.session_share=0.5 --set serve.diversity=0.2",
     )
-    sy.add_argument("--users", type=int, required=True)
-    sy.add_argument("--items", type=int, required=True)
-    sy.add_argument("--interactions", type=int, required=True)
-    sy.add_argument("--out", type=Path, required=True)
-    sy.add_argument("--seed", type=int, default=7)
-    sy.set_defaults(run=_synth)
-    b = sub.add_parser("batch", help="top-k for every user from the champion, written as Parquet")
-    b.add_argument("-k", type=int, default=10)
-    _add_profile(b)
-    _add_set(b, "override a config value, e.g. --set runtime.engine=ray (a Ray Data actor pool; RAY_ADDRESS to join)")
-    b.set_defaults(run=_batch)
-    sv = sub.add_parser("serve", help="HTTP service: /recommend, /feedback, /health (champion/challenger split)")
-    _add_profile(sv)
     sv.add_argument("--host", default=None, help="default: serve.host (127.0.0.1)")
     sv.add_argument("--port", type=int, default=None, help="default: serve.port (8000)")
-    _add_set(sv, "e.g. --set serve.session_share=0.5 --set serve.diversity=0.2")
-    sv.set_defaults(run=_serve)
-    ft = sub.add_parser("finetune", help="judge the running A/B test, then tune a challenger on new feedback")
-    _add_profile(ft)
-    ft.add_argument("--data", default=None, help="default: the champion's data source")
-    ft.add_argument("--force", action="store_true", help="tune even below feedback.trigger_events new events")
-    _add_set(ft)
-    ft.set_defaults(run=_finetune)
-    sm = sub.add_parser("simulate", help="play simulated users (reacting from their unseen future) against a service")
+
+
+def _add_loop_commands(sub: argparse._SubParsersAction) -> None:
+    sm = _command(
+        sub, "simulate", "play simulated users (reacting from their unseen future) against a service", _simulate
+    )
     sm.add_argument("--url", default="http://127.0.0.1:8000")
-    _add_profile(sm)
     sm.add_argument("--users", type=int, default=0, help="how many users (0: all with a future)")
     sm.add_argument("--future-share", type=float, default=0.3)
     sm.add_argument("--concurrency", type=int, default=8)
     sm.add_argument("--seed", type=int, default=0)
-    _add_set(sm)
-    sm.set_defaults(run=_simulate)
-    d = sub.add_parser("demo", help="train on the past, serve, simulate, fine-tune, A/B gate, promote: round by round")
-    _add_profile(d)
+    d = _command(sub, "demo", "train on the past, serve, simulate, fine-tune, A/B gate, promote: round by round", _demo)
     d.add_argument("--rounds", type=int, default=3)
     d.add_argument(
         "--feedback-share",
@@ -375,19 +394,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="an A/A test instead: the champion served again as its own challenger, one gate look per round",
     )
-    _add_set(d)
-    d.set_defaults(run=_demo)
-    st = sub.add_parser("stack", help="local Prefect server + worker + MLflow server, deployments from prefect.yaml")
+    st = _command(
+        sub,
+        "stack",
+        "local Prefect server + worker + MLflow server, deployments from prefect.yaml",
+        _stack,
+        "e.g. --set stack.prefect_port=4201 --set stack.mlflow_port=5001",
+    )
     st.add_argument("action", choices=["up", "down", "status"])
-    _add_profile(st)
     st.add_argument(
         "--backend",
         choices=["sqlite", "postgres"],
         default=None,
         help="MLflow's store (default: stack.backend, or env MLFLOW_BACKEND)",
     )
-    _add_set(st, "e.g. --set stack.prefect_port=4201 --set stack.mlflow_port=5001")
-    st.set_defaults(run=_stack)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instructrec", description="Instruction-following recommender pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
+    _add_serving_commands(sub)
+    _add_loop_commands(sub)
     return parser
 
 
