@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-fast fuzz gpu-check lint docs lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-taste bench-new-items bench-scale bench-ray mlflow-ui clean
+.PHONY: run test test-fast fuzz gpu-check lint docs lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-compare bench-taste bench-new-items bench-scale bench-ray mlflow-ui clean
 
 # requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
 $(STAMP): pyproject.toml requirements.lock
@@ -128,9 +128,15 @@ bench-cuped: $(STAMP)
 bench-session: $(STAMP)
 	$(BIN)/python bench/session_ab.py --profile $(PROFILE)
 
-# Requests as people write them (era, composite, negation, a named title) on the champion of `make run` (~2 min)
+# Requests as people write them (era, composite, negation, a named title) on the champion of `make run`, served and
+# with the rules off (~5 min on ML-100k)
 bench-requests: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/request_classes.py --profile $(PROFILE)
+
+# Two homes' champions on the protocol's test cases, per type, paired bootstrap (~5 min on ML-100k):
+# make bench-compare BEFORE=/path/home-a AFTER=/path/home-b
+bench-compare: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/compare_models.py --profile $(PROFILE) --before $(BEFORE) --after $(AFTER)
 
 # What a stated taste (P2/I0) can say beyond popularity, on the champion of `make run`
 bench-taste: $(STAMP)

@@ -7,7 +7,8 @@ For every test user (history before the test target, as the protocol), one
 request per class (era, composite, negation, a named title; wordings never
 trained on, written from the target's metadata: `instructrec.request_eval`),
 answered through `Recommender.recommend` on the exported ONNX graph, the same
-call `/recommend` makes, beside the same user's list with no request. Writes
+call `/recommend` makes, beside the same user's list with no request; then the
+same cases with the rules off (the learned scorer alone reads every word). Writes
 bench/results/request_classes.json and the table of docs/request_classes.md
 (bench/results/request_classes.md).
 """
