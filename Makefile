@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-fast fuzz gpu-check lint docs lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-compare bench-taste bench-new-items bench-scale bench-ray mlflow-ui clean
+.PHONY: run test test-fast fuzz gpu-check lint docs lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-compare bench-taste bench-new-items bench-scale bench-prepare bench-ray mlflow-ui clean
 
 # requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
 $(STAMP): pyproject.toml requirements.lock
@@ -145,6 +145,11 @@ bench-taste: $(STAMP)
 # Items held out of training, served through their text vectors: NDCG@10 on them vs popularity
 bench-new-items: $(STAMP)
 	$(BIN)/python bench/new_items.py --profile $(PROFILE)
+
+# What prepare costs per part, beside another revision's code on the same data (digests must agree)
+# make bench-prepare SCALE=100 AGAINST=HEAD~1
+bench-prepare: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/prepare.py $(if $(SCALE),--scale $(SCALE)) $(if $(AGAINST),--against $(AGAINST))
 
 # Cost growth of every pipeline stage at 1x, 10x, 100x ML-100k's size (about 100k, 1M, 10M interactions; ~20 min)
 bench-scale: $(STAMP)

@@ -69,6 +69,7 @@ def build_cases(
     users = split.eval_users
     cases = {}
     excluded: dict[int, np.ndarray] = {}  # per user, shared by every type's case (the same items)
+    ever_seen: dict[int, set[int]] = {}  # per user: everything up to the test target, what negatives never are
     for type_ in types:
         rows, texts, templates, hists, targets, excl, negs = [], [], [], [], [], [], []
         for u in users:
@@ -79,8 +80,9 @@ def build_cases(
             ins = make_instruction(type_, int(rng.integers(1 << 30)), split.catalogue, seen, tgt, max_history, held_out)
             if ins is None:
                 continue
-            all_seen = np.union1d(split.history_before_test(u), [split.test[u]])
-            negs.append(_padded(_sample_unseen(rng, n_items, all_seen, n_negatives), tgt, n_negatives))
+            if u not in ever_seen:
+                ever_seen[u] = set(split.train[u].tolist()) | {int(split.valid[u]), int(split.test[u])}
+            negs.append(_padded(_sample_unseen(rng, n_items, ever_seen[u], n_negatives), tgt, n_negatives))
             rows.append(u)
             texts.append(ins.text)
             templates.append(ins.template)
@@ -132,19 +134,19 @@ def without_words(cases: dict[str, EvalCase], noun: str) -> dict[str, EvalCase]:
 SAMPLING_ROUNDS = 64  # rejection rounds before the exact draw; a user who has seen nearly everything ends there
 
 
-def _sample_unseen(rng: np.random.Generator, n_items: int, seen: np.ndarray, k: int) -> np.ndarray:
+def _sample_unseen(rng: np.random.Generator, n_items: int, seen: np.ndarray | set[int], k: int) -> np.ndarray:
     """k distinct items the user never saw, or all of them where fewer exist (that row's sampled rank then reads
     fewer negatives). Rejection sampling, as the protocol has always drawn them (the same draws), for a bounded
     number of rounds, then an exact draw from what is left: no loop without an end."""
     out: list[int] = []
-    seen_set = set(seen.tolist())
+    seen_set = seen if isinstance(seen, set) else set(seen.tolist())
     want = max(0, min(k, n_items - len(seen_set)))  # seen holds catalogue indices 1..n_items
     for _ in range(SAMPLING_ROUNDS):
         if len(out) >= want:
             break
-        for c in rng.integers(1, n_items + 1, size=2 * k):
-            if int(c) not in seen_set and int(c) not in out:
-                out.append(int(c))
+        for c in rng.integers(1, n_items + 1, size=2 * k).tolist():
+            if c not in seen_set and c not in out:
+                out.append(c)
                 if len(out) == want:
                     break
     if len(out) < want:

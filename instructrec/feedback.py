@@ -175,7 +175,7 @@ def feedback_examples(
                 examples.append((t - 1 - start, ins, label, 1.0))
                 likes, dislikes = likes + (label > 0), dislikes + (label < 0)
             if examples:
-                builder.add_window(u, tuple(int(i) for i in seq[start:end]), examples)
+                builder.add_window(u, seq[start:end], examples)
 
     used, skipped = _store_rows(split, store, builder, max_history, rng, requests or {})
     n_feedback = len(builder)

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import re
 from array import array
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -224,17 +226,21 @@ def join_words(words: tuple[str, ...] | list[str]) -> str:
 
 
 def stated_taste(history: np.ndarray, catalogue: Catalogue, top: int = 2) -> tuple[str, ...]:
-    """P2: the history's dominant genres, most frequent first (ties by name)."""
-    counts = Counter(g for idx in history for g in catalogue.genres_of(int(idx)))
-    return tuple(g for g, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top])
+    """P2: the history's dominant genres, most frequent first (ties by name: the count table's columns are in name
+    order and the sort is stable)."""
+    counts = catalogue.genre_counts[np.asarray(history, dtype=np.int64)].sum(axis=0)
+    order = np.argsort(-counts, kind="stable")[:top]
+    return tuple(catalogue.genre_names[g] for g in order.tolist() if counts[g] > 0)
 
 
+@cache
 def needs(type_: str) -> tuple[bool, bool, bool]:
     """(history, taste, target genres) a type needs."""
     p, i = type_.split("/")
     return p == "P1", p == "P2", i in ("I1", "I2")
 
 
+@cache
 def templates_of(type_: str, held_out: bool = False) -> tuple[Template, ...]:
     """The type's training templates, or its held-out ones."""
     return tuple(t for t in TEMPLATES[type_] if t.held_out == held_out)
@@ -256,23 +262,32 @@ def make_instruction(
     use_history, use_taste, use_genres = needs(type_)
     if use_history and len(history) == 0:
         return None
-    fields = {"noun": catalogue.noun, "nouns": plural(catalogue.noun), "history": HISTORY, "candidates": CANDIDATES}
+    taste: tuple[str, ...] = ()
     if use_taste:
         taste = stated_taste(history[-50:], catalogue)
         if not taste:
             return None
-        fields["taste"] = join_words(taste)
-    templates = templates_of(type_, held_out)
-    k, choice = template % len(templates), template // len(templates)
+    k, choice = divmod(template, len(templates_of(type_, held_out)))[::-1]
+    genres, vague = (), ""
     if use_genres:
         genres = catalogue.genres_of(int(target)) if target else ()
         if not genres:
             return None
-        fields["genres"] = join_words(genres)
-        fields["mood"] = mood(genres[choice % len(genres)], choice // len(genres))
-    hist = tuple(int(i) for i in history[-max_history:]) if use_history else ()
-    name = f"{type_}#{HELD_OUT}{k}" if held_out else f"{type_}#{k}"
-    return Instruction(type_, name, templates[k].text.format(**fields), hist, templates[k].form)
+        vague = mood(genres[choice % len(genres)], choice // len(genres))
+    name, text, form = _filled(type_, held_out, k, catalogue.noun, taste, genres, vague)
+    hist = tuple(np.asarray(history[-max_history:]).tolist()) if use_history else ()
+    return Instruction(type_, name, text, hist, form)
+
+
+@lru_cache(maxsize=1 << 16)
+def _filled(
+    type_: str, held_out: bool, k: int, noun: str, taste: tuple[str, ...], genres: tuple[str, ...], vague: str
+) -> tuple[str, str, str]:
+    """(template name, text, form): a few thousand distinct fillings over millions of training positions."""
+    fields = {"noun": noun, "nouns": plural(noun), "history": HISTORY, "candidates": CANDIDATES}
+    fields |= {"taste": join_words(taste), "genres": join_words(genres), "mood": vague}
+    template = templates_of(type_, held_out)[k]
+    return f"{type_}#{HELD_OUT}{k}" if held_out else f"{type_}#{k}", template.text.format(**fields), template.form
 
 
 def free_text_instruction(text: str, history: np.ndarray, max_history: int, catalogue: Catalogue) -> Instruction:
@@ -371,14 +386,13 @@ def spellings(title: str, year: int | None, rng: np.random.Generator) -> list[st
 
 def _closest_in_history(history: np.ndarray, target: int, catalogue: Catalogue) -> int:
     """The recent history's film whose genres are closest to the target's (Jaccard), never the target; 0 if none."""
-    want = set(catalogue.genres_of(target))
-    best, best_score = 0, 0.0
-    for idx in (int(i) for i in history[-50:][::-1]):  # the most recent first wins a tie
-        got = set(catalogue.genres_of(idx))
-        score = len(want & got) / len(want | got) if want | got else 0.0
-        if idx != target and score > best_score:
-            best, best_score = idx, score
-    return best
+    recent = np.asarray(history[-50:], dtype=np.int64)[::-1]  # the most recent first wins a tie (argmax: the first)
+    got, want = catalogue.genre_counts[recent] > 0, catalogue.genre_counts[target] > 0
+    union = (got | want).sum(axis=1)
+    score = np.divide((got & want).sum(axis=1), union, out=np.zeros(len(recent)), where=union > 0)
+    score[recent == target] = 0.0
+    best = int(np.argmax(score)) if len(recent) else 0
+    return int(recent[best]) if len(recent) and score[best] > 0 else 0
 
 
 def _refused_genre(history: np.ndarray, target: int, catalogue: Catalogue, rng: np.random.Generator) -> str | None:
@@ -426,7 +440,7 @@ def request_instruction(
         forms = spellings(catalogue.title(named), catalogue.year_of(named), rng)
         fields["title"] = forms[int(rng.integers(0, len(forms)))]
     request = templates[k].format(**fields)
-    hist = tuple(int(i) for i in history[-max_history:])
+    hist = tuple(np.asarray(history[-max_history:]).tolist())
     return Instruction(type_, f"{type_}#{k}", REQUEST_FRAME.format(history=HISTORY, request=request), hist)
 
 
@@ -513,7 +527,7 @@ class ExampleBuilder:
         assert len(items) <= self.max_history + 1, "a window holds at most max_history + 1 items"
         row, offset = len(self.lengths), self.max_history + 1 - len(items)
         self.users.append(user)
-        self.items.extend(int(i) for i in items)
+        self.items.extend(items.tolist() if isinstance(items, np.ndarray) else items)
         self.lengths.append(len(items))
         for t, ins, label, weight in examples:
             self.rows.append(row)
@@ -549,9 +563,20 @@ class ExampleBuilder:
 
 
 def sample_type(rng: np.random.Generator, mix: dict[str, float]) -> str:
-    types = list(mix)
-    p = np.asarray([mix[t] for t in types])
-    return types[rng.choice(len(types), p=p / p.sum())]
+    """One type, drawn as `rng.choice(len(mix), p=...)` draws it (one uniform against the cumulative shares: the
+    same draws), without validating the shares again at every training position."""
+    types, cdf = _mix_cdf(tuple(mix.items()))
+    return types[bisect_right(cdf, rng.random())]  # = searchsorted(cdf, u, side="right")
+
+
+@cache
+def _mix_cdf(mix: tuple[tuple[str, float], ...]) -> tuple[tuple[str, ...], list[float]]:
+    p = np.asarray([share for _, share in mix], dtype=np.float64)
+    if len(p) == 0 or (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"an instruction mix needs non-negative shares with a positive sum, got {dict(mix)}")
+    cdf = (p / p.sum()).cumsum()
+    cdf /= cdf[-1]
+    return tuple(t for t, _ in mix), cdf.tolist()
 
 
 def sampled_instruction(
@@ -605,5 +630,5 @@ def training_examples(
             for t in range(first, end):  # target seq[t], history seq[:t]
                 ins = sampled_instruction(rng, mix, split.catalogue, seq[:t], int(seq[t]), max_history)
                 examples.append((t - 1 - start, ins, 1.0, 1.0))
-            builder.add_window(u, tuple(int(i) for i in seq[start:end]), examples)
+            builder.add_window(u, seq[start:end], examples)
     return builder.build()

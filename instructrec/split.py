@@ -47,6 +47,19 @@ class Catalogue:
         return self.years[idx - 1]
 
     @cached_property
+    def genre_names(self) -> tuple[str, ...]:
+        return tuple(sorted({g for gs in self.genres for g in gs}))
+
+    @cached_property
+    def genre_counts(self) -> np.ndarray:
+        """[n_items + 1, genres] how often item i lists each genre of `genre_names` (row 0, the padding: none)."""
+        column = {g: j for j, g in enumerate(self.genre_names)}
+        out = np.zeros((self.n_items + 1, len(column)), dtype=np.int64)
+        rows = [i + 1 for i, gs in enumerate(self.genres) for _ in gs]
+        np.add.at(out, (rows, [column[g] for gs in self.genres for g in gs]), 1)
+        return out
+
+    @cached_property
     def newest_year(self) -> int | None:
         """The newest release year: what "recent" and "old" are read against (None without years)."""
         return max((y for y in self.years if y), default=None)

@@ -1,4 +1,5 @@
 import re
+from collections import Counter
 
 import numpy as np
 import polars as pl
@@ -17,7 +18,9 @@ from instructrec.instructions import (
     free_text_instruction,
     make_instruction,
     render,
+    _closest_in_history,
     request_instruction,
+    sample_type,
     stated_taste,
     templates_of,
     training_examples,
@@ -85,6 +88,51 @@ def test_history_is_capped_and_most_recent_last():
 
 def test_stated_taste_uses_dominant_genres():
     assert stated_taste(np.array([1, 2, 4]), CAT) == ("Sci-Fi", "Comedy")
+
+
+# The per-position helpers are counted with arrays, not per-item Python: prepare's cost at 10M interactions. They
+# must give what the plain readings give (the same training examples and cases, to the byte, for the same seed).
+GENRES = ("Action", "Comedy", "Drama", "Horror", "Sci-Fi", "War")
+
+
+def _random_catalogue(rng: np.random.Generator, n: int = 60) -> Catalogue:
+    genres = [tuple(rng.choice(GENRES, size=int(rng.integers(0, 4)), replace=False).tolist()) for _ in range(n)]
+    return Catalogue([str(i) for i in range(n)], [f"t{i}" for i in range(n)], [""] * n, genres)
+
+
+def test_stated_taste_counts_as_a_counter_does_ties_by_name():
+    rng = np.random.default_rng(0)
+    cat = _random_catalogue(rng)
+    for _ in range(300):
+        history = rng.integers(1, cat.n_items + 1, size=int(rng.integers(1, 30)))
+        counts = Counter(g for i in history for g in cat.genres_of(int(i)))
+        plain = tuple(g for g, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:2])
+        assert stated_taste(history, cat) == plain
+
+
+def test_the_title_named_is_the_closest_by_genres_most_recent_first_never_the_target():
+    rng = np.random.default_rng(1)
+    cat = _random_catalogue(rng)
+    for _ in range(300):
+        history, target = rng.integers(1, cat.n_items + 1, size=int(rng.integers(0, 12))), int(rng.integers(1, 61))
+        want, best, best_score = set(cat.genres_of(target)), 0, 0.0
+        for idx in (int(i) for i in history[::-1]):
+            got = set(cat.genres_of(idx))
+            score = len(want & got) / len(want | got) if want | got else 0.0
+            if idx != target and score > best_score:
+                best, best_score = idx, score
+        assert _closest_in_history(history, target, cat) == best
+
+
+def test_a_type_is_drawn_as_rng_choice_draws_it():
+    mix = {"P1/I0": 0.4, "P0/I1": 0.25, "P2/I0": 0.1, "P1/era": 0.25}
+    ours, theirs = np.random.default_rng(7), np.random.default_rng(7)
+    p = np.asarray(list(mix.values()))
+    assert [sample_type(ours, mix) for _ in range(5000)] == [
+        list(mix)[theirs.choice(len(mix), p=p / p.sum())] for _ in range(5000)
+    ]
+    with pytest.raises(ValueError, match="non-negative shares"):
+        sample_type(ours, {"P1/I0": -1.0, "P0/I1": 2.0})
 
 
 def test_types_needing_missing_attributes_are_not_built():
