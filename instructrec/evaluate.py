@@ -68,28 +68,31 @@ def build_cases(
     n_items = split.catalogue.n_items
     users = split.eval_users
     cases = {}
-    excluded: dict[int, np.ndarray] = {}  # per user, shared by every type's case (the same items)
-    ever_seen: dict[int, set[int]] = {}  # per user: everything up to the test target, what negatives never are
+    targets_of = split.test if target == "test" else split.valid
+    # per user, shared by every type's case (the same items): what they saw before the target, what the ranking
+    # excludes, and everything up to the test target (what negatives never are)
+    seen_of: dict[int, np.ndarray] = {}
+    excluded: dict[int, np.ndarray] = {}
+    ever_seen: dict[int, set[int]] = {}
     for type_ in types:
         rows, texts, templates, hists, targets, excl, negs = [], [], [], [], [], [], []
-        for u in users:
-            if target == "test":
-                seen, tgt = split.history_before_test(u), int(split.test[u])
-            else:
-                seen, tgt = split.train[u], int(split.valid[u])
+        for u in users.tolist():
+            tgt = int(targets_of[u])
+            if u not in seen_of:
+                seen_of[u] = split.history_before_test(u) if target == "test" else split.train[u]
+            seen = seen_of[u]
             ins = make_instruction(type_, int(rng.integers(1 << 30)), split.catalogue, seen, tgt, max_history, held_out)
             if ins is None:
                 continue
             if u not in ever_seen:
                 ever_seen[u] = set(split.train[u].tolist()) | {int(split.valid[u]), int(split.test[u])}
+                excluded[u] = np.setdiff1d(seen, [tgt])
             negs.append(_padded(_sample_unseen(rng, n_items, ever_seen[u], n_negatives), tgt, n_negatives))
             rows.append(u)
             texts.append(ins.text)
             templates.append(ins.template)
             hists.append(ins.history)
             targets.append(tgt)
-            if u not in excluded:
-                excluded[u] = np.setdiff1d(seen, [tgt])
             excl.append(excluded[u])
         if rows:
             cases[f"{type_}/{HELD_OUT}" if held_out else type_] = EvalCase(
@@ -158,6 +161,8 @@ def _sample_unseen(rng: np.random.Generator, n_items: int, seen: np.ndarray | se
 def _padded(negatives: np.ndarray, target: int, k: int) -> np.ndarray:
     """A row of k negative columns: where the user left fewer than k items unseen, the rest repeat the target,
     which never ranks ahead of itself (metrics.sampled_ranks), so the row is ranked among the negatives it has."""
+    if len(negatives) == k:
+        return negatives
     return np.concatenate([negatives, np.full(k - len(negatives), target, dtype=np.int64)])
 
 
