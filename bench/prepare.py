@@ -134,7 +134,10 @@ def main() -> None:
             users, items = SHAPES[args.scale]
             write_synthetic(SynthSpec(users=users, items=items, interactions=100_000 * args.scale), work / "data")
             source, profile = str(work / "data"), "tiny"
-        sides = {"this checkout": run_side(ROOT, source, profile, work)}
+        here = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        sides = {here: run_side(ROOT, source, profile, work)}
         if args.against:
             tree = work / "against"
             subprocess.run(
@@ -163,7 +166,8 @@ def print_table(report: dict) -> None:
         ratio = f"   {values[1] / values[0]:.2f}x" if len(values) == 2 and values[0] else ""
         print(f"{part:<20}" + "".join(f"{v:>17.2f}s" for v in values) + ratio)
     digests = {s["digest"] for s in sides.values()}
-    print(f"digest {first['digest'][:16]}: " + ("identical on every side" if len(digests) == 1 else "DIFFERS"))
+    verdict = "" if len(sides) == 1 else ": identical on both sides" if len(digests) == 1 else ": DIFFERS"
+    print(f"digest {first['digest'][:16]}{verdict}")
 
 
 if __name__ == "__main__":
