@@ -325,21 +325,59 @@ def decide(
     per type key against the best reference that can serve it, and the mean over types must beat theirs. Else
     it is the pooled floor of earlier versions: the challenger's mean over all types against `baseline`'s (whose
     numbers are recorded either way)."""
-    m = policy.metric
-    checks: list[Check] = []
-    skipped: list[Skipped] = []
     numbers: dict = {
-        "metric": m,
+        "metric": policy.metric,
         "challenger": challenger.mean,
         "baseline": baseline.mean if baseline is not None else None,
         "baseline_name": baseline.name if baseline is not None else None,
     }
+    checks, skipped = _floor_checks(challenger, baseline, policy, references, numbers)
+    shown_worse = set(filter(None, str(numbers.get("types_shown_worse", "")).split(",")))
+    if parity is not None:
+        checks.append(_parity_check(parity, policy, numbers))
+    else:
+        skipped.append(Skipped("onnx_parity", "no ONNX parity measured"))
+    checks = [_known_weakness(c, champion, challenger, policy, shown_worse) for c in checks]
+    if champion is None:
+        numbers["champion"] = None
+        skipped += [Skipped(name, "no champion yet") for name in CHAMPION_CHECKS]
+        return Decision("promote" if all(c.holds for c in checks) else "reject", checks, numbers, skipped)
 
+    chal, champ = _paired(challenger, champion)
+    numbers.update(champion=champion.mean, champion_version=champion.version, paired_users=len(chal))
+    if len(chal) < MIN_PAIRED_USERS:
+        need = f"only {len(chal)} users evaluated for both models (need {MIN_PAIRED_USERS})"
+        checks.append(Check("sample_size", False, len(chal), MIN_PAIRED_USERS, need))
+        skipped += [Skipped(name, "too few users evaluated for both models") for name in CHAMPION_CHECKS]
+        return Decision("insufficient_data", checks, numbers, skipped)
+    checks += _paired_checks(chal - champ, policy, numbers)
+    slice_checks, slice_skipped = _slice_checks(challenger, champion, policy)
+    checks += slice_checks
+    skipped += slice_skipped
+    latency = _latency_check(challenger, champion, policy, numbers)
+    if isinstance(latency, Check):
+        checks.append(latency)
+    else:
+        skipped.append(latency)
+    return Decision("promote" if all(c.holds for c in checks) else "reject", checks, numbers, skipped)
+
+
+CHAMPION_CHECKS = ("no_regression", "win", "slices", "latency")  # the checks that need a champion to compare with
+
+
+def _floor_checks(
+    challenger: ArmEvaluation,
+    baseline: ArmEvaluation | None,
+    policy: GateConfig,
+    references: dict[str, ArmEvaluation] | None,
+    numbers: dict,
+) -> tuple[list[Check], list[Skipped]]:
+    """The floor first, then the per-type guardrails where the floor is like-for-like."""
+    checks: list[Check] = []
+    skipped: list[Skipped] = []
     floor = None
     if policy.like_for_like and references and challenger.by_type:
-        floor, type_checks, type_skipped, type_numbers = like_for_like(challenger, references, policy)
-        checks += type_checks
-        skipped += type_skipped
+        floor, checks, skipped, type_numbers = like_for_like(challenger, references, policy)
         numbers.update(type_numbers)
     elif policy.like_for_like:
         skipped.append(Skipped("types", "no per-type evaluations of the challenger and its references given"))
@@ -348,6 +386,7 @@ def decide(
     if floor is None:
         if baseline is None:
             raise ValueError("the gate needs a floor: per-type references or a pooled baseline")
+        m = policy.metric
         floor = Check(
             "floor",
             challenger.mean > baseline.mean,
@@ -355,65 +394,48 @@ def decide(
             baseline.mean,
             f"{m} {challenger.mean:.4f} vs {baseline.name} {baseline.mean:.4f} (must beat it)",
         )
-    checks.insert(0, floor)
-    shown_worse = set(filter(None, str(numbers.get("types_shown_worse", "")).split(",")))
-    if parity is not None:
-        ok = parity.max_abs_diff <= policy.max_parity_diff and parity.top10_overlap >= policy.min_top10_overlap
-        numbers.update(parity_max_abs_diff=parity.max_abs_diff, parity_top10_overlap=parity.top10_overlap)
-        checks.append(
-            Check(
-                "onnx_parity",
-                ok,
-                parity.max_abs_diff,
-                policy.max_parity_diff,
-                f"ONNX parity: max |score diff| {parity.max_abs_diff:.2e} (<= {policy.max_parity_diff:.0e}), "
-                f"top-10 overlap {parity.top10_overlap:.3f} (>= {policy.min_top10_overlap})",
-            )
-        )
-    else:
-        skipped.append(Skipped("onnx_parity", "no ONNX parity measured"))
-    champion_checks = ("no_regression", "win", "slices", "latency")
-    if champion is None:
-        numbers["champion"] = None
-        skipped += [Skipped(name, "no champion yet") for name in champion_checks]
-        checks = [_known_weakness(c, None, challenger, policy, shown_worse) for c in checks]
-        outcome: Outcome = "promote" if all(c.holds for c in checks) else "reject"
-        return Decision(outcome, checks, numbers, skipped)
-    checks = [_known_weakness(c, champion, challenger, policy, shown_worse) for c in checks]
+    return [floor, *checks], skipped
 
-    chal, champ = _paired(challenger, champion)
-    numbers.update(champion=champion.mean, champion_version=champion.version, paired_users=len(chal))
-    if len(chal) < MIN_PAIRED_USERS:
-        checks.append(
-            Check(
-                "sample_size",
-                False,
-                len(chal),
-                MIN_PAIRED_USERS,
-                f"only {len(chal)} users evaluated for both models (need {MIN_PAIRED_USERS})",
-            )
-        )
-        skipped += [Skipped(name, "too few users evaluated for both models") for name in champion_checks]
-        return Decision("insufficient_data", checks, numbers, skipped)
 
-    mean, lo, hi = paired_bootstrap(chal - champ, policy.n_bootstrap, policy.confidence, policy.seed)
+def _parity_check(parity: Parity, policy: GateConfig, numbers: dict) -> Check:
+    ok = parity.max_abs_diff <= policy.max_parity_diff and parity.top10_overlap >= policy.min_top10_overlap
+    numbers.update(parity_max_abs_diff=parity.max_abs_diff, parity_top10_overlap=parity.top10_overlap)
+    return Check(
+        "onnx_parity",
+        ok,
+        parity.max_abs_diff,
+        policy.max_parity_diff,
+        f"ONNX parity: max |score diff| {parity.max_abs_diff:.2e} (<= {policy.max_parity_diff:.0e}), "
+        f"top-10 overlap {parity.top10_overlap:.3f} (>= {policy.min_top10_overlap})",
+    )
+
+
+def _paired_checks(delta: np.ndarray, policy: GateConfig, numbers: dict) -> list[Check]:
+    """No regression (the interval's lower bound) and the win (the mean gain), from the per-user paired deltas."""
+    mean, lo, hi = paired_bootstrap(delta, policy.n_bootstrap, policy.confidence, policy.seed)
     numbers.update(delta_mean=mean, delta_ci_low=lo, delta_ci_high=hi, confidence=policy.confidence)
-    ci = f"delta {m} {mean:+.4f}, {policy.confidence:.0%} CI [{lo:+.4f}, {hi:+.4f}] over {len(chal)} users"
-    checks.append(
+    ci = f"delta {policy.metric} {mean:+.4f}, {policy.confidence:.0%} CI [{lo:+.4f}, {hi:+.4f}] over {len(delta)} users"
+    wins = mean > policy.min_gain and (lo > 0 if policy.require_significance else True)
+    need = f"mean gain must exceed {policy.min_gain:+.4f}" + (
+        " and the interval exclude 0" if policy.require_significance else ""
+    )
+    return [
         Check(
             "no_regression",
             lo > -policy.epsilon,
             lo,
             -policy.epsilon,
             f"no regression: {ci}; lower bound must exceed {-policy.epsilon:+.4f}",
-        )
-    )
-    wins = mean > policy.min_gain and (lo > 0 if policy.require_significance else True)
-    need = f"mean gain must exceed {policy.min_gain:+.4f}" + (
-        " and the interval exclude 0" if policy.require_significance else ""
-    )
-    checks.append(Check("win", wins, mean, policy.min_gain, f"win: {need}"))
+        ),
+        Check("win", wins, mean, policy.min_gain, f"win: {need}"),
+    ]
 
+
+def _slice_checks(
+    challenger: ArmEvaluation, champion: ArmEvaluation, policy: GateConfig
+) -> tuple[list[Check], list[Skipped]]:
+    checks: list[Check] = []
+    skipped: list[Skipped] = []
     for name in sorted(set(challenger.slices) | set(champion.slices)):
         if name not in challenger.slices or name not in champion.slices:
             skipped.append(Skipped(f"slice:{name}", "measured for only one of the two models"))
@@ -431,23 +453,24 @@ def decide(
                 f"slice {name}: {a:.4f} vs champion {b:.4f} (tolerance {policy.slice_tolerance})",
             )
         )
-    if challenger.latency_ms is not None and champion.latency_ms is not None:
-        limit = champion.latency_ms * (1.0 + policy.latency_tolerance)
-        numbers.update(latency_ms=challenger.latency_ms, champion_latency_ms=champion.latency_ms)
-        checks.append(
-            Check(
-                "latency",
-                challenger.latency_ms <= limit,
-                challenger.latency_ms,
-                limit,
-                f"latency p50 {challenger.latency_ms:.2f} ms vs champion {champion.latency_ms:.2f} ms "
-                f"(limit {limit:.2f} ms)",
-            )
-        )
-    else:
+    return checks, skipped
+
+
+def _latency_check(
+    challenger: ArmEvaluation, champion: ArmEvaluation, policy: GateConfig, numbers: dict
+) -> Check | Skipped:
+    if challenger.latency_ms is None or champion.latency_ms is None:
         missing = "challenger" if challenger.latency_ms is None else "champion"
-        skipped.append(Skipped("latency", f"no latency measured for the {missing}"))
-    return Decision("promote" if all(c.holds for c in checks) else "reject", checks, numbers, skipped)
+        return Skipped("latency", f"no latency measured for the {missing}")
+    limit = champion.latency_ms * (1.0 + policy.latency_tolerance)
+    numbers.update(latency_ms=challenger.latency_ms, champion_latency_ms=champion.latency_ms)
+    return Check(
+        "latency",
+        challenger.latency_ms <= limit,
+        challenger.latency_ms,
+        limit,
+        f"latency p50 {challenger.latency_ms:.2f} ms vs champion {champion.latency_ms:.2f} ms (limit {limit:.2f} ms)",
+    )
 
 
 def decision_from_dict(raw: dict) -> Decision:
