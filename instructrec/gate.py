@@ -203,58 +203,90 @@ def like_for_like(
     compared type keys (each key weighs the same) beats the mean of their references, strictly. A key with no
     reference evaluated, or fewer than MIN_PAIRED_USERS paired users, is skipped and listed.
     """
-    m, eps = policy.metric, policy.type_epsilon
     checks: list[Check] = []
     skipped: list[Skipped] = []
-    rows: list[tuple[str, str, float, float, float, float, float]] = []  # key, ref, chal, ref mean, delta, lo, hi
+    rows: list[TypeRow] = []
     for key, (users, values) in challenger.by_type.items():
         names = [n for n in type_references(key, policy) if n in references and key in references[n].by_type]
         if not names:
             skipped.append(Skipped(f"type:{key}", "no reference that can serve this type was evaluated"))
             continue
-        paired = {}
-        for name in names:
-            ref_users, ref_values = references[name].by_type[key]
-            _, ia, ib = np.intersect1d(users, ref_users, return_indices=True)
-            paired[name] = (np.asarray(values)[ia], np.asarray(ref_values)[ib])
-        best = max(names, key=lambda n: float(paired[n][1].mean()) if len(paired[n][1]) else -np.inf)
-        chal, ref = paired[best]
+        best, chal, ref = _best_reference(key, users, values, names, references)
         if len(chal) < MIN_PAIRED_USERS:
             skipped.append(
                 Skipped(f"type:{key}", f"only {len(chal)} users paired with {best} (need {MIN_PAIRED_USERS})")
             )
             continue
         mean, lo, hi = paired_bootstrap(chal - ref, policy.n_bootstrap, policy.confidence, policy.seed)
-        rows.append((key, best, float(chal.mean()), float(ref.mean()), mean, lo, hi))
-        powered = len(chal) >= policy.type_min_users
-        rule = (
-            f"lower bound must exceed {-eps:+.4f}"
-            if powered
-            else f"fewer than {policy.type_min_users} users: upper bound must exceed {-eps:+.4f}"
-        )
-        checks.append(
-            Check(
-                f"type:{key}",
-                (lo if powered else hi) > -eps,
-                lo if powered else hi,
-                -eps,
-                f"{key}: {m} {chal.mean():.4f} vs {best} {ref.mean():.4f}, delta {mean:+.4f}, "
-                f"{policy.confidence:.0%} CI [{lo:+.4f}, {hi:+.4f}] over {len(chal)} users ({rule})",
-            )
-        )
+        row = TypeRow(key, best, float(chal.mean()), float(ref.mean()), mean, lo, hi, len(chal))
+        rows.append(row)
+        checks.append(_type_check(row, policy))
     if not rows:
         return None, checks, skipped, {}
-    chal_mean = float(np.mean([r[2] for r in rows]))
-    ref_mean = float(np.mean([r[3] for r in rows]))
-    worst = min(rows, key=lambda r: r[4])
+    floor, numbers = _type_floor(rows, checks, policy)
+    return floor, checks, skipped, numbers
+
+
+@dataclass(frozen=True)
+class TypeRow:
+    """One type key against its best reference: the means over the paired users and the paired interval."""
+
+    key: str
+    reference: str
+    challenger: float
+    reference_mean: float
+    delta: float
+    lo: float
+    hi: float
+    users: int
+
+
+def _best_reference(
+    key: str, users: np.ndarray, values: np.ndarray, names: list[str], references: dict[str, ArmEvaluation]
+) -> tuple[str, np.ndarray, np.ndarray]:
+    """(name, challenger values, reference values) of the reference with the best mean over the paired users."""
+    paired = {}
+    for name in names:
+        ref_users, ref_values = references[name].by_type[key]
+        _, ia, ib = np.intersect1d(users, ref_users, return_indices=True)
+        paired[name] = (np.asarray(values)[ia], np.asarray(ref_values)[ib])
+    best = max(names, key=lambda n: float(paired[n][1].mean()) if len(paired[n][1]) else -np.inf)
+    return best, *paired[best]
+
+
+def _type_check(row: TypeRow, policy: GateConfig) -> Check:
+    eps = policy.type_epsilon
+    powered = row.users >= policy.type_min_users
+    rule = (
+        f"lower bound must exceed {-eps:+.4f}"
+        if powered
+        else f"fewer than {policy.type_min_users} users: upper bound must exceed {-eps:+.4f}"
+    )
+    bound = row.lo if powered else row.hi
+    return Check(
+        f"type:{row.key}",
+        bound > -eps,
+        bound,
+        -eps,
+        f"{row.key}: {policy.metric} {row.challenger:.4f} vs {row.reference} {row.reference_mean:.4f}, delta "
+        f"{row.delta:+.4f}, {policy.confidence:.0%} CI [{row.lo:+.4f}, {row.hi:+.4f}] over {row.users} users ({rule})",
+    )
+
+
+def _type_floor(rows: list[TypeRow], checks: list[Check], policy: GateConfig) -> tuple[Check, dict]:
+    """The floor over the compared type rows (each weighs the same), and the numbers the run records."""
+    eps = policy.type_epsilon
+    chal_mean = float(np.mean([r.challenger for r in rows]))
+    ref_mean = float(np.mean([r.reference_mean for r in rows]))
+    worst = min(rows, key=lambda r: r.delta)
     floor = Check(
         "floor",
         chal_mean > ref_mean,
         chal_mean,
         ref_mean,
-        f"{m} {chal_mean:.4f} vs {ref_mean:.4f}: mean over {len(rows)} type rows, each against the best reference "
-        f"that can serve it (must beat it); worst row {worst[0]} vs {worst[1]} {worst[4]:+.4f} "
-        f"[{worst[5]:+.4f}, {worst[6]:+.4f}]",
+        f"{policy.metric} {chal_mean:.4f} vs {ref_mean:.4f}: mean over {len(rows)} type rows, each against the best "
+        f"reference that can serve it (must beat it); worst row {worst.key} vs {worst.reference} {worst.delta:+.4f} "
+        f"[{worst.lo:+.4f}, {worst.hi:+.4f}]",
     )
     numbers = {
         "floor_challenger": chal_mean,
@@ -262,14 +294,14 @@ def like_for_like(
         "type_epsilon": eps,
         "types_compared": len(rows),
         "types_failed": ",".join(c.name.removeprefix("type:") for c in checks if not c.passed),
-        "types_shown_worse": ",".join(r[0] for r in rows if r[6] < -eps),  # the whole interval beyond the margin
-        "worst_type": worst[0],
-        "worst_type_reference": worst[1],
-        "worst_type_delta": worst[4],
-        "worst_type_ci_low": worst[5],
-        "worst_type_ci_high": worst[6],
+        "types_shown_worse": ",".join(r.key for r in rows if r.hi < -eps),  # the whole interval beyond the margin
+        "worst_type": worst.key,
+        "worst_type_reference": worst.reference,
+        "worst_type_delta": worst.delta,
+        "worst_type_ci_low": worst.lo,
+        "worst_type_ci_high": worst.hi,
     }
-    return floor, checks, skipped, numbers
+    return floor, numbers
 
 
 def _known_weakness(
