@@ -6,7 +6,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -30,22 +29,27 @@ from instructrec.evaluate import (
 )
 from instructrec.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity
 from instructrec.gate import Parity, paired_bootstrap
-from instructrec.instructions import HELD_OUT
-from instructrec.lists import LIST_METRICS, ItemSpace
+from instructrec.lists import ItemSpace
 from instructrec.model import item_tower, load_scorer
 from instructrec.optimize import VariantReport
 from instructrec.prepare import Prepared
 from instructrec.recommend import BUNDLE_MANIFEST
+from instructrec.reports import (
+    diversity_tradeoff_figure,
+    markdown_table,
+    metrics_by_model,
+    ndcg_by_type_and_slice,
+    report_rows,
+    score_histograms,
+    scored_in_batches,
+    slice_rows,
+)
 from instructrec.sasrec import SASRec, SASRecScorer
 from model_registry import registry
 from tasks.training import Trained
 
 CHALLENGER, CHAMPION, POPULARITY, SASREC = "challenger", "champion", "popularity", "sasrec"
 BASELINES = (POPULARITY, SASREC)
-# full ranking (the headline) and the paper's 1+9 protocol (s_ prefix)
-TABLE_COLUMNS = ("ndcg@10", "hr@10", "mrr@10", "ndcg@20", "s_hr@1", "s_ndcg@5")
-# beside accuracy, what the top-10 lists are like (instructrec.lists); item vectors: the challenger's item tower
-LIST_COLUMNS = LIST_METRICS
 DIVERSITY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 
@@ -66,94 +70,6 @@ class Exported:
     champion_latency_ms: float | None
     variants: dict[str, VariantReport] = field(default_factory=dict)
     serving: dict[str, str] = field(default_factory=dict)  # host kind -> variant name
-
-
-def _report_rows(reports: dict[str, EvalReport]) -> list[dict]:
-    """One row per (model, type, template set): the run's evaluation table."""
-    rows = []
-    for name, rep in reports.items():
-        for key, values in rep.by_type.items():
-            held = key.endswith("/" + HELD_OUT)
-            rows.append(
-                {
-                    "model": name,
-                    "type": key.removesuffix("/" + HELD_OUT),
-                    "templates": HELD_OUT if held else "seen",
-                    "users": rep.counts[key],
-                    **values,
-                }
-            )
-        rows.append(
-            {"model": name, "type": "overall", "templates": "all", "users": max(rep.counts.values()), **rep.overall}
-        )
-    return rows
-
-
-def markdown_table(reports: dict[str, EvalReport], columns: tuple[str, ...] = TABLE_COLUMNS + LIST_COLUMNS) -> str:
-    """Per (P, I) type and per held-out template set, one row per model: full-ranking and 1+9 columns."""
-    lines = ["| type | model | " + " | ".join(columns) + " |", "|" + "---|" * (2 + len(columns))]
-    for key in [*next(iter(reports.values())).by_type, "overall"]:
-        for name, rep in reports.items():
-            values = rep.overall if key == "overall" else rep.by_type.get(key)
-            if values:
-                lines.append(
-                    f"| {key} | {name} | " + " | ".join(f"{values.get(c, float('nan')):.4f}" for c in columns) + " |"
-                )
-    return "\n".join(lines) + "\n"
-
-
-def _plot(reports: dict[str, EvalReport], run_id: str) -> None:
-    names = list(reports)
-    types = list(next(iter(reports.values())).by_type)
-    slices = list(next(iter(reports.values())).slices)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        x = np.arange(len(types)) + i * width
-        ax1.bar(x, [reports[name].by_type[t]["ndcg@10"] for t in types], width, label=name)
-        x2 = np.arange(len(slices)) + i * width
-        ax2.bar(x2, [reports[name].slices[s]["ndcg@10"] for s in slices], width, label=name)
-    ax1.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types)
-    ax1.set(title="Test NDCG@10 (full ranking) by instruction type")
-    ax1.tick_params(axis="x", labelrotation=45, labelsize=7)
-    ax2.set_xticks(np.arange(len(slices)) + 0.4 - width / 2, slices)
-    ax2.set(title="Test NDCG@10 by slice")
-    ax1.legend()
-    fig.tight_layout()
-    tracking.log_figure(run_id, fig, "evaluation/ndcg_by_type_and_slice.png")
-    plt.close(fig)
-
-
-def _plot_metrics(reports: dict[str, EvalReport], run_id: str) -> None:
-    """Every model side by side on every headline metric (overall, test split)."""
-    fig, ax = plt.subplots(figsize=(10, 3.8))
-    width = 0.8 / len(reports)
-    for i, (name, rep) in enumerate(reports.items()):
-        ax.bar(np.arange(len(TABLE_COLUMNS)) + i * width, [rep.overall[c] for c in TABLE_COLUMNS], width, label=name)
-    ax.set_xticks(np.arange(len(TABLE_COLUMNS)) + 0.4 - width / 2, TABLE_COLUMNS)
-    ax.set(title="Test metrics, overall: challenger vs champion vs baselines")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tracking.log_figure(run_id, fig, "evaluation/metrics_by_model.png")
-    plt.close(fig)
-
-
-def _plot_scores(scorers: dict[str, Scorer], case, run_id: str, rows: int = 256) -> None:
-    """Score histograms: the held-out target item against every other item (separation is what ranks)."""
-    texts, hist, target = case.texts[:rows], case.history[:rows], case.target[:rows]
-    fig, axes = plt.subplots(1, len(scorers), figsize=(5 * len(scorers), 3.5), squeeze=False)
-    for ax, (name, scorer) in zip(axes[0], scorers.items()):
-        scores = _batched(scorer, texts, hist)
-        hit = np.zeros_like(scores, dtype=bool)
-        hit[np.arange(len(target)), target] = True
-        known = np.isfinite(scores)  # items a mapped champion never saw score -inf
-        ax.hist(scores[~hit & known], bins=60, density=True, alpha=0.6, label="other items")
-        ax.hist(scores[hit & known], bins=30, density=True, alpha=0.6, label="held-out target")
-        ax.set(title=f"{name}: scores, {case.type} test", xlabel="score", ylabel="density")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    tracking.log_figure(run_id, fig, "evaluation/score_histograms.png")
-    plt.close(fig)
 
 
 # A model's headline test metrics in the run (overall: the mean over instruction types); every type, template
@@ -177,15 +93,6 @@ def _log_deltas(run_id: str, reports: dict[str, EvalReport]) -> None:
             if n != CHALLENGER
         },
     )
-
-
-def _slice_rows(reports: dict[str, EvalReport]) -> list[dict]:
-    """One row per (model, slice): cold/warm users, long-tail/head targets."""
-    return [
-        {"model": name, "slice": s, "ndcg@10": v["ndcg@10"], "users": v.get("n")}
-        for name, rep in reports.items()
-        for s, v in rep.slices.items()
-    ]
 
 
 def champion_scorer(cfg: Config, champion: registry.VersionRef, catalogue_ids: list[str], logger) -> Scorer:
@@ -242,34 +149,12 @@ def item_space(prepared: Prepared, challenger: Trained) -> ItemSpace:
     )
 
 
-def _plot_tradeoff(curve: list[dict[str, float]], run_id: str) -> None:
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    x, y = [p["ild_vector@10"] for p in curve], [p["ndcg@10"] for p in curve]
-    ax.plot(x, y, "o-")
-    for p in curve:
-        ax.annotate(
-            f"{p['diversity']:g}",
-            (p["ild_vector@10"], p["ndcg@10"]),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=8,
-        )
-    ax.set(
-        xlabel="intra-list diversity (1 - cosine, item tower)",
-        ylabel=f"NDCG@10 ({HEADLINE}, test)",
-        title="MMR re-ranking: accuracy vs diversity (labels: weight)",
-    )
-    fig.tight_layout()
-    tracking.log_figure(run_id, fig, "evaluation/diversity_tradeoff.png")
-    plt.close(fig)
-
-
 def _lists_and_reasons(cfg: Config, prepared: Prepared, scorer: Scorer, space: ItemSpace, run_id: str) -> None:
     """The challenger's accuracy/diversity trade-off under MMR, and how faithful its explanations are."""
     case = prepared.test_cases[HEADLINE]
     curve = diversity_tradeoff(scorer, case, space, DIVERSITY_WEIGHTS, cfg.serve.rerank_candidates)
     tracking.log_table(run_id, curve, "evaluation/diversity_tradeoff.json")
-    _plot_tradeoff(curve, run_id)
+    tracking.log_figure(run_id, diversity_tradeoff_figure(curve, HEADLINE), "evaluation/diversity_tradeoff.png")
     faithful = explanation_faithfulness(scorer, case, space, seed=cfg.eval.seed)
     tracking.log_json(run_id, faithful, "evaluation/explanation_faithfulness.json")
     get_run_logger().info(
@@ -321,7 +206,8 @@ def evaluate_models(
     champion = registry.get_alias(registry.CHAMPION)
     here = {CHAMPION: champion_scorer(cfg, champion, ids, logger)} if champion is not None else {}
     reports = evaluation_reports(cfg, prepared, portable, here, space)
-    _plot_scores({CHALLENGER: challenger_scorer, **here}, prepared.test_cases[HEADLINE], run_id)
+    histograms = score_histograms({CHALLENGER: challenger_scorer, **here}, prepared.test_cases[HEADLINE])
+    tracking.log_figure(run_id, histograms, "evaluation/score_histograms.png")
     for name, rep in reports.items():
         _log_report(run_id, name, rep)
         o = rep.overall
@@ -338,13 +224,14 @@ def evaluate_models(
     _log_deltas(run_id, reports)
     if SASREC in reports:
         _compare_with_baseline(run_id, reports[CHALLENGER], reports[SASREC], cfg)
-    tracking.log_table(run_id, _report_rows(reports), "evaluation/metrics_table.json")
-    tracking.log_csv(run_id, _report_rows(reports), "evaluation/metrics_table.csv")
-    tracking.log_table(run_id, _slice_rows(reports), "evaluation/slices_table.json")
+    rows = report_rows(reports)
+    tracking.log_table(run_id, rows, "evaluation/metrics_table.json")
+    tracking.log_csv(run_id, rows, "evaluation/metrics_table.csv")
+    tracking.log_table(run_id, slice_rows(reports), "evaluation/slices_table.json")
     tracking.log_text(run_id, markdown_table(reports), "evaluation/table.md")
     tracking.log_json(run_id, {n: r.to_dict() for n, r in reports.items()}, "evaluation/report.json")
-    _plot(reports, run_id)
-    _plot_metrics(reports, run_id)
+    tracking.log_figure(run_id, ndcg_by_type_and_slice(reports), "evaluation/ndcg_by_type_and_slice.png")
+    tracking.log_figure(run_id, metrics_by_model(reports), "evaluation/metrics_by_model.png")
     _lists_and_reasons(cfg, prepared, challenger_scorer, space, run_id)
     no_words = no_words_report(cfg, prepared, challenger_scorer, run_id)
     return Evaluations(reports, champion, {NO_WORDS: no_words} if no_words is not None else {})
@@ -369,10 +256,6 @@ def _parity_inputs(prepared: Prepared, n: int) -> tuple[list[str], np.ndarray]:
         texts += case.texts[:n]
         hist.append(case.history[:n])
     return texts, np.concatenate(hist)
-
-
-def _batched(scorer, texts: list[str], hist: np.ndarray, size: int = 64) -> np.ndarray:
-    return np.concatenate([scorer.score(texts[i : i + size], hist[i : i + size]) for i in range(0, len(texts), size)])
 
 
 def _check_variants(
@@ -400,7 +283,7 @@ def _check_variants(
             name,
             path,
             session.provider if session else None,
-            parity=lambda s=scorer: parity(reference_scores, _batched(s, texts, hist)),
+            parity=lambda s=scorer: parity(reference_scores, scored_in_batches(s, texts, hist)),
             valid_ndcg=lambda s=scorer: evaluate(s, *args).overall["ndcg@10"],
             reference_ndcg=reference,
             max_relative_loss=cfg.export.max_relative_loss,
@@ -423,8 +306,8 @@ def export_challenger(
         CHALLENGER, challenger.model, challenger.tokenizer, ids, ids, cfg.train.device, challenger.text_cache
     )
     texts, hist = _parity_inputs(prepared, cfg.export.parity_rows_per_type)
-    reference_scores = _batched(eager, texts, hist)
-    check = parity(reference_scores, _batched(onnx, texts, hist))
+    reference_scores = scored_in_batches(eager, texts, hist)
+    check = parity(reference_scores, scored_in_batches(onnx, texts, hist))
     ms = latency_ms(onnx, texts[0], hist[0])
     champion_ms = None
     if champion is not None:

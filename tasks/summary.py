@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from adapters import tracking
 from instructrec.config import Config
+from instructrec.reports import LIST_COLUMNS
 from instructrec.request_eval import markdown_table
 from instructrec.snapshot import Snapshot
-from tasks.evaluation import LIST_COLUMNS, Evaluations, Exported
+from tasks.evaluation import Evaluations, Exported
 from tasks.promotion import GateResult
 
 TABLE_METRICS = ("ndcg@10", "hr@10", "mrr@10", "s_hr@1", "s_ndcg@5")
