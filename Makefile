@@ -49,7 +49,7 @@ docs: $(STAMP)
 
 # Everything not marked slow (no whole flow runs, no servers): the inner loop
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not model and not integration"
 
 setup: $(STAMP)
 

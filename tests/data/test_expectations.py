@@ -182,6 +182,7 @@ ITEM_CASES = {
 }
 
 
+@pytest.mark.integration  # GX on the whole table beside Polars, per case: about 1.4 s each
 @pytest.mark.parametrize("case", [c for c in CASES if c != "empty table"] + [f"items: {c}" for c in ITEM_CASES])
 def test_past_the_sample_size_polars_decides_exactly_what_gx_decides_on_the_whole_table(case, tmp_path):
     """GX on 5 sampled rows + exact Polars checks report every violation GX finds over every row:

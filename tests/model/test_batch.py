@@ -41,6 +41,7 @@ def test_local_engine_ranks_as_the_recommender(batch_model, tmp_path):
     assert got.height == 5 * len(histories)
 
 
+@pytest.mark.integration
 def test_ray_actor_pool_gives_the_single_process_top_k(batch_model, ray_local, tmp_path):
     (graph, bundle), users, histories = batch_model
     runtime = RuntimeConfig(engine="ray", batch_users=16, actors=2)

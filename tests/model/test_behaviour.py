@@ -20,6 +20,8 @@ from tests.conftest import GENRES
 from tests.model.conftest import build_model
 from tests.model.test_model import settings, validator
 
+pytestmark = pytest.mark.model
+
 # the tiny data has ~1k positions: lean the mix toward intentions so each type gets enough examples
 MIX = {"P1/I0": 0.3, "P1/I2": 0.25, "P0/I2": 0.15, "P1/I1": 0.1, "P0/I1": 0.1, "P2/I2": 0.1}
 
