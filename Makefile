@@ -47,7 +47,7 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m ops.reference
 
-# Everything not marked slow (no whole flow runs, no servers): the inner loop
+# The inner loop: everything not marked slow, model or integration (pyproject.toml lists the tiers): no whole flow runs, no servers, no trained fixtures
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not model and not integration"
 

@@ -228,7 +228,7 @@ def join_words(words: tuple[str, ...] | list[str]) -> str:
 def stated_taste(history: np.ndarray, catalogue: Catalogue, top: int = 2) -> tuple[str, ...]:
     """P2: the history's dominant genres, most frequent first (ties by name: the count table's columns are in name
     order and the sort is stable)."""
-    counts = catalogue.genre_counts[np.asarray(history, dtype=np.int64)].sum(axis=0)
+    counts = catalogue.genre_counts[np.asarray(history, dtype=np.int64)].sum(axis=0, dtype=np.int64)
     order = np.argsort(-counts, kind="stable")[:top]
     return tuple(catalogue.genre_names[g] for g in order.tolist() if counts[g] > 0)
 
@@ -274,7 +274,7 @@ def make_instruction(
         if not genres:
             return None
         vague = mood(genres[choice % len(genres)], choice // len(genres))
-    name, text, form = _filled(type_, held_out, k, catalogue.noun, taste, genres, vague)
+    name, text, form = _filled(type_, held_out, k, catalogue.noun, taste, tuple(genres), vague)
     hist = tuple(np.asarray(history[-max_history:]).tolist()) if use_history else ()
     return Instruction(type_, name, text, hist, form)
 
@@ -572,8 +572,8 @@ def sample_type(rng: np.random.Generator, mix: dict[str, float]) -> str:
 @cache
 def _mix_cdf(mix: tuple[tuple[str, float], ...]) -> tuple[tuple[str, ...], list[float]]:
     p = np.asarray([share for _, share in mix], dtype=np.float64)
-    if len(p) == 0 or (p < 0).any() or p.sum() <= 0:
-        raise ValueError(f"an instruction mix needs non-negative shares with a positive sum, got {dict(mix)}")
+    if len(p) == 0 or not np.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"an instruction mix needs finite, non-negative shares with a positive sum, got {dict(mix)}")
     cdf = (p / p.sum()).cumsum()
     cdf /= cdf[-1]
     return tuple(t for t, _ in mix), cdf.tolist()

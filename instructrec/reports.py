@@ -1,7 +1,7 @@
 """A run's evaluation as a reviewer reads it: the tables (rows, markdown) and figures built from the reports.
 
 Library code, so the task only logs what it gets (adapters/tracking). Figures are `matplotlib.figure.Figure`
-objects, not pyplot's: no global state, no backend, safe beside the flow's threads.
+objects, not pyplot's: no global figure registry to close, no backend to pick.
 """
 
 from __future__ import annotations

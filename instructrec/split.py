@@ -48,15 +48,18 @@ class Catalogue:
 
     @cached_property
     def genre_names(self) -> tuple[str, ...]:
-        return tuple(sorted({g for gs in self.genres for g in gs}))
+        return tuple(sorted({g for gs in self.genres for g in gs if g is not None}))
 
     @cached_property
     def genre_counts(self) -> np.ndarray:
-        """[n_items + 1, genres] how often item i lists each genre of `genre_names` (row 0, the padding: none)."""
+        """[n_items + 1, genres] how often item i lists each genre of `genre_names` (row 0, the padding: none).
+        One byte a cell: 10k items x 20 genres is 200 KB; a catalogue with thousands of distinct tags pays
+        items x tags bytes here."""
         column = {g: j for j, g in enumerate(self.genre_names)}
-        out = np.zeros((self.n_items + 1, len(column)), dtype=np.int64)
-        rows = [i + 1 for i, gs in enumerate(self.genres) for _ in gs]
-        np.add.at(out, (rows, [column[g] for gs in self.genres for g in gs]), 1)
+        out = np.zeros((self.n_items + 1, len(column)), dtype=np.uint8)
+        pairs = [(i + 1, column[g]) for i, gs in enumerate(self.genres) for g in gs if g is not None]
+        if pairs:
+            np.add.at(out, tuple(np.asarray(pairs).T), 1)
         return out
 
     @cached_property

@@ -96,7 +96,8 @@ GENRES = ("Action", "Comedy", "Drama", "Horror", "Sci-Fi", "War")
 
 
 def _random_catalogue(rng: np.random.Generator, n: int = 60) -> Catalogue:
-    genres = [tuple(rng.choice(GENRES, size=int(rng.integers(0, 4)), replace=False).tolist()) for _ in range(n)]
+    # up to 3 genres, a genre listed twice at times, some items with none
+    genres = [tuple(rng.choice(GENRES, size=int(rng.integers(0, 4)), replace=True).tolist()) for _ in range(n)]
     return Catalogue([str(i) for i in range(n)], [f"t{i}" for i in range(n)], [""] * n, genres)
 
 
