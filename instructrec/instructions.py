@@ -267,7 +267,8 @@ def make_instruction(
         taste = stated_taste(history[-50:], catalogue)
         if not taste:
             return None
-    k, choice = divmod(template, len(templates_of(type_, held_out)))[::-1]
+    n = len(templates_of(type_, held_out))
+    k, choice = template % n, template // n
     genres, vague = (), ""
     if use_genres:
         genres = catalogue.genres_of(int(target)) if target else ()
