@@ -38,6 +38,11 @@ class Scorer(Protocol):
         ...
 
 
+def scored_in_batches(scorer: Scorer, texts: list[str], hist: np.ndarray, size: int = 64) -> np.ndarray:
+    """[len(texts), n_items] scores, `size` rows a call (a figure's or a parity check's sample, not the protocol)."""
+    return np.concatenate([scorer.score(texts[i : i + size], hist[i : i + size]) for i in range(0, len(texts), size)])
+
+
 @dataclass
 class EvalCase:
     type: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from instructrec.evaluate import EvalCase, EvalReport, Scorer
+from instructrec.evaluate import EvalCase, EvalReport, Scorer, scored_in_batches
 from instructrec.instructions import HELD_OUT
 from instructrec.lists import LIST_METRICS
 
@@ -137,7 +137,3 @@ def diversity_tradeoff_figure(curve: list[dict[str, float]], case_type: str) -> 
     )
     fig.tight_layout()
     return fig
-
-
-def scored_in_batches(scorer: Scorer, texts: list[str], hist: np.ndarray, size: int = 64) -> np.ndarray:
-    return np.concatenate([scorer.score(texts[i : i + size], hist[i : i + size]) for i in range(0, len(texts), size)])

@@ -25,6 +25,7 @@ from instructrec.evaluate import (
     diversity_tradeoff,
     evaluate,
     explanation_faithfulness,
+    scored_in_batches,
     without_words,
 )
 from instructrec.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity
@@ -41,7 +42,6 @@ from instructrec.reports import (
     ndcg_by_type_and_slice,
     report_rows,
     score_histograms,
-    scored_in_batches,
     slice_rows,
 )
 from instructrec.sasrec import SASRec, SASRecScorer
