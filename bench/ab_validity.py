@@ -41,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from instructrec.abtest import CHALLENGER_ARM, ArmUsers, assign_arm, experiment_id
 from instructrec.config import OnlineConfig
-from instructrec.experiment import Experiment, look, plan_test
+from instructrec.online.abtest import CHALLENGER_ARM, ArmUsers, assign_arm, experiment_id
+from instructrec.online.experiment import Experiment, look, plan_test
 
 ROOT = Path(__file__).resolve().parents[1]
 RHOS = (0.0, 0.01, 0.05, 0.17)

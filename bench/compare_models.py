@@ -19,14 +19,14 @@ from pathlib import Path
 import polars as pl
 from request_classes import champion_data
 
-from instructrec import schema
 from instructrec.config import Config, load_config
-from instructrec.evaluate import MappedScorer, evaluate
-from instructrec.export import OnnxScorer, make_session
-from instructrec.gate import paired_bootstrap
-from instructrec.prepare import prepare
-from instructrec.recommend import BUNDLE_MANIFEST, read_catalogue
-from instructrec.snapshot import read_table
+from instructrec.data import schema
+from instructrec.data.snapshot import read_table
+from instructrec.evaluation.evaluate import MappedScorer, evaluate
+from instructrec.evaluation.gate import paired_bootstrap
+from instructrec.serving.export import OnnxScorer, make_session
+from instructrec.serving.recommend import BUNDLE_MANIFEST, read_catalogue
+from instructrec.training.prepare import prepare
 from model_registry.serving import ServingFiles
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from ab_validity import ITEMS_PER_LIST, LIKE_RATE, RHOS, propensity
 
-from instructrec.abtest import cuped
+from instructrec.online.abtest import cuped
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,9 +33,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file, from any directory
 
-from instructrec.export import export_graph  # noqa: E402  (after the path)
-from instructrec.model import InstructRecScorer, ScorerConfig, autocast, bf16_capable, catalogue_log_prob  # noqa: E402
-from instructrec.sasrec import SASRec, SASRecConfig  # noqa: E402
+from instructrec.models.model import InstructRecScorer, ScorerConfig, autocast, bf16_capable, catalogue_log_prob  # noqa: E402
+from instructrec.models.sasrec import SASRec, SASRecConfig  # noqa: E402
+from instructrec.serving.export import export_graph  # noqa: E402  (after the path)
 
 # Published dense (no sparsity) peaks in TFLOP/s, bf16 and fp32 (vendor data sheets); matched on the device name.
 PUBLISHED_PEAKS = {
@@ -174,7 +174,7 @@ class Step:
 
 
 def sasrec_step(s: Shape, device: torch.device) -> Step:
-    """SASRec+ as instructrec.sasrec trains it: full softmax over the catalogue at every real position."""
+    """SASRec+ as instructrec.models.sasrec trains it: full softmax over the catalogue at every real position."""
     model = SASRec(SASRecConfig(s.n_items, s.history, s.dim, s.n_layers, s.n_heads)).to(device)
     pool = _windows(s, s.sasrec_batch * 4)
     low = bf16_capable(device)
@@ -198,7 +198,7 @@ def sasrec_step(s: Shape, device: torch.device) -> Step:
 
 
 def scorer_step(s: Shape, device: torch.device) -> Step:
-    """The scorer as instructrec.train trains it with BERT tuned (the `gpu` profile): the batch's unique
+    """The scorer as instructrec.training.train trains it with BERT tuned (the `gpu` profile): the batch's unique
     instructions through BERT, the causal history tower once per window, one query per real slot, full softmax
     over the catalogue, plus the history tower's own next-item loss (train.history_loss_weight 1)."""
     model = new_scorer(s).to(device)

@@ -6,7 +6,7 @@
 A seeded 10% of the catalogue is held out: every interaction with those items
 is removed before training, so neither their ids nor their texts are ever
 seen (not even as softmax negatives). The trained scorer is then extended by
-`instructrec.model.extend_catalogue` (text features through the trained item
+`instructrec.models.model.extend_catalogue` (text features through the trained item
 projection, no id embedding, the median bias) and evaluated on the standard
 split of the full data (DESIGN section 7: temporal leave-one-out, full
 ranking, earlier items excluded) for the users whose test item is a held-out
@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from instructrec import schema
 from instructrec.config import PROFILES, load_config
-from instructrec.evaluate import EvalCase, PopularityScorer, TorchScorer, evaluate
-from instructrec.model import extend_catalogue
-from instructrec.prepare import prepare
-from instructrec.snapshot import snapshot_raw
-from instructrec.sources import fetch_raw, read_tables
-from instructrec.train import fit, new_scorer, representation_settings
+from instructrec.data import schema
+from instructrec.data.snapshot import snapshot_raw
+from instructrec.data.sources import fetch_raw, read_tables
+from instructrec.evaluation.evaluate import EvalCase, PopularityScorer, TorchScorer, evaluate
+from instructrec.models.model import extend_catalogue
+from instructrec.training.prepare import prepare
+from instructrec.training.train import fit, new_scorer, representation_settings
 from ops.cli import parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -65,10 +65,10 @@ def _feed(h, x) -> None:
 
 def measure(source: str, profile: str, home: Path) -> dict:
     """One prepare in this process: total and per-part seconds (the parts timed where prepare calls them)."""
-    import instructrec.prepare as prep
+    import instructrec.training.prepare as prep
     from instructrec.config import load_config
-    from instructrec.snapshot import snapshot_raw
-    from instructrec.sources import fetch_raw, read_tables
+    from instructrec.data.snapshot import snapshot_raw
+    from instructrec.data.sources import fetch_raw, read_tables
 
     overrides = {"data": {"max_users": None}} if profile == "tiny" else None
     cfg = load_config(cast("Profile", profile), overrides=overrides, environ={"INSTRUCTREC_HOME": str(home)})
@@ -129,7 +129,7 @@ def main() -> None:
         work = Path(tmp)
         source, profile = "movielens-100k", "cpu"
         if args.scale:
-            from instructrec.synth import SynthSpec, write_synthetic
+            from instructrec.data.synth import SynthSpec, write_synthetic
 
             users, items = SHAPES[args.scale]
             write_synthetic(SynthSpec(users=users, items=items, interactions=100_000 * args.scale), work / "data")

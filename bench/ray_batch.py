@@ -3,7 +3,7 @@
     .venv/bin/python bench/ray_batch.py --users 1000000               # the figure in docs/scaling.md (tiny shape)
     .venv/bin/python bench/ray_batch.py --users 20000 --profile cpu   # MiniLM, the `make run` model's shape
 
-Synthetic users (instructrec.synth: heavy-tailed activity, Zipf popularity, genre-coherent histories),
+Synthetic users (instructrec.data.synth: heavy-tailed activity, Zipf popularity, genre-coherent histories),
 an untrained scorer of the profile's shape exported to ONNX (throughput depends on the shape, not the
 weights), every user ranked by both engines, and the two top-k tables compared: item ids and ranks must be
 identical, scores within 1e-5. The local engine runs one ONNX session on every core; the Ray engine a
@@ -23,14 +23,14 @@ from pathlib import Path
 
 import polars as pl
 
-from instructrec.batch import BatchJob, read_top_k, top_k_local, top_k_ray, write_users
-from instructrec.cluster import actor_pool_size, ray_cluster
 from instructrec.config import RuntimeConfig, load_config
-from instructrec.export import export_onnx
-from instructrec.recommend import user_histories, write_bundle
-from instructrec.split import Catalogue
-from instructrec.synth import SynthSpec, write_synthetic
-from instructrec.train import new_scorer
+from instructrec.data.split import Catalogue
+from instructrec.data.synth import SynthSpec, write_synthetic
+from instructrec.engine.batch import BatchJob, read_top_k, top_k_local, top_k_ray, write_users
+from instructrec.engine.cluster import actor_pool_size, ray_cluster
+from instructrec.serving.export import export_onnx
+from instructrec.serving.recommend import user_histories, write_bundle
+from instructrec.training.train import new_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 

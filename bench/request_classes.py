@@ -5,7 +5,7 @@
 
 For every test user (history before the test target, as the protocol), one
 request per class (era, composite, negation, a named title; wordings never
-trained on, written from the target's metadata: `instructrec.request_eval`),
+trained on, written from the target's metadata: `instructrec.evaluation.request_eval`),
 answered through `Recommender.recommend` on the exported ONNX graph, the same
 call `/recommend` makes, beside the same user's list with no request; then the
 same cases with the rules off (the learned scorer alone reads every word). Writes
@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from instructrec import schema
 from instructrec.config import Config, load_config
-from instructrec.recommend import Recommender, read_catalogue
-from instructrec.request_eval import WORDINGS, interactions_before, markdown_table, served
-from instructrec.snapshot import read_table
-from instructrec.split import Catalogue, SplitData, temporal_leave_one_out
+from instructrec.data import schema
+from instructrec.data.snapshot import read_table
+from instructrec.data.split import Catalogue, SplitData, temporal_leave_one_out
+from instructrec.evaluation.request_eval import WORDINGS, interactions_before, markdown_table, served
+from instructrec.serving.recommend import Recommender, read_catalogue
 from model_registry import registry
 from model_registry.serving import ServingFiles, champion_ref, fetch_version
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/scale.py                      # 1x, 10x, 100x (about 100k, 1M, 10M interactions)
     .venv/bin/python bench/scale.py --scales 1 10        # quicker
 
-Each scale is a synthetic dataset (instructrec.synth) of the MovieLens family's shape: 1x ML-100k
+Each scale is a synthetic dataset (instructrec.data.synth) of the MovieLens family's shape: 1x ML-100k
 (943 users, 1,682 items), 10x ML-1M (6,040 users, 3,706 items), 100x ML-10M (69,878 users, 10,681 items),
 each with 10^k x 100,000 interactions. Every stage runs as the pipeline runs it, in this process:
 synth (writing the data), ingest (hash + snapshot), validate (GX on a seeded sample of
@@ -43,16 +43,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from expectations.runner import suite_parameters, validate_table  # noqa: E402
-from instructrec.batch import BatchJob, top_k_local, write_users  # noqa: E402
 from instructrec.config import RuntimeConfig, load_config  # noqa: E402
-from instructrec.evaluate import TorchScorer, evaluate  # noqa: E402
-from instructrec.export import export_onnx  # noqa: E402
-from instructrec.prepare import prepare  # noqa: E402
-from instructrec.recommend import user_histories, write_bundle  # noqa: E402
-from instructrec.snapshot import snapshot_raw  # noqa: E402
-from instructrec.sources import fetch_raw, read_tables  # noqa: E402
-from instructrec.synth import SynthSpec, write_synthetic  # noqa: E402
-from instructrec.train import fit, new_scorer, representation_settings  # noqa: E402
+from instructrec.data.snapshot import snapshot_raw  # noqa: E402
+from instructrec.data.sources import fetch_raw, read_tables  # noqa: E402
+from instructrec.data.synth import SynthSpec, write_synthetic  # noqa: E402
+from instructrec.engine.batch import BatchJob, top_k_local, write_users  # noqa: E402
+from instructrec.evaluation.evaluate import TorchScorer, evaluate  # noqa: E402
+from instructrec.serving.export import export_onnx  # noqa: E402
+from instructrec.serving.recommend import user_histories, write_bundle  # noqa: E402
+from instructrec.training.prepare import prepare  # noqa: E402
+from instructrec.training.train import fit, new_scorer, representation_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {1: (943, 1_682), 10: (6_040, 3_706), 100: (69_878, 10_681)}  # ML-100k, ML-1M, ML-10M users, items

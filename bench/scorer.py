@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instructrec import optimize
 from instructrec.config import load_config
-from instructrec.export import (
+from instructrec.models.model import InstructRecScorer, load_scorer
+from instructrec.serving import optimize
+from instructrec.serving.export import (
     WITH_TENSORRT,
     OnnxScorer,
     cuda_usable,
@@ -40,7 +41,6 @@ from instructrec.export import (
     make_session,
     parity,
 )
-from instructrec.model import InstructRecScorer, load_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def champion_scorer(cfg) -> tuple[InstructRecScorer, object, Path]:
 
 def instructions(model: InstructRecScorer, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     """Realistic requests: every template type, histories of real item ids."""
-    from instructrec.instructions import CANDIDATES, HISTORY, TEMPLATES
+    from instructrec.language.instructions import CANDIDATES, HISTORY, TEMPLATES
 
     rng = np.random.default_rng(seed)
     fills = {

@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 from instructrec.config import load_config
-from instructrec.feedback import read_store
+from instructrec.online.feedback import read_store
 from model_registry import registry
 from model_registry.serving import load_champion
 from ops.demo import free_port, wait_for

@@ -3,7 +3,7 @@
     .venv/bin/python bench/session_ab.py                      # cpu profile, its own home (trains once)
     .venv/bin/python bench/session_ab.py --pages 8 --seed 0
 
-The world of `make demo` (instructrec.simulate): a model is trained on every
+The world of `make demo` (instructrec.online.simulate): a model is trained on every
 user's past; each simulated user then plays one session of --pages lists
 against `instructrec serve`, reacting to each list from their unseen future
 (like / more like this / dislike, a request in words after the first list)
@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from instructrec.abtest import Effect, ratio
 from instructrec.config import PROFILES, load_config
-from instructrec.simulate import Policy, play_sessions
+from instructrec.online.abtest import Effect, ratio
+from instructrec.online.simulate import Policy, play_sessions
 from model_registry import registry
 from ops.demo import build_world, free_port, start_service, wait_for
 

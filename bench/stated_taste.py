@@ -31,13 +31,14 @@ import numpy as np
 import polars as pl
 from request_classes import champion_data
 
-from instructrec import metrics, schema
 from instructrec.config import load_config
-from instructrec.evaluate import EvalCase, build_cases
-from instructrec.instructions import stated_taste
-from instructrec.prepare import VALID_SEED_OFFSET
-from instructrec.recommend import Recommender
-from instructrec.split import Catalogue, chronological
+from instructrec.data import schema
+from instructrec.data.split import Catalogue, chronological
+from instructrec.evaluation import metrics
+from instructrec.evaluation.evaluate import EvalCase, build_cases
+from instructrec.language.instructions import stated_taste
+from instructrec.serving.recommend import Recommender
+from instructrec.training.prepare import VALID_SEED_OFFSET
 
 ROOT = Path(__file__).resolve().parents[1]
 TYPE = "P2/I0"

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from instructrec.config import load_config
-from instructrec.model import bf16_capable, catalogue_log_prob
-from instructrec.prepare import prepare
-from instructrec.snapshot import snapshot_raw
-from instructrec.sources import fetch_raw, read_tables
-from instructrec.train import fit, new_scorer, representation_settings
+from instructrec.data.snapshot import snapshot_raw
+from instructrec.data.sources import fetch_raw, read_tables
+from instructrec.models.model import bf16_capable, catalogue_log_prob
+from instructrec.training.prepare import prepare
+from instructrec.training.train import fit, new_scorer, representation_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

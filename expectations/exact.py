@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import polars as pl
 
-from instructrec import schema
+from instructrec.data import schema
 from instructrec.errors import Violation
 
 EXAMPLES = 5

@@ -18,8 +18,8 @@ from pathlib import Path
 import polars as pl
 
 from expectations.exact import covers, exact_violations, plain, shown
-from instructrec import schema
 from instructrec.config import DataConfig
+from instructrec.data import schema
 from instructrec.errors import DataValidationError, Violation
 
 SUITE_DIR = Path(__file__).parent

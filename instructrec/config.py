@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Profile = Literal["tiny", "cpu", "gpu"]
 PROFILES: tuple[Profile, ...] = get_args(Profile)  # the choices every entry point offers, in this order
 
-MINILM_BACKBONE = "minilm"  # all-MiniLM-L6-v2, from its PyPI package (instructrec.backbone.MINILM_DISTRIBUTION)
+MINILM_BACKBONE = "minilm"  # all-MiniLM-L6-v2, from its PyPI package (instructrec.models.backbone.MINILM_DISTRIBUTION)
 TINY_BACKBONE = "tiny"  # a random tiny BERT with MiniLM's vocabulary (tests)
 
 DEFAULT_HOME = ".instructrec"

@@ -1,6 +1,6 @@
 """A process's place in a data-parallel group, and the few collectives training needs.
 
-torch.distributed is initialised by the launcher (instructrec.distributed: Ray Train); a process
+torch.distributed is initialised by the launcher (instructrec.engine.distributed: Ray Train); a process
 alone is Ranks() and calls no collective at all.
 """
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 
 from instructrec.config import Config
-from instructrec.recommend import BUNDLE_MANIFEST, Recommender
-from instructrec.snapshot import Snapshot, load_snapshot, read_table
+from instructrec.data.snapshot import Snapshot, load_snapshot, read_table
+from instructrec.serving.recommend import BUNDLE_MANIFEST, Recommender
 from model_registry import registry
 
 

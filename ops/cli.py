@@ -22,7 +22,7 @@ from ops.prefect_api import ApiStartError, prefect_api
 from ops.stop import exit_status, stop_on_signal
 
 if TYPE_CHECKING:
-    from instructrec.recommend import Recommender
+    from instructrec.serving.recommend import Recommender
 
 EXIT_BAD_INPUT = 2
 
@@ -96,7 +96,7 @@ def _champion(args: argparse.Namespace) -> tuple[Config, Recommender]:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from instructrec.recommend import Adaptation
+    from instructrec.serving.recommend import Adaptation
 
     cfg, rec = _champion(args)
     adapt = Adaptation.of(cfg.serve, args.diversity)
@@ -125,7 +125,7 @@ def _forget(args: argparse.Namespace) -> int:
     import getpass
     from dataclasses import asdict
 
-    from instructrec.erasure import erase_user
+    from instructrec.online.erasure import erase_user
 
     cfg = _config(args)
     erasure = erase_user(cfg.paths.feedback, args.user_id, requested_by=f"cli:{getpass.getuser()}")
@@ -134,7 +134,7 @@ def _forget(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from instructrec.synth import SynthSpec, write_synthetic
+    from instructrec.data.synth import SynthSpec, write_synthetic
 
     try:
         spec = SynthSpec(args.users, args.items, args.interactions, seed=args.seed)
@@ -214,7 +214,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from instructrec.simulate import Policy, play_round
+    from instructrec.online.simulate import Policy, play_round
     from ops.demo import build_world
 
     cfg = _config(args)

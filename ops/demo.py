@@ -1,4 +1,4 @@
-"""The feedback loop end to end, on a world cut in time (see instructrec.simulate).
+"""The feedback loop end to end, on a world cut in time (see instructrec.online.simulate).
 
 train on the past -> serve -> simulated users react (from their unseen future)
 -> the feedback flow judges the A/B test and tunes a new challenger -> the
@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from instructrec import schema
 from instructrec.config import Config, Profile, load_config, merge
+from instructrec.data import schema
+from instructrec.data.snapshot import snapshot_raw
+from instructrec.data.sources import fetch_raw, read_tables
 from instructrec.io import write_json, write_parquet
-from instructrec.simulate import Future, Policy, future_ndcg, play_round, split_world
-from instructrec.snapshot import snapshot_raw
-from instructrec.sources import fetch_raw, read_tables
+from instructrec.online.simulate import Future, Policy, future_ndcg, play_round, split_world
 from model_registry import registry
 from model_registry.serving import load_version
 from tasks import experiments

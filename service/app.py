@@ -18,10 +18,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from adapters import events
-from instructrec import schema
 from instructrec.config import Config
-from instructrec.eventlog import EventLog
-from instructrec.feedback import FEEDBACK_LOG, IMPRESSION_LOG, read_store
+from instructrec.data import schema
+from instructrec.online.eventlog import EventLog
+from instructrec.online.feedback import FEEDBACK_LOG, IMPRESSION_LOG, read_store
 from model_registry import registry
 from service.routes import admin, feedback, health, recommend
 from service.schemas import request_models

@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
-from instructrec.abtest import CHAMPION_ARM
 from instructrec.config import Config
-from instructrec.eventlog import EventLog, StoreWriteError
-from instructrec.recommend import Recommender
+from instructrec.online.abtest import CHAMPION_ARM
+from instructrec.online.eventlog import EventLog, StoreWriteError
+from instructrec.serving.recommend import Recommender
 from service.state import FinetuneTrigger, ModelSlots, SharedState
 
 log = logging.getLogger("instructrec.service")

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal, get_args
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 
-from instructrec import schema
 from instructrec.config import ServeConfig
+from instructrec.data import schema
 
 ITEM_KINDS = tuple(k for k in schema.FEEDBACK_KINDS if k != "instruction")
 Kind = Literal["like", "dislike", "more_like_this", "less_like_this", "instruction"]  # spelled out: a static type

@@ -10,13 +10,13 @@ from datetime import timedelta
 
 import polars as pl
 
-from instructrec import schema
-from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, bucket
 from instructrec.config import Config, ServeConfig
-from instructrec.eventlog import LogTail
-from instructrec.feedback import FEEDBACK_LOG, IMPRESSION_LOG, STORE_GLOB
-from instructrec.recommend import Recommender
-from instructrec.session import SessionBook, UserSession
+from instructrec.data import schema
+from instructrec.online.abtest import CHALLENGER_ARM, CHAMPION_ARM, bucket
+from instructrec.online.eventlog import LogTail
+from instructrec.online.feedback import FEEDBACK_LOG, IMPRESSION_LOG, STORE_GLOB
+from instructrec.serving.recommend import Recommender
+from instructrec.serving.session import SessionBook, UserSession
 from model_registry import registry
 from model_registry.serving import load_version
 

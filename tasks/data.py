@@ -10,13 +10,13 @@ from prefect.cache_policies import NO_CACHE
 
 from adapters import tracking
 from expectations.runner import ValidationOutcome, suite_parameters, validate_table
-from instructrec import schema
 from instructrec.config import Config
+from instructrec.data import schema
+from instructrec.data.snapshot import Snapshot, snapshot_raw, write_tables
+from instructrec.data.sources import Tables, fetch_raw, read_tables
 from instructrec.errors import DataValidationError, SourceError
-from instructrec.feedback import read_store
-from instructrec.prepare import Prepared, prepare
-from instructrec.snapshot import Snapshot, snapshot_raw, write_tables
-from instructrec.sources import Tables, fetch_raw, read_tables
+from instructrec.online.feedback import read_store
+from instructrec.training.prepare import Prepared, prepare
 
 
 def _not_the_users_input(task, task_run, state) -> bool:

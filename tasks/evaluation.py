@@ -12,9 +12,8 @@ from prefect.cache_policies import NO_CACHE
 from transformers import BertTokenizerFast
 
 from adapters import tracking
-from instructrec import optimize
 from instructrec.config import Config
-from instructrec.evaluate import (
+from instructrec.evaluation.evaluate import (
     HEADLINE,
     NO_WORDS,
     EvalReport,
@@ -28,14 +27,8 @@ from instructrec.evaluate import (
     scored_in_batches,
     without_words,
 )
-from instructrec.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity
-from instructrec.gate import Parity, paired_bootstrap
-from instructrec.lists import ItemSpace
-from instructrec.model import item_tower, load_scorer
-from instructrec.optimize import VariantReport
-from instructrec.prepare import Prepared
-from instructrec.recommend import BUNDLE_MANIFEST
-from instructrec.reports import (
+from instructrec.evaluation.gate import Parity, paired_bootstrap
+from instructrec.evaluation.reports import (
     diversity_tradeoff_figure,
     markdown_table,
     metrics_by_model,
@@ -44,7 +37,14 @@ from instructrec.reports import (
     score_histograms,
     slice_rows,
 )
-from instructrec.sasrec import SASRec, SASRecScorer
+from instructrec.models.model import item_tower, load_scorer
+from instructrec.models.sasrec import SASRec, SASRecScorer
+from instructrec.serving import optimize
+from instructrec.serving.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity
+from instructrec.serving.lists import ItemSpace
+from instructrec.serving.optimize import VariantReport
+from instructrec.serving.recommend import BUNDLE_MANIFEST
+from instructrec.training.prepare import Prepared
 from model_registry import registry
 from tasks.training import Trained
 

@@ -11,11 +11,11 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from instructrec import schema
-from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, ArmUsers, experiment_id
 from instructrec.config import Config
-from instructrec.experiment import Experiment, plan_test
-from instructrec.feedback import online_users, read_impressions, read_store
+from instructrec.data import schema
+from instructrec.online.abtest import CHALLENGER_ARM, CHAMPION_ARM, ArmUsers, experiment_id
+from instructrec.online.experiment import Experiment, plan_test
+from instructrec.online.feedback import online_users, read_impressions, read_store
 
 
 def folder(cfg: Config):

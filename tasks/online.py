@@ -12,16 +12,16 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from adapters import tracking
-from instructrec import schema
-from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, ArmUsers
 from instructrec.config import Config
-from instructrec.experiment import Experiment, decide_online, look, looks_figure, looks_table
-from instructrec.feedback import examples_from_config, read_impressions, read_store
-from instructrec.gate import Decision, decision_from_dict
-from instructrec.lists import served_list_metrics
-from instructrec.model import load_scorer
-from instructrec.prepare import Prepared
-from instructrec.train import feedback_settings, fit
+from instructrec.data import schema
+from instructrec.evaluation.gate import Decision, decision_from_dict
+from instructrec.models.model import load_scorer
+from instructrec.online.abtest import CHALLENGER_ARM, CHAMPION_ARM, ArmUsers
+from instructrec.online.experiment import Experiment, decide_online, look, looks_figure, looks_table
+from instructrec.online.feedback import examples_from_config, read_impressions, read_store
+from instructrec.serving.lists import served_list_metrics
+from instructrec.training.prepare import Prepared
+from instructrec.training.train import feedback_settings, fit
 from model_registry import registry
 from model_registry.serving import load_version
 from tasks import experiments

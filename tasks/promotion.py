@@ -14,11 +14,19 @@ from prefect.cache_policies import NO_CACHE
 
 from adapters import events, tracking
 from instructrec.config import Config
-from instructrec.gate import ArmEvaluation, Decision, arm_of, decide, floor_baseline, paired_bootstrap, placement
-from instructrec.model import item_tower, save_scorer
-from instructrec.optimize import FP32
-from instructrec.prepare import Prepared
-from instructrec.recommend import write_bundle
+from instructrec.evaluation.gate import (
+    ArmEvaluation,
+    Decision,
+    arm_of,
+    decide,
+    floor_baseline,
+    paired_bootstrap,
+    placement,
+)
+from instructrec.models.model import item_tower, save_scorer
+from instructrec.serving.optimize import FP32
+from instructrec.serving.recommend import write_bundle
+from instructrec.training.prepare import Prepared
 from model_registry import registry
 from tasks import experiments
 from tasks.evaluation import BASELINES, CHALLENGER, CHAMPION, Evaluations, Exported

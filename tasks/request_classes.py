@@ -8,10 +8,10 @@ from prefect.cache_policies import NO_CACHE
 
 from adapters import tracking
 from instructrec.config import Config
-from instructrec.model import item_tower
-from instructrec.prepare import Prepared
-from instructrec.recommend import Recommender, write_bundle
-from instructrec.request_eval import interactions_before, markdown_table, served
+from instructrec.evaluation.request_eval import interactions_before, markdown_table, served
+from instructrec.models.model import item_tower
+from instructrec.serving.recommend import Recommender, write_bundle
+from instructrec.training.prepare import Prepared
 from tasks.evaluation import Exported
 from tasks.training import Trained
 
@@ -20,7 +20,7 @@ from tasks.training import Trained
 def evaluate_request_classes(
     cfg: Config, prepared: Prepared, challenger: Trained, exported: Exported, run_id: str
 ) -> dict | None:
-    """Era, composite, negation and named-title requests (instructrec.request_eval) on `eval.request_users` test
+    """Era, composite, negation and named-title requests (instructrec.evaluation.request_eval) on `eval.request_users` test
     users, through `Recommender.recommend` on the fp32 graph, and with the rules off (the learned scorer alone). Two
     headline metrics each way (the refused genre's share of the top 10 against the no-request list's; the share of
     top-10 items meeting era and composite requests); the per-class tables and numbers as artifacts under requests/."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect_ray.task_runners import RayTaskRunner
 
-from instructrec.cluster import init_kwargs
 from instructrec.config import RuntimeConfig
+from instructrec.engine.cluster import init_kwargs
 
 
 def ray_task_runner(runtime: RuntimeConfig) -> RayTaskRunner:

@@ -12,9 +12,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from adapters import tracking
-from instructrec.batch import BatchJob, top_k_users, write_users
 from instructrec.config import Config
-from instructrec.recommend import read_catalogue, user_histories
+from instructrec.engine.batch import BatchJob, top_k_users, write_users
+from instructrec.serving.recommend import read_catalogue, user_histories
 from model_registry.serving import NoChampion, champion_ref, fetch_version, load_champion
 
 BATCH_EXPERIMENT = "instructrec-batch"

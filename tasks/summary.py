@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from adapters import tracking
 from instructrec.config import Config
-from instructrec.reports import LIST_COLUMNS
-from instructrec.request_eval import markdown_table
-from instructrec.snapshot import Snapshot
+from instructrec.data.snapshot import Snapshot
+from instructrec.evaluation.reports import LIST_COLUMNS
+from instructrec.evaluation.request_eval import markdown_table
 from tasks.evaluation import Evaluations, Exported
 from tasks.promotion import GateResult
 
@@ -27,7 +27,7 @@ class PipelineSummary:
     provider: str
     tracking_uri: str
     reasons: list[str]
-    requests: dict | None = None  # instructrec.request_eval's report on the challenger
+    requests: dict | None = None  # instructrec.evaluation.request_eval's report on the challenger
 
     def render(self) -> str:
         models = list(self.metrics)

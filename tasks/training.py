@@ -13,16 +13,16 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from adapters import tracking
-from instructrec import schema
 from instructrec.config import Config
-from instructrec.distributed import SASRecJob, TrainJob, fit_on_ray
-from instructrec.evaluate import HEADLINE, TorchScorer, evaluate
-from instructrec.feedback import examples_from_config, read_store
+from instructrec.data import schema
+from instructrec.engine.distributed import SASRecJob, TrainJob, fit_on_ray
+from instructrec.evaluation.evaluate import HEADLINE, TorchScorer, evaluate
 from instructrec.io import atomic_path
-from instructrec.model import CHECKPOINT_FORMAT, InstructRecScorer
-from instructrec.prepare import Prepared
-from instructrec.sasrec import SASRec, SASRecScorer, baseline_config, baseline_settings, fit_sasrec
-from instructrec.train import (
+from instructrec.models.model import CHECKPOINT_FORMAT, InstructRecScorer
+from instructrec.models.sasrec import SASRec, SASRecScorer, baseline_config, baseline_settings, fit_sasrec
+from instructrec.online.feedback import examples_from_config, read_store
+from instructrec.training.prepare import Prepared
+from instructrec.training.train import (
     FitResult,
     can_warm_start,
     feedback_settings,

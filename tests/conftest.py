@@ -15,11 +15,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from instructrec.cluster import init_kwargs
 from instructrec.config import RuntimeConfig, load_config
-from instructrec.prepare import prepare
-from instructrec.snapshot import snapshot_raw
-from instructrec.sources import fetch_raw, read_tables
+from instructrec.data.snapshot import snapshot_raw
+from instructrec.data.sources import fetch_raw, read_tables
+from instructrec.engine.cluster import init_kwargs
+from instructrec.training.prepare import prepare
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter, Depends, Security
 
-from instructrec.erasure import erase_user
+from instructrec.online.erasure import erase_user
 from service.deps import Cfg, Shared
 from service.routes import errors
 from service.schemas import ErasureResponse

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException, Security
 
-from instructrec import schema
+from instructrec.data import schema
 from service.deps import FeedbackLog, Shared, Trigger, stored
 from service.routes import bind, errors
 from service.schemas import FeedbackRequest, FeedbackResponse, RequestModels

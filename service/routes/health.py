@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, experiment_id
+from instructrec.online.abtest import CHALLENGER_ARM, CHAMPION_ARM, experiment_id
 from service.deps import Cfg, FeedbackLog, Shared, Slots
 from service.schemas import HealthResponse, ModelInfo
 

@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Security
 
-from instructrec import schema
-from instructrec.abtest import CHALLENGER_ARM, CHAMPION_ARM, assign_arm, experiment_id
 from instructrec.config import Config
-from instructrec.recommend import Adaptation, Recommender
+from instructrec.data import schema
+from instructrec.online.abtest import CHALLENGER_ARM, CHAMPION_ARM, assign_arm, experiment_id
+from instructrec.serving.recommend import Adaptation, Recommender
 from service.deps import Cfg, ImpressionLog, Shared, Slots, champion_or_503, stored
 from service.routes import bind, errors
 from service.schemas import RecommendRequest, RecommendResponse, RequestModels, RequestSource, SimilarResponse

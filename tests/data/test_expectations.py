@@ -6,8 +6,8 @@ import polars as pl
 import pytest
 
 from expectations.runner import load_suite, validate_table
-from instructrec import schema
-from instructrec.sources.coerce import to_canonical, with_row_numbers
+from instructrec.data import schema
+from instructrec.data.sources.coerce import to_canonical, with_row_numbers
 from tests.conftest import make_tables
 
 

@@ -5,11 +5,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from instructrec import schema
+from instructrec.data import schema
+from instructrec.data.snapshot import snapshot_raw
+from instructrec.data.sources import fetch_raw, movielens, read_tables
+from instructrec.data.split import Catalogue, temporal_leave_one_out
 from instructrec.errors import DataValidationError, SourceError
-from instructrec.snapshot import snapshot_raw
-from instructrec.sources import fetch_raw, movielens, read_tables
-from instructrec.split import Catalogue, temporal_leave_one_out
 from tests.conftest import N_ITEMS, write_dataset
 
 INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t4\t881250949\n2\t20\t1\t891717742\n"
@@ -217,7 +217,7 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
 
 
 def test_utf8_is_checked_in_blocks_without_false_alarms_at_block_edges(tmp_path):
-    from instructrec.sources.directory import _require_utf8
+    from instructrec.data.sources.directory import _require_utf8
 
     path = tmp_path / "items.csv"
     good = "item_id,title\n" + "".join(f"i{n},Amélie ünd Zoë 東京 {n}\n" for n in range(40))

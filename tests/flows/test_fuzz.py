@@ -29,16 +29,16 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from expectations.runner import suite_parameters, validate_table
-from instructrec import schema
 from instructrec.config import load_config
+from instructrec.data import schema
+from instructrec.data.snapshot import snapshot_raw
+from instructrec.data.sources import fetch_raw, read_tables
 from instructrec.errors import DataValidationError
-from instructrec.evaluate import HEADLINE, PopularityScorer, TorchScorer, evaluate
-from instructrec.gate import arm_of, decide, floor_baseline
-from instructrec.prepare import prepare
-from instructrec.sasrec import SASRec, SASRecScorer, baseline_config, baseline_settings, fit_sasrec
-from instructrec.snapshot import snapshot_raw
-from instructrec.sources import fetch_raw, read_tables
-from instructrec.train import fit, new_scorer, representation_settings
+from instructrec.evaluation.evaluate import HEADLINE, PopularityScorer, TorchScorer, evaluate
+from instructrec.evaluation.gate import arm_of, decide, floor_baseline
+from instructrec.models.sasrec import SASRec, SASRecScorer, baseline_config, baseline_settings, fit_sasrec
+from instructrec.training.prepare import prepare
+from instructrec.training.train import fit, new_scorer, representation_settings
 
 GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance")
 DRAW_SECONDS = 60  # a draw that has not ended by then is a hang (the tiny profile trains one in a few seconds)

@@ -13,10 +13,10 @@ import pytest
 
 from flows.training import training_pipeline
 from flows.training_ray import training_pipeline_ray
-from instructrec.batch import read_top_k
+from instructrec.engine.batch import read_top_k
 from instructrec.errors import DataValidationError
-from instructrec.export import make_session
-from instructrec.feedback import append_events
+from instructrec.online.feedback import append_events
+from instructrec.serving.export import make_session
 from model_registry import registry
 from ops.cli import main
 from tests.conftest import write_dataset
@@ -363,7 +363,7 @@ def test_a_champion_this_code_cannot_load_is_scored_through_its_onnx_graph(runs,
     import numpy as np
 
     from instructrec.config import load_config
-    from instructrec.evaluate import MappedScorer, TorchScorer
+    from instructrec.evaluation.evaluate import MappedScorer, TorchScorer
     from tasks import evaluation
 
     cfg = load_config("tiny", data=str(runs["data"]))

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from flows.feedback import feedback_loop
 from flows.training import training_pipeline
 from instructrec.config import load_config
-from instructrec.feedback import read_impressions, read_store
+from instructrec.online.feedback import read_impressions, read_store
 from model_registry import registry
 from service.app import FinetuneTrigger, create_app
 from tests.flows.conftest import isolated_home
@@ -432,7 +432,7 @@ def test_a_token_guards_every_endpoint_but_health_and_bodies_are_bounded(world, 
 
 
 def test_an_admin_erases_a_user_from_serving_in_every_process_and_from_training(world, monkeypatch):
-    from instructrec.erasure import erasures, user_digest
+    from instructrec.online.erasure import erasures, user_digest
 
     user, feedback_dir = "forget-me", world["cfg"].paths.feedback  # no other test plays this user
     with TestClient(create_app(world["cfg"], emit=lambda n: None, poll=False)) as a:

@@ -32,7 +32,7 @@ from selenium.common.exceptions import NoSuchElementException, StaleElementRefer
 from selenium.webdriver.support.wait import WebDriverWait
 
 from instructrec.config import load_config
-from instructrec.feedback import append_events
+from instructrec.online.feedback import append_events
 from model_registry import registry
 from ops.automations import FAILURE_AUTOMATION
 from ops.stack import Stack, StackError, free_port

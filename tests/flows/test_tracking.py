@@ -56,7 +56,7 @@ def test_a_run_that_loses_the_promotion_race_is_superseded_with_a_plain_next_ste
     import mlflow
 
     from instructrec.config import load_config
-    from instructrec.gate import Decision
+    from instructrec.evaluation.gate import Decision
     from model_registry import registry
     from tasks.promotion import SUPERSEDED, _place
 
@@ -85,7 +85,7 @@ def test_a_ranks_epoch_logger_writes_to_the_runs_store_and_replay_adds_only_what
 
     import mlflow
 
-    from instructrec.train import FitResult
+    from instructrec.training.train import FitResult
     from tasks.training import EpochLogger
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -176,7 +176,7 @@ def test_a_stage_logs_one_curve_per_series_stepped_by_epoch_and_the_kept_best_as
 
     import mlflow
 
-    from instructrec.train import FitResult
+    from instructrec.training.train import FitResult
     from tasks.training import EpochLogger, _summarise
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -220,8 +220,8 @@ def test_the_dataset_panel_shows_the_whole_inputs_size_not_the_rows_its_schema_w
     import mlflow
     import polars as pl
 
-    from instructrec.snapshot import Snapshot
-    from instructrec.sources import Tables
+    from instructrec.data.snapshot import Snapshot
+    from instructrec.data.sources import Tables
     from tasks.data import SCHEMA_ROWS, _log_dataset_input
 
     n = SCHEMA_ROWS + 1500

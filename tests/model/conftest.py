@@ -1,6 +1,6 @@
 """build_model: a fresh scorer on the session's tiny config and prepared data (tests/conftest.py)."""
 
-from instructrec.train import new_scorer
+from instructrec.training.train import new_scorer
 
 
 def build_model(cfg, prepared, seed=0):

@@ -5,11 +5,11 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from instructrec.batch import BatchJob, read_top_k, top_k_local, top_k_ray, write_users
-from instructrec.cluster import actor_pool_size
 from instructrec.config import RuntimeConfig
-from instructrec.export import export_onnx
-from instructrec.recommend import Recommender, top_k_all, user_histories, write_bundle
+from instructrec.engine.batch import BatchJob, read_top_k, top_k_local, top_k_ray, write_users
+from instructrec.engine.cluster import actor_pool_size
+from instructrec.serving.export import export_onnx
+from instructrec.serving.recommend import Recommender, top_k_all, user_histories, write_bundle
 from tests.conftest import make_tables
 from tests.model.conftest import build_model
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from instructrec.evaluate import TorchScorer
-from instructrec.instructions import make_instruction, pad_histories, training_examples
-from instructrec.train import fit
+from instructrec.evaluation.evaluate import TorchScorer
+from instructrec.language.instructions import make_instruction, pad_histories, training_examples
+from instructrec.training.train import fit
 from tests.conftest import GENRES
 from tests.model.conftest import build_model
 from tests.model.test_model import settings, validator
@@ -117,9 +117,9 @@ def served(scorer, prepared, tmp_path_factory):
     """The trained scorer as the service runs it: ONNX graph + bundle with item-tower vectors."""
     import polars as pl
 
-    from instructrec.export import export_onnx
-    from instructrec.model import item_tower
-    from instructrec.recommend import Recommender, write_bundle
+    from instructrec.models.model import item_tower
+    from instructrec.serving.export import export_onnx
+    from instructrec.serving.recommend import Recommender, write_bundle
 
     tmp = tmp_path_factory.mktemp("served")
     cat, split = prepared.catalogue, prepared.split
@@ -185,7 +185,7 @@ def test_a_dislike_removes_the_item_and_demotes_its_nearest_neighbours(served, p
     moved = [rank_after[n] - rank_before[n] for n in neighbours if n in rank_before]
     assert moved and all(m >= 0 for m in moved) and sum(moved) > 0, moved
     # bounded: with no strength nothing moves
-    from instructrec.recommend import Adaptation
+    from instructrec.serving.recommend import Adaptation
 
     still = served.recommend(user, k=10, exclude=[top], disliked=[top], adapt=Adaptation(demotion=0.0))
     assert [i["item_id"] for i in still["items"]] == [
@@ -213,8 +213,8 @@ def test_similar_items_share_the_items_genre_and_explanations_cite_the_history(s
 
 
 def test_an_unknown_user_without_a_request_gets_a_varied_popular_list(served):
-    from instructrec.lists import ild_genre
-    from instructrec.recommend import Adaptation
+    from instructrec.serving.lists import ild_genre
+    from instructrec.serving.recommend import Adaptation
 
     plain = served.recommend("nobody", k=10, adapt=Adaptation(cold_start_diversity=0.0))
     varied = served.recommend("nobody", k=10)
@@ -227,7 +227,7 @@ def test_an_unknown_user_without_a_request_gets_a_varied_popular_list(served):
 
 
 def test_offline_lists_diversity_tradeoff_and_faithful_explanations(scorer, served, prepared):
-    from instructrec.evaluate import diversity_tradeoff, evaluate, explanation_faithfulness
+    from instructrec.evaluation.evaluate import diversity_tradeoff, evaluate, explanation_faithfulness
 
     case = prepared.test_cases["P1/I0"]
     report = evaluate(scorer, {"P1/I0": case}, prepared.split, space=served.space)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instructrec.model import bf16_capable, catalogue_log_prob
+from instructrec.models.model import bf16_capable, catalogue_log_prob
 
 
 def _inputs(rows: int = 600, dim: int = 16, items: int = 97):

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from instructrec.evaluate import PopularityScorer, TorchScorer, evaluate
-from instructrec.export import OnnxScorer, export_onnx, make_session, parity
-from instructrec.model import load_scorer, save_scorer
-from instructrec.train import FitSettings, fit
+from instructrec.evaluation.evaluate import PopularityScorer, TorchScorer, evaluate
+from instructrec.models.model import load_scorer, save_scorer
+from instructrec.serving.export import OnnxScorer, export_onnx, make_session, parity
+from instructrec.training.train import FitSettings, fit
 from tests.model.conftest import build_model
 
 
@@ -158,7 +158,7 @@ def test_session_reports_the_provider_that_really_runs(trained, tmp_path, monkey
     """onnxruntime-gpu lists CUDA without a GPU and falls back silently: we report get_providers()."""
     import onnxruntime as ort
 
-    from instructrec import export
+    from instructrec.serving import export
 
     model, tok, _ = trained
     path = export_onnx(model, tok, tmp_path / "m.onnx")
@@ -172,7 +172,7 @@ def test_session_reports_the_provider_that_really_runs(trained, tmp_path, monkey
 
 def test_loaded_scorer_exports_fusable_attention(trained, prepared, tmp_path):
     """A reloaded checkpoint must export the attention form ORT fuses (SDPA would silently not fuse)."""
-    from instructrec.optimize import fuse
+    from instructrec.serving.optimize import fuse
 
     model, tok, _ = trained
     loaded, tok2, _ = load_scorer(save_scorer(model, tok, prepared.catalogue.item_ids, tmp_path / "s"))

@@ -3,8 +3,8 @@
 import numpy as np
 import polars as pl
 
-from instructrec.export import export_onnx
-from instructrec.recommend import Recommender, top_k_all, write_bundle
+from instructrec.serving.export import export_onnx
+from instructrec.serving.recommend import Recommender, top_k_all, write_bundle
 from tests.conftest import make_tables
 from tests.model.conftest import build_model
 

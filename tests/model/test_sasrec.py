@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from instructrec.evaluate import PopularityScorer, TorchScorer, evaluate
-from instructrec.sasrec import SASRec, SASRecConfig, SASRecScorer, SASRecSettings, fit_sasrec, training_windows
-from instructrec.train import can_warm_start, new_scorer, warm_start
+from instructrec.evaluation.evaluate import PopularityScorer, TorchScorer, evaluate
+from instructrec.models.sasrec import SASRec, SASRecConfig, SASRecScorer, SASRecSettings, fit_sasrec, training_windows
+from instructrec.training.train import can_warm_start, new_scorer, warm_start
 
 
 def test_windows_keep_every_transition_once():

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from instructrec import optimize
-from instructrec.evaluate import TorchScorer
-from instructrec.export import OnnxScorer, cuda_usable, export_onnx, make_session, parity
-from instructrec.gate import Parity
-from instructrec.optimize import VariantReport, check_variant, choose_for_serving
+from instructrec.evaluation.evaluate import TorchScorer
+from instructrec.evaluation.gate import Parity
+from instructrec.serving import optimize
+from instructrec.serving.export import OnnxScorer, cuda_usable, export_onnx, make_session, parity
+from instructrec.serving.optimize import VariantReport, check_variant, choose_for_serving
 from tests.model.conftest import build_model
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from instructrec.abtest import Effect, Ratio, assign_arm, cuped, experiment_id, ratio, srm_p_value
+from instructrec.online.abtest import Effect, Ratio, assign_arm, cuped, experiment_id, ratio, srm_p_value
 
 USERS = [str(u) for u in range(10_000)]
 
@@ -18,7 +18,7 @@ def test_split_is_stable_across_calls_and_processes():
     here = [assign_arm(u, "exp-1", 0.5) for u in USERS[:200]]
     assert here == [assign_arm(u, "exp-1", 0.5) for u in USERS[:200]]
     code = (
-        "from instructrec.abtest import assign_arm; "
+        "from instructrec.online.abtest import assign_arm; "
         "print(''.join('1' if assign_arm(str(u), 'exp-1', 0.5) == 'challenger' else '0' for u in range(200)))"
     )
     other = subprocess.run(

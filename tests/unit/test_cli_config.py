@@ -86,7 +86,7 @@ def test_recommend_and_similar_load_the_champion_with_their_profile_and_override
 
 
 def test_forget_resolves_its_profile_and_overrides(monkeypatch):
-    from instructrec import erasure
+    from instructrec.online import erasure
     from ops import cli
 
     resolved: list[Config] = []
@@ -260,7 +260,7 @@ def test_the_kubernetes_deployments_point_at_flows_that_take_their_parameters():
 
 
 def test_the_pins_the_code_names_are_the_ones_pyproject_pins():
-    from instructrec.backbone import MINILM_DISTRIBUTION
+    from instructrec.models.backbone import MINILM_DISTRIBUTION
     from tasks.promotion import ONNX_RUNTIME_REQUIREMENT
 
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]

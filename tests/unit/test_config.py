@@ -78,13 +78,13 @@ def test_a_source_preset_sits_between_the_profile_and_overrides(tmp_path):
 # Fields read directly where they act, not through a settings object: the file that reads each one.
 READ_IN_PLACE = {
     "train.init_from_baseline": "tasks/training.py",  # warm start of the scorer from SASRec
-    "model.backbone": "instructrec/train.py",  # load_backbone in new_scorer
-    "model.bert_dropout": "instructrec/train.py",  # new_scorer
+    "model.backbone": "instructrec/training/train.py",  # load_backbone in new_scorer
+    "model.bert_dropout": "instructrec/training/train.py",  # new_scorer
     "baseline.enabled": "tasks/training.py",
-    "feedback.like_min_rating": "instructrec/feedback.py",  # examples_from_config
-    "feedback.dislike_max_rating": "instructrec/feedback.py",  # examples_from_config
-    "feedback.replay_ratio": "instructrec/feedback.py",  # examples_from_config
-    "feedback.online_replay_ratio": "instructrec/feedback.py",
+    "feedback.like_min_rating": "instructrec/online/feedback.py",  # examples_from_config
+    "feedback.dislike_max_rating": "instructrec/online/feedback.py",  # examples_from_config
+    "feedback.replay_ratio": "instructrec/online/feedback.py",  # examples_from_config
+    "feedback.online_replay_ratio": "instructrec/online/feedback.py",
     "feedback.trigger_events": "service/app.py",  # the fine-tuning trigger
 }
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,8 +99,8 @@ def _changed(value):
 
 
 def _settings_objects(cfg):
-    from instructrec.sasrec import baseline_config, baseline_settings
-    from instructrec.train import feedback_settings, representation_settings, scorer_config
+    from instructrec.models.sasrec import baseline_config, baseline_settings
+    from instructrec.training.train import feedback_settings, representation_settings, scorer_config
 
     return (
         representation_settings(cfg),

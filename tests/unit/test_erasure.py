@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from instructrec import schema
-from instructrec.erasure import erase_user, erasures, user_digest
-from instructrec.eventlog import EventLog, LogTail
-from instructrec.feedback import FEEDBACK_LOG, IMPRESSION_LOG, append_events, read_impressions, read_store
+from instructrec.data import schema
+from instructrec.online.erasure import erase_user, erasures, user_digest
+from instructrec.online.eventlog import EventLog, LogTail
+from instructrec.online.feedback import FEEDBACK_LOG, IMPRESSION_LOG, append_events, read_impressions, read_store
 
 
 def _event(n: int, user: str) -> dict:
@@ -93,7 +93,7 @@ def test_an_erasure_while_another_process_appends_loses_and_duplicates_nothing(t
     _store(tmp_path)
     writer = textwrap.dedent(f"""
         from datetime import UTC, datetime
-        from instructrec.eventlog import EventLog
+        from instructrec.online.eventlog import EventLog
         log = EventLog(__import__("pathlib").Path({str(tmp_path)!r}), "events", key="event_id")
         for n in range(400):
             log.append({{"event_id": f"w{{n}}", "user_id": f"w{{n % 9}}", "item_id": "i1", "kind": "like",

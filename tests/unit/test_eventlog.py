@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from instructrec.eventlog import EventLog, iter_records
-from instructrec.feedback import (
+from instructrec.online.eventlog import EventLog, iter_records
+from instructrec.online.feedback import (
     FEEDBACK_LOG,
     IMPRESSION_LOG,
     append_events,
@@ -73,7 +73,7 @@ def test_a_torn_last_line_from_a_crash_is_skipped(tmp_path):
 def test_an_acknowledged_event_survives_a_killed_process(tmp_path):
     code = f"""
 import sys
-from instructrec.eventlog import EventLog
+from instructrec.online.eventlog import EventLog
 log = EventLog(__import__('pathlib').Path({str(tmp_path)!r}), 'events', key='event_id')
 for i in range(50):
     log.append({{'event_id': f'e{{i}}', 'n': i}})
@@ -148,7 +148,7 @@ def test_online_users_sum_each_users_impressions_likes_dislikes_and_errors_per_a
 FULL_DISK = r"""
 import json, resource, signal, sys
 from pathlib import Path
-from instructrec.eventlog import EventLog, StoreWriteError
+from instructrec.online.eventlog import EventLog, StoreWriteError
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
 log = EventLog(Path(sys.argv[1]), "events", key="event_id")

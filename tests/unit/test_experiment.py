@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from instructrec.abtest import ArmUsers, Effect, Ratio, ratio
 from instructrec.config import GateConfig, OnlineConfig
-from instructrec.experiment import Experiment, Guardrail, Plan, decide_online, look, plan_test, verdict_at
-from instructrec.gate import Check, Decision
-from instructrec.sequential import fixed_sample_z
+from instructrec.evaluation.gate import Check, Decision
+from instructrec.online.abtest import ArmUsers, Effect, Ratio, ratio
+from instructrec.online.experiment import Experiment, Guardrail, Plan, decide_online, look, plan_test, verdict_at
+from instructrec.online.sequential import fixed_sample_z
 
 POLICY = OnlineConfig()
 START = datetime(2026, 1, 5, tzinfo=UTC)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from instructrec.config import GateConfig
-from instructrec.evaluate import HEADLINE, build_cases, evaluate, without_words
-from instructrec.gate import (
+from instructrec.data.split import Catalogue, temporal_leave_one_out
+from instructrec.evaluation.evaluate import HEADLINE, build_cases, evaluate, without_words
+from instructrec.evaluation.gate import (
     MIN_PAIRED_USERS,
     ArmEvaluation,
     Parity,
@@ -17,8 +18,7 @@ from instructrec.gate import (
     placement,
     type_references,
 )
-from instructrec.instructions import HELD_OUT, HISTORY, TYPES, worded
-from instructrec.split import Catalogue, temporal_leave_one_out
+from instructrec.language.instructions import HELD_OUT, HISTORY, TYPES, worded
 from tests.conftest import make_tables
 
 POLICY = GateConfig(n_bootstrap=500)

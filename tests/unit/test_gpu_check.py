@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from instructrec.backbone import minilm_dir
 from instructrec.config import load_config
+from instructrec.models.backbone import minilm_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_check.py"

@@ -5,7 +5,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from instructrec.instructions import (
+from instructrec.data.split import Catalogue, temporal_leave_one_out
+from instructrec.evaluation.request_eval import WORDINGS
+from instructrec.language.instructions import (
     CANDIDATES,
     HISTORY,
     MOODS,
@@ -26,9 +28,7 @@ from instructrec.instructions import (
     training_examples,
     windows,
 )
-from instructrec.request_eval import WORDINGS
-from instructrec.split import Catalogue, temporal_leave_one_out
-from instructrec.understand import understand
+from instructrec.language.understand import understand
 from tests.conftest import make_tables
 
 CAT = Catalogue(
@@ -165,8 +165,8 @@ def test_windows_cover_every_target_once_with_long_histories():
 
 def test_training_examples_cover_the_mix_and_never_use_eval_targets():
     inter, items = make_tables()
-    from instructrec import schema
-    from instructrec.sources.coerce import to_canonical
+    from instructrec.data import schema
+    from instructrec.data.sources.coerce import to_canonical
 
     inter = to_canonical(inter, schema.INTERACTIONS_SCHEMA, "interactions", "x")
     items = items.with_columns(pl.Series(schema.YEAR, [1950 + i % 48 for i in range(items.height)]))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from instructrec.lists import (
+from instructrec.serving.lists import (
     ItemSpace,
     cite,
     coverage,

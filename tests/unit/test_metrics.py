@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from instructrec import metrics
+from instructrec.evaluation import metrics
 
 
 def test_perfect_ranking_scores_one():
@@ -62,7 +62,7 @@ def test_sampled_protocol_ranks_among_candidates_only():
 
 
 def test_negatives_are_the_unseen_items_that_exist_and_padding_never_outranks_the_target():
-    from instructrec.evaluate import _padded, _sample_unseen
+    from instructrec.evaluation.evaluate import _padded, _sample_unseen
 
     rng = np.random.default_rng(0)
     assert sorted(_sample_unseen(rng, 5, np.array([1, 2, 3]), 9).tolist()) == [4, 5]  # ends: only two exist

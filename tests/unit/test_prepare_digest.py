@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from instructrec.config import load_config
-from instructrec.prepare import prepare
+from instructrec.training.prepare import prepare
 from tests.conftest import make_tables
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "prepare.py"

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from instructrec.evaluate import EvalReport
-from instructrec.reports import (
+from instructrec.evaluation.evaluate import EvalReport
+from instructrec.evaluation.reports import (
     TABLE_COLUMNS,
     markdown_table,
     metrics_by_model,

@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 
-from instructrec.request_eval import evaluate_requests, markdown_table, request_cases, spellings
-from instructrec.split import Catalogue, SplitData
-from instructrec.understand import understand, violations
+from instructrec.data.split import Catalogue, SplitData
+from instructrec.evaluation.request_eval import evaluate_requests, markdown_table, request_cases, spellings
+from instructrec.language.understand import understand, violations
 
 GENRES = ["Comedy", "Drama", "Horror", "Romance"]
 N = 40

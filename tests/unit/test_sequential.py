@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy.special import ndtri
 
-from instructrec.sequential import Boundaries, first_crossing, fixed_sample_z, inflation, spend
+from instructrec.online.sequential import Boundaries, first_crossing, fixed_sample_z, inflation, spend
 
 # Lan-DeMets O'Brien-Fleming-type spending, 5 equally spaced looks, one-sided alpha 0.025 (two-sided 0.05):
 # the standard table (Jennison & Turnbull 2000, ch. 7; R gsDesign::gsDesign(k=5, test.type=1, sfu=sfLDOF)).

@@ -3,8 +3,8 @@
 import json
 from datetime import UTC, datetime, timedelta
 
-from instructrec.eventlog import EventLog, LogTail
-from instructrec.session import SessionBook
+from instructrec.online.eventlog import EventLog, LogTail
+from instructrec.serving.session import SessionBook
 
 
 def ev(event_id, kind, item=None, text=None, user="u1", ts="2026-01-01T00:00:00+00:00"):

@@ -3,9 +3,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 
-from instructrec import schema
-from instructrec.evaluate import head_items
-from instructrec.split import Catalogue, chronological, sample_users, temporal_leave_one_out
+from instructrec.data import schema
+from instructrec.data.split import Catalogue, chronological, sample_users, temporal_leave_one_out
+from instructrec.evaluation.evaluate import head_items
 
 CAT = Catalogue(["a", "b", "c", "d", "e"], list("ABCDE"), list("ABCDE"), [()] * 5)
 T0 = datetime(2021, 1, 1, tzinfo=UTC)

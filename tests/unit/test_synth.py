@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from expectations.runner import validate_table
-from instructrec import schema
-from instructrec.snapshot import snapshot_raw
-from instructrec.sources import fetch_raw, read_tables
-from instructrec.synth import SynthSpec, events_per_user, write_synthetic
+from instructrec.data import schema
+from instructrec.data.snapshot import snapshot_raw
+from instructrec.data.sources import fetch_raw, read_tables
+from instructrec.data.synth import SynthSpec, events_per_user, write_synthetic
 
 SPEC = SynthSpec(users=400, items=300, interactions=12_000, seed=3, block_users=150)
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instructrec.split import Catalogue
-from instructrec.understand import EARLIEST, LATEST, TitleIndex, constrain, normalise_title, understand, violations
+from instructrec.data.split import Catalogue
+from instructrec.language.understand import (
+    EARLIEST,
+    LATEST,
+    TitleIndex,
+    constrain,
+    normalise_title,
+    understand,
+    violations,
+)
 
 CAT = Catalogue(
     ["1", "2", "3", "4", "5", "6", "7"],

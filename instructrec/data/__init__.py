@@ -1,0 +1,1 @@
+"""The canonical tables: column names, source readers, raw snapshots, the temporal split, synthetic data."""

@@ -1,0 +1,1 @@
+"""The fixed protocol, its metrics, the per-request-class measures, the reports and the gate."""

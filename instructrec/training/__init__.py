@@ -1,0 +1,1 @@
+"""A run's preparation (split, examples, cases) and the training loops."""
