@@ -27,7 +27,7 @@ from instructrec.evaluation.evaluate import (
     scored_in_batches,
     without_words,
 )
-from instructrec.evaluation.gate import Parity, paired_bootstrap
+from instructrec.evaluation.gate import paired_bootstrap
 from instructrec.evaluation.reports import (
     diversity_tradeoff_figure,
     markdown_table,
@@ -40,9 +40,10 @@ from instructrec.evaluation.reports import (
 from instructrec.models.model import item_tower, load_scorer
 from instructrec.models.sasrec import SASRec, SASRecScorer
 from instructrec.serving import optimize
-from instructrec.serving.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session, parity
+from instructrec.serving.export import OnnxScorer, Session, cuda_usable, export_onnx, latency_ms, make_session
 from instructrec.serving.lists import ItemSpace
 from instructrec.serving.optimize import VariantReport
+from instructrec.serving.parity import Parity, parity
 from instructrec.serving.recommend import BUNDLE_MANIFEST
 from instructrec.training.prepare import Prepared
 from model_registry import registry

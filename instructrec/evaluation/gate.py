@@ -17,6 +17,7 @@ import numpy as np
 
 from instructrec.config import GateConfig
 from instructrec.language.instructions import worded
+from instructrec.serving.parity import Parity
 
 if TYPE_CHECKING:
     from instructrec.evaluation.evaluate import EvalReport
@@ -47,12 +48,6 @@ def arm_of(report: EvalReport, version: str | None = None, latency: float | None
     slices = {t: v["ndcg@10"] for t, v in report.by_type.items()}
     slices.update({s: v["ndcg@10"] for s, v in report.slices.items()})
     return ArmEvaluation(report.name, users, values, slices, version, latency, report.user_metric_by_type())
-
-
-@dataclass(frozen=True)
-class Parity:
-    max_abs_diff: float
-    top10_overlap: float
 
 
 @dataclass(frozen=True)

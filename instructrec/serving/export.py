@@ -13,16 +13,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from instructrec.io import atomic_path
 from instructrec.models.model import InstructRecScorer
-
-if TYPE_CHECKING:  # the export imports with torch and onnxruntime alone (bench/gpu_check.py on a bare GPU host)
-    from instructrec.evaluation.gate import Parity
 
 INPUTS = ("input_ids", "attention_mask", "history")
 OUTPUT = "scores"
@@ -211,18 +208,6 @@ class OnnxScorer:
             out[rows] = part
         assert out is not None  # texts is longer than one micro-batch, so at least one bucket ran
         return out
-
-
-def parity(torch_scores: np.ndarray, onnx_scores: np.ndarray, k: int = 10) -> Parity:
-    """How far the exported graph's scores are from PyTorch's: the largest absolute difference and the mean
-    overlap of the two top-k lists (what the gate's ONNX-parity check compares with its thresholds)."""
-    from instructrec.evaluation.gate import Parity
-
-    diff = float(np.max(np.abs(torch_scores - onnx_scores)))
-    top_t = np.argsort(-torch_scores, axis=1)[:, :k]
-    top_o = np.argsort(-onnx_scores, axis=1)[:, :k]
-    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_t, top_o, strict=True)])
-    return Parity(max_abs_diff=diff, top10_overlap=float(overlap))
 
 
 def latency_ms(scorer: OnnxScorer, text: str, history: np.ndarray, repeats: int = 30) -> float:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import onnx
 
-from instructrec.evaluation.gate import Parity
 from instructrec.io import atomic_path
+from instructrec.serving.parity import Parity
 
 FP32, FUSED, FP16, INT8 = "fp32", "fused", "fp16", "int8"
 # fastest first, per host kind; a variant missing from a host's list never serves there

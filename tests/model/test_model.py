@@ -6,7 +6,8 @@ import torch
 
 from instructrec.evaluation.evaluate import PopularityScorer, TorchScorer, evaluate
 from instructrec.models.model import load_scorer, save_scorer
-from instructrec.serving.export import OnnxScorer, export_onnx, make_session, parity
+from instructrec.serving.export import OnnxScorer, export_onnx, make_session
+from instructrec.serving.parity import parity
 from instructrec.training.train import FitSettings, fit
 from tests.model.conftest import build_model
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from instructrec.evaluation.evaluate import TorchScorer
-from instructrec.evaluation.gate import Parity
 from instructrec.serving import optimize
-from instructrec.serving.export import OnnxScorer, cuda_usable, export_onnx, make_session, parity
+from instructrec.serving.export import OnnxScorer, cuda_usable, export_onnx, make_session
 from instructrec.serving.optimize import VariantReport, check_variant, choose_for_serving
+from instructrec.serving.parity import Parity, parity
 from tests.model.conftest import build_model
 
 

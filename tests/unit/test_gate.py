@@ -9,7 +9,6 @@ from instructrec.evaluation.evaluate import HEADLINE, build_cases, evaluate, wit
 from instructrec.evaluation.gate import (
     MIN_PAIRED_USERS,
     ArmEvaluation,
-    Parity,
     Skipped,
     decide,
     decision_from_dict,
@@ -19,6 +18,7 @@ from instructrec.evaluation.gate import (
     type_references,
 )
 from instructrec.language.instructions import HELD_OUT, HISTORY, TYPES, worded
+from instructrec.serving.parity import Parity
 from tests.conftest import make_tables
 
 POLICY = GateConfig(n_bootstrap=500)

@@ -24,6 +24,10 @@ ALLOWED = {
 }
 # third-party frameworks the library must stay free of (it is tested and used without them)
 LIBRARY_FORBIDDEN = {"prefect", "mlflow", "great_expectations", "fastapi"}
+# the library's sub-packages, lowest first: each imports only those before it and the shared modules at the top
+# (config, errors, io, ranks), which import no sub-package (docs/design.md, "The library")
+LIBRARY_LAYERS = ("data", "language", "models", "serving", "evaluation", "training", "online", "engine")
+RAY_PACKAGE = "engine"  # the one sub-package that may import Ray
 
 
 def _module_name(path: Path) -> str:
@@ -104,6 +108,48 @@ def test_no_import_cycle():
     for node in sorted(GRAPH):
         if node not in state and (cycle := visit(node)):
             pytest.fail("import cycle: " + " -> ".join(cycle))
+
+
+def _library_part(module: str) -> str | None:
+    """The sub-package a library module belongs to; None for the shared modules at the top."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LIBRARY_LAYERS) else None
+
+
+def test_every_library_module_sits_in_a_named_layer_or_the_shared_top():
+    top = {name.split(".")[1] for name in GRAPH if name.startswith("instructrec.") and name.count(".") == 1}
+    parts = {_library_part(name) for name in GRAPH if name.startswith("instructrec.")} - {None}
+    assert parts == set(LIBRARY_LAYERS)
+    assert top - set(LIBRARY_LAYERS) == {"config", "errors", "io", "ranks"}
+
+
+def test_library_sub_packages_import_only_lower_ones():
+    rank = {name: i for i, name in enumerate(LIBRARY_LAYERS)}
+    wrong = []
+    for src, targets in GRAPH.items():
+        if not src.startswith("instructrec."):
+            continue
+        here = _library_part(src)
+        for dst in targets:
+            if not dst.startswith("instructrec.") or (there := _library_part(dst)) is None or there == here:
+                continue
+            if here is None or rank[there] > rank[here]:
+                wrong.append(f"{src} ({here or 'shared top'}) imports {dst} ({there})")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_only_the_engine_imports_ray():
+    wrong = sorted(
+        f"{path.relative_to(ROOT)} imports {m}"
+        for path in (ROOT / "instructrec").rglob("*.py")
+        if path.relative_to(ROOT / "instructrec").parts[0] != RAY_PACKAGE
+        for m in _imports(path)
+        if m.split(".")[0] == "ray"
+    )
+    assert not wrong, "\n".join(wrong)
+    assert any(
+        m.split(".")[0] == "ray" for path in (ROOT / "instructrec" / RAY_PACKAGE).rglob("*.py") for m in _imports(path)
+    ), "the engine no longer imports Ray: the rule above guards nothing"
 
 
 def test_tasks_log_to_mlflow_only_through_the_adapter():
