@@ -39,8 +39,8 @@ from instructrec.serving.export import (
     export_onnx,
     length_buckets,
     make_session,
-    parity,
 )
+from instructrec.serving.parity import parity
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,11 +19,12 @@ from instructrec.engine.distributed import SASRecJob, TrainJob, fit_on_ray
 from instructrec.evaluation.evaluate import HEADLINE, TorchScorer, evaluate
 from instructrec.io import atomic_path
 from instructrec.models.model import CHECKPOINT_FORMAT, InstructRecScorer
-from instructrec.models.sasrec import SASRec, SASRecScorer, baseline_config, baseline_settings, fit_sasrec
+from instructrec.models.sasrec import SASRec, SASRecScorer
 from instructrec.online.feedback import examples_from_config, read_store
+from instructrec.training.baseline import baseline_config, baseline_settings, fit_sasrec
+from instructrec.training.loop import FitResult
 from instructrec.training.prepare import Prepared
 from instructrec.training.train import (
-    FitResult,
     can_warm_start,
     feedback_settings,
     fit,
@@ -263,8 +264,9 @@ def train_baseline(cfg: Config, prepared: Prepared, snapshot_hash: str, run_id: 
             result.seconds,
         )
     EpochLogger(run_id, "sasrec", b.epochs).replay(history)  # the epochs not logged live (a reused checkpoint's)
-    if history:
-        best = max(history, key=lambda r: r["val_ndcg@10"])  # the first best: the epoch fit_sasrec kept
+    validated = [r for r in history if "val_ndcg@10" in r]
+    if validated:
+        best = max(validated, key=lambda r: r["val_ndcg@10"])  # the first best: the epoch fit_sasrec kept
         _log_best(run_id, "sasrec", history, best["val_ndcg@10"], best["epoch"])
     return Baseline(model, fp)
 

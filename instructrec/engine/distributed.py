@@ -20,9 +20,11 @@ from instructrec.config import Config, RuntimeConfig
 from instructrec.data.split import Catalogue
 from instructrec.engine.cluster import ray_cluster
 from instructrec.language.instructions import Examples
-from instructrec.models.sasrec import SASRec, SASRecFit, SASRecSettings, baseline_config, fit_sasrec
+from instructrec.models.sasrec import SASRec
 from instructrec.ranks import Ranks
-from instructrec.training.train import FitResult, FitSettings, OnEpoch, Validate, fit, new_scorer
+from instructrec.training.baseline import SASRecSettings, baseline_config, fit_sasrec
+from instructrec.training.loop import FitResult, OnEpoch
+from instructrec.training.train import FitSettings, Validate, fit, new_scorer
 
 WEIGHTS = "weights.pt"
 
@@ -101,7 +103,7 @@ class SASRecJob:
     def device(self) -> str:
         return self.settings.device
 
-    def run(self, ranks: Ranks) -> tuple[torch.nn.Module, SASRecFit]:
+    def run(self, ranks: Ranks) -> tuple[torch.nn.Module, FitResult]:
         torch.manual_seed(self.cfg.train.seed)
         model = SASRec(baseline_config(self.cfg, self.n_items))
         if self.init_state is not None:
@@ -126,7 +128,7 @@ def _rank_main(config: dict) -> None:
 
 def fit_on_ray(job: TrainJob | SASRecJob, workers: int, storage: Path, runtime: RuntimeConfig | None = None):
     """Train with `workers` DDP ranks; returns rank 0's final (best-validation) weights and its fit result
-    (FitResult, or SASRecFit for SASRec).
+    (a FitResult).
 
     storage: where Ray Train keeps the run and its checkpoint (shared storage on a multi-node cluster).
     """

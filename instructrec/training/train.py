@@ -1,32 +1,23 @@
-"""Training loops: BERT representation training and feedback fine-tuning.
+"""The scorer's training: BERT representation training and feedback fine-tuning.
 
-Both stages run the same loop (`fit`) on `Examples`; they differ in data,
-learning rate and the dislike term. A checkpoint is written atomically after
-every epoch; a restarted run with the same fingerprint resumes after the last
-finished epoch, and a finished run is reused as is.
-
-Where BERT stays frozen (CPU budget), each distinct instruction text is
-encoded once and cached; the fusion transformer, projections and item-id
-embeddings are trained on top. With `train_bert`, BERT is tuned end to end
-on the unique texts of each batch.
+Both stages run on `Examples` through the one loop (`training.loop`); they differ in data, learning rate and
+the dislike term. Where BERT stays frozen (CPU budget), each distinct instruction text is encoded once and
+cached; the fusion transformer, projections and item-id embeddings are trained on top. With `train_bert`,
+BERT is tuned end to end on the unique texts of each batch.
 """
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from instructrec.config import Config
 from instructrec.data.split import Catalogue
-from instructrec.io import atomic_path
 from instructrec.language.instructions import Examples
 from instructrec.models.backbone import load_backbone
 from instructrec.models.model import (
@@ -40,8 +31,7 @@ from instructrec.models.model import (
 )
 from instructrec.models.sasrec import SASRec
 from instructrec.ranks import Ranks
-
-CHECKPOINT = "last.pt"
+from instructrec.training.loop import CHECKPOINT, FitResult, LoopRequest, OnEpoch, Schedule, run
 
 
 def scorer_config(cfg: Config, n_items: int) -> ScorerConfig:
@@ -172,22 +162,14 @@ def feedback_settings(cfg: Config, online: bool = False) -> FitSettings:
     )
 
 
-@dataclass
-class FitResult:
-    history: list[dict] = field(default_factory=list)  # one row per epoch
-    best_epoch: int = -1
-    best_metric: float = float("-inf")
-    resumed_from: int | None = None  # last finished epoch found on disk
-    reused: bool = False  # the checkpoint was of a finished run: nothing was trained
-    examples_per_s: float = 0.0
-
-
 Validate = Callable[[InstructRecScorer], dict[str, float]]
-OnEpoch = Callable[[dict], None]
 
 
 class _TextInputs:
-    """Instruction text -> BERT vector: a frozen cache, or live BERT on the batch's unique texts."""
+    """Instruction text -> BERT vector: a frozen cache, or live BERT on the batch's unique texts.
+
+    `build` does the work (tokenising, or embedding every distinct text once), when the loop starts to train:
+    a reused finished run never pays for it."""
 
     def __init__(
         self,
@@ -199,18 +181,25 @@ class _TextInputs:
         cache: dict[str, torch.Tensor] | None = None,
     ):
         self.model, self.live = model, live
-        if live:
+        self._source = (tokenizer, texts, device, cache)
+        self.ids = self.mask = self.table = None
+
+    def build(self) -> None:
+        tokenizer, texts, device, cache = self._source
+        if self.live:
             enc = tokenizer(
-                texts, padding=True, truncation=True, max_length=model.config.max_text_tokens, return_tensors="pt"
+                texts, padding=True, truncation=True, max_length=self.model.config.max_text_tokens, return_tensors="pt"
             )
             self.ids, self.mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         else:
-            self.table = model.text_vectors(tokenizer, texts, cache)
+            self.table = self.model.text_vectors(tokenizer, texts, cache)
 
     def __call__(self, text_id: torch.Tensor) -> torch.Tensor:
         """[N] text ids (no -1) -> [N, text_dim]."""
         if not self.live:
+            assert self.table is not None, "build() first"
             return self.table[text_id]
+        assert self.ids is not None and self.mask is not None, "build() first"
         unique, inverse = torch.unique(text_id, return_inverse=True)
         mask = self.mask[unique]
         width = int(mask.sum(1).max())
@@ -281,12 +270,6 @@ class _StepLoss(torch.nn.Module):
         return loss, len(target)
 
 
-def _validated(validate: Validate, model: InstructRecScorer, ranks: Ranks) -> dict[str, float]:
-    """Rank 0 validates; every rank learns its NDCG@10, so all take the same early-stopping decisions."""
-    metrics = validate(model) if ranks.lead else {}
-    return {**metrics, "ndcg@10": ranks.from_lead(metrics.get("ndcg@10", 0.0))}
-
-
 def _optimizer(model: InstructRecScorer, s: FitSettings) -> torch.optim.Optimizer:
     model.bert.requires_grad_(s.train_bert)
     head = [p for n, p in model.named_parameters() if not n.startswith("bert.") and p.requires_grad]
@@ -294,11 +277,6 @@ def _optimizer(model: InstructRecScorer, s: FitSettings) -> torch.optim.Optimize
     if s.train_bert:
         groups.append({"params": list(model.bert.parameters()), "lr": s.bert_lr})
     return torch.optim.AdamW(groups, weight_decay=s.weight_decay)
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def fit(
@@ -314,7 +292,7 @@ def fit(
     text_cache: dict[str, torch.Tensor] | None = None,
     ranks: Ranks = Ranks(),
 ) -> FitResult:
-    """Train in place; leaves the model holding its best-validation weights.
+    """Train in place through the one loop; leaves the model holding its best-validation weights.
 
     text_cache: BERT vectors of texts already embedded (frozen BERT only; see InstructRecScorer.text_vectors).
     ranks: data-parallel training (instructrec.engine.distributed launches it): every rank runs this with the
@@ -326,32 +304,6 @@ def fit(
     device = torch.device(s.device)
     model.to(device)
     optim = _optimizer(model, s)
-    result = FitResult()
-    start_epoch, best_state = 0, None
-    ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
-    if ckpt and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            optim.load_state_dict(state["optim"])
-            best_state, start_epoch = state["best_state"], state["epoch"] + 1
-            result.history, result.best_epoch, result.best_metric = (
-                state["history"],
-                state["best_epoch"],
-                state["best_metric"],
-            )
-            result.resumed_from = state["epoch"]
-            if state.get("finished"):
-                start_epoch, result.reused = s.epochs, True
-                model.eval()
-    if best_state is None:
-        metrics = _validated(validate, model, ranks)
-        result.best_metric, best_state = metrics["ndcg@10"], copy.deepcopy(model.state_dict())
-        result.history.append({"epoch": -1, "loss": float("nan"), **{f"val_{k}": v for k, v in metrics.items()}})
-
-    if start_epoch >= s.epochs:  # a finished run with the same fingerprint: reuse it
-        model.load_state_dict(best_state)
-        return result
     texts = _TextInputs(model, tokenizer, examples.texts, s.train_bert, s.device, None if s.train_bert else text_cache)
     tensors = {
         name: torch.as_tensor(getattr(examples, name), device=device)
@@ -364,92 +316,35 @@ def fit(
         else None
     )
     low_precision = s.mixed_precision and bf16_capable(device)
-    step: torch.nn.Module = _StepLoss(model, texts, tensors, s, log_q, low_precision, ranks)
-    if ranks.world > 1:
-        step = torch.nn.parallel.DistributedDataParallel(
-            step, device_ids=[device.index] if device.type == "cuda" else None
-        )
     batch = s.batch_size * ranks.world
-    on_step = getattr(on_epoch, "step", None) if ranks.lead else None
-    seen = 0
-    started = time.perf_counter()
-    for epoch in range(start_epoch, s.epochs):
-        if epoch - result.best_epoch > s.patience and result.best_epoch >= 0:
-            break
-        model.train()
+
+    def batches(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """This rank's rows of each step, and the step's shared negatives, from the epoch's own generator."""
         gen = torch.Generator(device="cpu").manual_seed(s.seed * 1000 + epoch)
         order = torch.randperm(len(examples), generator=gen).to(device)
-        losses, t0, n_epoch = [], time.perf_counter(), 0
-        batches = [b for b in range(0, len(order), batch) if len(order) - b >= ranks.world]  # every rank gets rows
-        # disable=None: bars only on a terminal (a log file would get one line of carriage returns per stage)
-        for done, b in enumerate(
-            tqdm(
-                batches,
-                desc=f"{s.stage} epoch {epoch + 1}/{s.epochs}",
-                disable=None if progress and ranks.lead else True,
-                leave=False,
-                mininterval=2.0,
-            ),
-            1,
-        ):
-            rows = order[b : b + batch].tensor_split(ranks.world)[ranks.rank]
+        out = []
+        for b in range(0, len(order), batch):
+            if len(order) - b < ranks.world:  # every rank gets rows
+                continue
             negatives = (
                 None if s.full_softmax else torch.randint(1, n_items + 1, (s.negatives,), generator=gen).to(device)
             )
-            loss, n = step(rows, negatives)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            losses.append(ranks.mean(loss.item()))
-            n_epoch += n
-            if on_step is not None:
-                on_step(epoch, done, len(batches), losses[-1])
-        seen += n_epoch
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
-        result.history.append(row)
-        if (epoch + 1) % s.eval_every and epoch + 1 < s.epochs:
-            metrics = None
-        else:
-            metrics = _validated(validate, model, ranks)
-            row.update({f"val_{k}": v for k, v in metrics.items()})
-        if metrics is not None and (metrics["ndcg@10"] > result.best_metric or not s.select_best):
-            result.best_metric, result.best_epoch = metrics["ndcg@10"], epoch
-            best_state = copy.deepcopy(model.state_dict())
-        if ckpt and ranks.lead:  # before the callback: a failing logger never loses a finished epoch
-            _save_checkpoint(
-                ckpt,
-                {
-                    "fingerprint": fingerprint,
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optim": optim.state_dict(),
-                    "best_state": best_state,
-                    "best_epoch": result.best_epoch,
-                    "best_metric": result.best_metric,
-                    "history": result.history,
-                    "finished": False,
-                },
-            )
-        if on_epoch and ranks.lead:
-            on_epoch(row)
-    model.load_state_dict(best_state)
-    model.eval()
-    elapsed = time.perf_counter() - started
-    result.examples_per_s = seen / elapsed if seen else 0.0
-    if ckpt and ranks.lead:
-        _save_checkpoint(
-            ckpt,
-            {
-                "fingerprint": fingerprint,
-                "epoch": result.history[-1]["epoch"],
-                "model": model.state_dict(),
-                "optim": optim.state_dict(),
-                "best_state": best_state,
-                "best_epoch": result.best_epoch,
-                "best_metric": result.best_metric,
-                "history": result.history,
-                "finished": True,
-            },
+            out.append((order[b : b + batch].tensor_split(ranks.world)[ranks.rank], negatives))
+        return out
+
+    schedule = Schedule(s.stage, s.epochs, s.patience, s.eval_every, s.select_best, progress=progress)
+    return run(
+        LoopRequest(
+            model,
+            _StepLoss(model, texts, tensors, s, log_q, low_precision, ranks),
+            optim,
+            batches,
+            validate,
+            schedule,
+            ranks,
+            checkpoint_dir / CHECKPOINT if checkpoint_dir else None,
+            fingerprint,
+            on_epoch,
+            before_training=texts.build,
         )
-    return result
+    )

@@ -10,7 +10,8 @@ from prefect import flow
 
 from instructrec.config import RuntimeConfig
 from instructrec.evaluation.evaluate import PopularityScorer, TorchScorer, evaluate
-from instructrec.models.sasrec import SASRec, SASRecScorer, baseline_config
+from instructrec.models.sasrec import SASRec, SASRecScorer
+from instructrec.training.baseline import baseline_config
 from tasks.evaluation import CHALLENGER, POPULARITY, SASREC, evaluation_reports, item_space
 from tasks.runners import ray_task_runner
 from tasks.training import Trained

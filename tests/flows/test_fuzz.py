@@ -36,7 +36,8 @@ from instructrec.data.sources import fetch_raw, read_tables
 from instructrec.errors import DataValidationError
 from instructrec.evaluation.evaluate import HEADLINE, PopularityScorer, TorchScorer, evaluate
 from instructrec.evaluation.gate import arm_of, decide, floor_baseline
-from instructrec.models.sasrec import SASRec, SASRecScorer, baseline_config, baseline_settings, fit_sasrec
+from instructrec.models.sasrec import SASRec, SASRecScorer
+from instructrec.training.baseline import baseline_config, baseline_settings, fit_sasrec
 from instructrec.training.prepare import prepare
 from instructrec.training.train import fit, new_scorer, representation_settings
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from instructrec.engine.distributed import SASRecJob, TrainJob, fit_on_ray
-from instructrec.models.sasrec import SASRec, baseline_config, baseline_settings, fit_sasrec, training_windows
+from instructrec.models.sasrec import SASRec
+from instructrec.training.baseline import baseline_config, baseline_settings, fit_sasrec, training_windows
 from instructrec.training.train import fit, new_scorer, representation_settings
 
 pytestmark = pytest.mark.slow  # Ray Train starts a controller and a worker group per run (15-20 s here)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from instructrec.evaluation.evaluate import PopularityScorer, TorchScorer, evaluate
-from instructrec.models.sasrec import SASRec, SASRecConfig, SASRecScorer, SASRecSettings, fit_sasrec, training_windows
+from instructrec.models.sasrec import SASRec, SASRecConfig, SASRecScorer
+from instructrec.training.baseline import SASRecSettings, fit_sasrec, training_windows
 from instructrec.training.train import can_warm_start, new_scorer, warm_start
 
 

@@ -99,7 +99,7 @@ def _changed(value):
 
 
 def _settings_objects(cfg):
-    from instructrec.models.sasrec import baseline_config, baseline_settings
+    from instructrec.training.baseline import baseline_config, baseline_settings
     from instructrec.training.train import feedback_settings, representation_settings, scorer_config
 
     return (
