@@ -61,7 +61,6 @@ class ModelConfig(_Frozen):
     bert_dropout: float | None = None  # BERT's own dropout while it is tuned (None: the backbone's, 0.1)
     train_bert: bool = False  # fine-tune BERT itself (GPU); else BERT features are cached
     max_text_tokens: int = 64  # the instruction's words are cut to this many BERT tokens
-    cold_prior: bool = True  # a learned per-item bias that only requests without a history read (P0, P2)
 
 
 class TrainConfig(_Frozen):

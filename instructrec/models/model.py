@@ -37,8 +37,6 @@ class ScorerConfig:
     text_dropout: float = 0.0  # dropout on the BERT vector of the words: robustness to unseen wordings
     max_text_tokens: int = 64
     bert: dict = field(default_factory=dict)  # BertConfig.to_dict() of the backbone
-    # a per-item bias read only by requests without a history (P0, P2); False in scorers saved before it existed
-    cold_prior: bool = False
 
 
 class Block(nn.Module):
@@ -126,10 +124,6 @@ class InstructRecScorer(nn.Module):
             dim, config.max_history, config.n_layers, config.n_heads, config.dropout, config.attention_dropout
         )
         self.no_history = nn.Parameter(torch.zeros(dim))  # the history state of P0/P2 instructions
-        # What a request without a history falls back on where its words say little (a stated taste, a mood):
-        # the items' pull when nothing is known of the person. `item_bias` cannot hold it, because with a history
-        # the history tower carries popularity and the shared bias learns only what is left over.
-        self.cold_bias = nn.Parameter(torch.zeros(n)) if config.cold_prior else None
         self.fuse = nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.drop = nn.Dropout(config.dropout)
         self.text_drop = nn.Dropout(config.text_dropout)
@@ -148,20 +142,6 @@ class InstructRecScorer(nn.Module):
         """[n_items + 1, dim]; row 0 is padding."""
         return self.item_text_proj(self.item_text) + self.item_id.weight
 
-    def score_items(self, items: torch.Tensor) -> torch.Tensor:
-        """The item side of a score, [n_items + 1, dim (+1)]: with the cold prior, its bias is one more column,
-        which the flag that `query` appends (1: no history) switches on; one product scores both kinds of
-        request, in training, in evaluation and in the exported graph."""
-        if self.cold_bias is None:
-            return items
-        return torch.cat([items, self.cold_bias.to(items.dtype).unsqueeze(-1)], dim=-1)
-
-    def _flagged(self, query: torch.Tensor, cold: torch.Tensor) -> torch.Tensor:
-        """The query with the cold-prior switch appended (when the model has the prior)."""
-        if self.cold_bias is None:
-            return query
-        return torch.cat([query, cold.to(query.dtype).unsqueeze(-1)], dim=-1)
-
     def history_states(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B, T, dim]: slot t summarises history[:, :t + 1] (left-padded, most recent last)."""
         return self.encoder(items[history], history)
@@ -176,14 +156,14 @@ class InstructRecScorer(nn.Module):
         return state + words + self.drop(self.fuse(torch.cat([state, words], dim=-1)))
 
     def query(self, text_vec: torch.Tensor, history: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """One query per instruction from its words and history -> [B, dim] (+1: the cold-prior switch)."""
+        """One query per instruction from its words and history -> [B, dim]."""
         items = self.item_vectors() if items is None else items
         has_history = history[:, -1:] > 0
         if torch.jit.is_tracing() or bool(has_history.any()):  # P0/P2 batches skip the history encoder
             state = torch.where(has_history, self.history_states(history, items)[:, -1], self.no_history)
         else:
             state = self.no_history.expand(len(history), -1)
-        return self._flagged(self.fuse_query(state, text_vec), ~has_history[:, 0])
+        return self.fuse_query(state, text_vec)
 
     def window_queries(
         self,
@@ -200,12 +180,12 @@ class InstructRecScorer(nn.Module):
         no history.
         """
         has = (use_history & (seq > 0)).unsqueeze(-1)
-        return self._flagged(self.fuse_query(torch.where(has, states, self.no_history)[at], text_vec), ~has[at][:, 0])
+        return self.fuse_query(torch.where(has, states, self.no_history)[at], text_vec)
 
     def scores(self, query: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """[B, n_items]: every real item (padding column dropped)."""
         items = self.item_vectors() if items is None else items
-        return query @ self.score_items(items)[1:].T + self.item_bias[1:]
+        return query @ items[1:].T + self.item_bias[1:]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         items = self.item_vectors()
@@ -270,7 +250,7 @@ def item_tower(model: InstructRecScorer) -> np.ndarray:
 def extend_catalogue(model: InstructRecScorer, tokenizer: BertTokenizerFast, texts: list[str]) -> InstructRecScorer:
     """A copy that also scores len(texts) new items, without training: each new item's vector is its
     text's BERT features through the trained projection, with no id embedding (zero) and the median
-    item bias (and cold prior). Its indices follow the old ones (n_items + 1, ...)."""
+    item bias. Its indices follow the old ones (n_items + 1, ...)."""
     n, m = model.config.n_items, len(texts)
     config = ScorerConfig(**{**asdict(model.config), "n_items": n + m})
     grown = InstructRecScorer(config, bert=BertModel(model.bert.config, add_pooling_layer=False))
@@ -278,16 +258,14 @@ def extend_catalogue(model: InstructRecScorer, tokenizer: BertTokenizerFast, tex
     features = model.embed_texts(tokenizer, texts).to(state["item_text"])
     state["item_text"] = torch.cat([state["item_text"], features])
     state["item_id.weight"] = torch.cat([state["item_id.weight"], state["item_id.weight"].new_zeros(m, config.dim)])
-    for name in ("item_bias", "cold_bias"):
-        if name in state:
-            bias = state[name]
-            state[name] = torch.cat([bias, bias[1:].median().expand(m)])
+    bias = state["item_bias"]
+    state["item_bias"] = torch.cat([bias, bias[1:].median().expand(m)])
     grown.load_state_dict(state)
     return grown.to(model.item_text.device).eval()
 
 
 # bump when parameter names or shapes change: checkpoints of another format are never resumed or reused
-CHECKPOINT_FORMAT = 4
+CHECKPOINT_FORMAT = 3
 WEIGHTS, CONFIG, ITEMS, TOKENIZER = "weights.safetensors", "config.json", "item_ids.json", "tokenizer"
 
 
@@ -412,7 +390,7 @@ def full_softmax_loss(
     total: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the whole catalogue: exact, and cheap while the catalogue has thousands of items."""
-    logp = catalogue_log_prob(query, model.score_items(items)[1:], target - 1, model.item_bias[1:], low_precision)
+    logp = catalogue_log_prob(query, items[1:], target - 1, model.item_bias[1:], low_precision)
     return _like_dislike(logp, label, weight, dislike_weight, total)
 
 
@@ -438,7 +416,7 @@ def sampled_softmax_loss(
     negatives, drawn by popularity, from erasing the popularity prior.
     """
     cand = torch.cat([target, negatives])
-    logits = query @ model.score_items(items)[cand].T + model.item_bias[cand]
+    logits = query @ items[cand].T + model.item_bias[cand]
     if log_q is not None:
         logits = logits - log_q[cand]
     rows = torch.arange(len(target), device=target.device)

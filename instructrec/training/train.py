@@ -47,7 +47,6 @@ def scorer_config(cfg: Config, n_items: int) -> ScorerConfig:
         attention_dropout=m.attention_dropout,
         text_dropout=m.text_dropout,
         max_text_tokens=m.max_text_tokens,
-        cold_prior=m.cold_prior,
     )
 
 

@@ -1,11 +1,8 @@
 """The scorer's contract (save/load, ONNX parity) and behaviour after training."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from instructrec.evaluation.evaluate import PopularityScorer, TorchScorer, evaluate
 from instructrec.models.model import load_scorer, save_scorer
@@ -92,44 +89,6 @@ def test_save_load_round_trip_gives_identical_scores(trained, prepared, tmp_path
     a = TorchScorer("a", model, tok, ids, ids).score(case.texts[:8], case.history[:8])
     b = TorchScorer("b", loaded, tok2, ids, ids).score(case.texts[:8], case.history[:8])
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
-
-
-def test_the_cold_prior_moves_only_requests_without_a_history(trained, prepared):
-    """A request with no history reads the cold prior; one with a history never does, whatever its words."""
-    model, tok, _ = trained
-    assert model.cold_bias is not None
-    ids = prepared.catalogue.item_ids
-    hist = np.zeros((2, model.config.max_history), dtype=np.int64)
-    hist[0, -3:] = [1, 2, 3]
-    texts = ["I want something funny.", "I want something funny."]
-    before = TorchScorer("a", model, tok, ids, ids).score(texts, hist)
-    with torch.no_grad():
-        model.cold_bias[5] += 3.0
-    try:
-        after = TorchScorer("b", model, tok, ids, ids).score(texts, hist)
-    finally:
-        with torch.no_grad():
-            model.cold_bias[5] -= 3.0
-    np.testing.assert_allclose(after[0], before[0], rtol=0, atol=1e-6)
-    moved = after[1] - before[1]
-    assert moved[4] == pytest.approx(3.0, abs=1e-5)
-    np.testing.assert_allclose(np.delete(moved, 4), 0.0, atol=1e-6)
-
-
-def test_a_scorer_saved_before_the_cold_prior_still_loads(trained, prepared, tmp_path):
-    model, tok, _ = trained
-    path = save_scorer(model, tok, prepared.catalogue.item_ids, tmp_path / "old")
-    config = json.loads((path / "config.json").read_text())
-    del config["cold_prior"]
-    (path / "config.json").write_text(json.dumps(config))
-    weights = load_file(str(path / "weights.safetensors"))
-    del weights["cold_bias"]
-    save_file(weights, str(path / "weights.safetensors"))
-    loaded, _, ids = load_scorer(path)
-    assert loaded.cold_bias is None
-    case = prepared.test_cases["P1/I2"]
-    scores = TorchScorer("old", loaded, tok, ids, ids).score(case.texts[:4], case.history[:4])
-    assert scores.shape == (4, len(ids)) and np.isfinite(scores).all()
 
 
 def test_onnx_export_matches_pytorch(trained, prepared, tmp_path):
