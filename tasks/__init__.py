@@ -1,8 +1,4 @@
-"""Prefect tasks: each wraps library calls with logging to MLflow.
+"""Prefect tasks: each wraps library calls with logging to MLflow (through adapters/).
 
-Tasks draw figures in worker processes without a display, so matplotlib's backend is chosen here, once,
-before any task module imports pyplot."""
-
-import matplotlib
-
-matplotlib.use("Agg")
+Figures come from the library as `matplotlib.figure.Figure` objects: no task imports pyplot, so no
+display backend needs choosing in a worker process."""

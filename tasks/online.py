@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import matplotlib.pyplot as plt
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -115,9 +114,7 @@ def _log_look(run_id: str, exp: Experiment, decision: Decision, arms: dict[str, 
     tracking.log_json(run_id, exp.to_dict(), "gate/online_experiment.json")
     tracking.log_text(run_id, looks_table(exp), "gate/online_looks.md")
     if any(not math.isnan(lk.upper) for lk in exp.looks):
-        fig = looks_figure(exp)
-        tracking.log_figure(run_id, fig, "gate/online_looks.png")
-        plt.close(fig)
+        tracking.log_figure(run_id, looks_figure(exp), "gate/online_looks.png")
 
 
 def _arm_numbers(users: ArmUsers) -> dict[str, float]:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import onnx
 from prefect import get_run_logger, task
@@ -23,6 +22,7 @@ from instructrec.evaluation.gate import (
     paired_bootstrap,
     placement,
 )
+from instructrec.evaluation.reports import delta_histogram
 from instructrec.models.model import item_tower, save_scorer
 from instructrec.serving.optimize import FP32
 from instructrec.serving.recommend import write_bundle
@@ -52,15 +52,8 @@ def _plot_deltas(run_id: str, challenger: ArmEvaluation, champion: ArmEvaluation
     common, ia, ib = np.intersect1d(challenger.users, champion.users, return_indices=True)
     delta = challenger.values[ia] - champion.values[ib]
     mean, lo, hi = paired_bootstrap(delta, cfg.gate.n_bootstrap, cfg.gate.confidence, cfg.gate.seed)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(delta, bins=40, color="tab:gray")
-    ax.axvline(mean, color="tab:blue", label=f"mean {mean:+.4f}")
-    ax.axvspan(lo, hi, color="tab:blue", alpha=0.2, label=f"{cfg.gate.confidence:.0%} CI [{lo:+.4f}, {hi:+.4f}]")
-    ax.set(title="Per-user delta NDCG@10 (challenger - champion)", xlabel="delta", ylabel="users")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig = delta_histogram(delta, mean, lo, hi, cfg.gate.confidence)
     tracking.log_figure(run_id, fig, "gate/per_user_delta.png")
-    plt.close(fig)
 
 
 def _log_candidate(

@@ -7,7 +7,6 @@ import json
 import time
 from dataclasses import dataclass, replace
 
-import matplotlib.pyplot as plt
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -17,6 +16,7 @@ from instructrec.config import Config
 from instructrec.data import schema
 from instructrec.engine.distributed import SASRecJob, TrainJob, fit_on_ray
 from instructrec.evaluation.evaluate import HEADLINE, TorchScorer, evaluate
+from instructrec.evaluation.reports import training_curves
 from instructrec.io import atomic_path
 from instructrec.models.model import CHECKPOINT_FORMAT, InstructRecScorer
 from instructrec.models.sasrec import SASRec, SASRecScorer
@@ -162,41 +162,9 @@ def _log_curves(run_id: str, stage: str, history: list[dict], best_epoch: int) -
     """The stage's history as a table and a plot: loss and every validation NDCG@10 per epoch, the kept
     (best) epoch marked."""
     tracking.log_table(run_id, history, f"{stage}/history.json")
-    rows = [r for r in history if r["epoch"] >= 0]
-    validated = [r for r in history if "val_ndcg@10" in r]
-    if not rows or not validated:
-        return
-    best = epoch_step(best_epoch)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax1.plot([epoch_step(r["epoch"]) for r in rows], [r["loss"] for r in rows], marker="o")
-    ax1.set(title=f"{stage}: training loss", xlabel="epoch")
-    for key in (k for k in validated[-1] if k.startswith("val_") and k.endswith("ndcg@10")):
-        points = [r for r in validated if key in r]
-        ax2.plot(
-            [epoch_step(r["epoch"]) for r in points],
-            [r[key] for r in points],
-            marker="o",
-            label=key.removeprefix("val_"),
-        )
-    kept = next((r for r in validated if r["epoch"] == best_epoch), None)
-    for ax in (ax1, ax2):
-        ax.axvline(best, color="tab:red", linestyle="--", linewidth=1)
-        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs
-    if kept is not None:
-        ax2.plot(
-            [best],
-            [kept["val_ndcg@10"]],
-            marker="*",
-            markersize=14,
-            color="tab:red",
-            linestyle="none",
-            label=f"kept: epoch {best}, {kept['val_ndcg@10']:.4f}",
-        )
-    ax2.set(title=f"{stage}: validation NDCG@10", xlabel="epoch (0: before training)")
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    tracking.log_figure(run_id, fig, f"{stage}/curves.png")
-    plt.close(fig)
+    fig = training_curves(stage, history, best_epoch)
+    if fig is not None:
+        tracking.log_figure(run_id, fig, f"{stage}/curves.png")
 
 
 def _log_best(run_id: str, stage: str, history: list[dict], best_metric: float, best_epoch: int, **extra: float):

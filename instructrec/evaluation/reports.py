@@ -137,3 +137,46 @@ def diversity_tradeoff_figure(curve: list[dict[str, float]], case_type: str) -> 
     )
     fig.tight_layout()
     return fig
+
+
+def training_curves(stage: str, history: list[dict], best_epoch: int) -> Figure | None:
+    """Loss and every validation NDCG@10 per epoch, the kept (best) epoch marked; None without a trained and a
+    validated epoch. The x axis counts epochs from 1 (0: the weights before training, history row -1)."""
+    rows = [r for r in history if r["epoch"] >= 0]
+    validated = [r for r in history if "val_ndcg@10" in r]
+    if not rows or not validated:
+        return None
+    best = best_epoch + 1
+    fig = Figure(figsize=(10, 3.5))
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot([r["epoch"] + 1 for r in rows], [r["loss"] for r in rows], marker="o")
+    ax1.set(title=f"{stage}: training loss", xlabel="epoch")
+    for key in (k for k in validated[-1] if k.startswith("val_") and k.endswith("ndcg@10")):
+        points = [r for r in validated if key in r]
+        ax2.plot([r["epoch"] + 1 for r in points], [r[key] for r in points], marker="o", label=key.removeprefix("val_"))
+    kept = next((r for r in validated if r["epoch"] == best_epoch), None)
+    for ax in (ax1, ax2):
+        ax.axvline(best, color="tab:red", linestyle="--", linewidth=1)
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs
+    if kept is not None:
+        label = f"kept: epoch {best}, {kept['val_ndcg@10']:.4f}"
+        ax2.plot(
+            [best], [kept["val_ndcg@10"]], marker="*", markersize=14, color="tab:red", linestyle="none", label=label
+        )
+    ax2.set(title=f"{stage}: validation NDCG@10", xlabel="epoch (0: before training)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def delta_histogram(delta: np.ndarray, mean: float, low: float, high: float, confidence: float) -> Figure:
+    """The gate's per-user NDCG@10 deltas (challenger - champion) with their mean and its confidence interval."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    ax.hist(delta, bins=40, color="tab:gray")
+    ax.axvline(mean, color="tab:blue", label=f"mean {mean:+.4f}")
+    ax.axvspan(low, high, color="tab:blue", alpha=0.2, label=f"{confidence:.0%} CI [{low:+.4f}, {high:+.4f}]")
+    ax.set(title="Per-user delta NDCG@10 (challenger - champion)", xlabel="delta", ylabel="users")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -29,7 +29,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy.special import ndtri
@@ -39,6 +39,9 @@ from instructrec.evaluation.gate import Check, Decision
 from instructrec.io import write_json
 from instructrec.online.abtest import ArmUsers, Effect, ratio, srm_p_value
 from instructrec.online.sequential import Boundaries, fixed_sample_z, inflation
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Verdict = Literal["continue", "promote", "reject"]
 MIN_RATE_MARGIN = 0.001  # a relative margin on a rate near zero is no margin: at least 0.1 point
@@ -575,13 +578,14 @@ def looks_table(exp: Experiment) -> str:
     return "\n".join(rows)
 
 
-def looks_figure(exp: Experiment):
+def looks_figure(exp: Experiment) -> Figure:
     """The z statistic at each look against its efficacy and harm/futility boundaries, by information fraction."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # only where a figure is drawn: deciding needs no matplotlib
 
     looks = [lk for lk in exp.looks if not math.isnan(lk.upper)]
     t = [lk.fraction for lk in looks]
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.subplots()
     ax.plot(t, [min(lk.upper, 8.0) for lk in looks], "-", color="tab:green", label="efficacy boundary (promote)")
     ax.plot(t, [max(lk.lower, -8.0) for lk in looks], "-", color="tab:red", label="harm/futility boundary (stop)")
     ax.plot(t, [lk.z for lk in looks], "o-", color="black", ms=4, label="z (like rate, users as unit)")

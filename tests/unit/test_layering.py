@@ -161,3 +161,15 @@ def test_tasks_log_to_mlflow_only_through_the_adapter():
         if m.split(".")[0] == "mlflow"
     )
     assert not wrong, "\n".join(wrong)
+
+
+def test_no_task_draws_with_pyplot():
+    """Figures are library code returning `Figure` objects; a task that drew with pyplot would hold global state."""
+    wrong = sorted(
+        f"{path.relative_to(ROOT)} imports {m}"
+        for pkg in ("tasks", "flows", "instructrec")
+        for path in (ROOT / pkg).rglob("*.py")
+        for m in _imports(path)
+        if m.startswith("matplotlib.pyplot")
+    )
+    assert not wrong, "\n".join(wrong)

@@ -10,11 +10,13 @@ import pytest
 from instructrec.evaluation.evaluate import EvalReport
 from instructrec.evaluation.reports import (
     TABLE_COLUMNS,
+    delta_histogram,
     markdown_table,
     metrics_by_model,
     ndcg_by_type_and_slice,
     report_rows,
     slice_rows,
+    training_curves,
 )
 
 TYPES = ("P1/I0", "P0/I1", "P1/I0/held-out")
@@ -61,3 +63,29 @@ def test_the_figures_draw_one_bar_per_model_and_value_and_render():
     png = io.BytesIO()
     overall.savefig(png, format="png")
     assert png.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_curves_mark_the_kept_epoch_and_need_a_validated_epoch():
+    history = [
+        {"epoch": -1, "loss": float("nan"), "val_ndcg@10": 0.10},
+        {"epoch": 0, "loss": 2.0, "val_ndcg@10": 0.20},
+        {"epoch": 1, "loss": 1.5},  # not validated
+        {"epoch": 2, "loss": 1.2, "val_ndcg@10": 0.18},
+    ]
+    fig = training_curves("sasrec", history, best_epoch=0)
+    assert fig is not None
+    loss, ndcg = fig.axes
+    assert list(loss.lines[0].get_xdata()) == [1, 2, 3]  # trained epochs, counted from 1
+    assert list(ndcg.lines[0].get_xdata()) == [0, 1, 3]  # validated rows, 0: before training
+    star = ndcg.lines[-1]
+    assert list(star.get_xdata()) == [1] and list(star.get_ydata()) == [0.20] and "epoch 1" in star.get_label()
+    assert training_curves("sasrec", history[:1], best_epoch=-1) is None  # nothing trained
+    assert training_curves("sasrec", [{"epoch": 0, "loss": 1.0}], best_epoch=-1) is None  # nothing validated
+
+
+def test_the_delta_histogram_counts_every_user_and_shows_the_interval():
+    delta = np.array([-0.1, 0.0, 0.0, 0.05, 0.2])
+    fig = delta_histogram(delta, 0.03, -0.02, 0.08, 0.95)
+    (ax,) = fig.axes
+    assert sum(p.get_height() for p in ax.patches[:40]) == len(delta)
+    assert "95% CI [-0.0200, +0.0800]" in [t.get_text() for t in ax.get_legend().get_texts()][1]
