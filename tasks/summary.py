@@ -9,6 +9,7 @@ from instructrec.config import Config
 from instructrec.data.snapshot import Snapshot
 from instructrec.evaluation.reports import LIST_COLUMNS
 from instructrec.evaluation.request_eval import markdown_table
+from model_registry import registry
 from tasks.evaluation import Evaluations, Exported
 from tasks.promotion import GateResult
 
@@ -57,7 +58,7 @@ class PipelineSummary:
         if self.requests:
             lines += ["", f"Requests as people write them ({self.requests['users']} test users; docs/requests.md):"]
             lines += ["  " + row for row in markdown_table(self.requests).splitlines()]
-        lines += ["", f"Gate: {self.outcome.upper()} -> instructrec-scorer v{self.version}"]
+        lines += ["", f"Gate: {self.outcome.upper()} -> {registry.MODEL_NAME} v{self.version}"]
         lines += [f"  - {r}" for r in self.reasons]
         lines += [
             f"Aliases: {self.aliases}",
