@@ -110,7 +110,9 @@ def test_two_runs_at_once_on_a_loaded_machine_both_start_and_leave_one_champion(
 
 
 def test_kill_9_resumes_marks_the_killed_run_failed_and_leaves_no_server(home):
-    long = ["--set", "train.epochs=150", "--set", "train.patience=150", "--set", "train.seed=3"]
+    # long enough that the kill (2 s after the first epoch's checkpoint) lands inside the run: 40 tiny epochs and
+    # the stages after them take well over 10 s on any machine (was 150 epochs: 30 s more for the resumed run)
+    long = ["--set", "train.epochs=40", "--set", "train.patience=40", "--set", "train.seed=3"]
     before = set(home["home"].glob("checkpoints/*/last.pt"))
     victim = _pipeline(home["home"], home["data"], home["logs"] / "killed.log", *long)
     _wait_for(lambda: set(home["home"].glob("checkpoints/*/last.pt")) - before, 600, "the first epoch checkpoint")
