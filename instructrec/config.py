@@ -75,7 +75,7 @@ class TrainConfig(_Frozen):
     history_loss_weight: float = 1.0  # auxiliary SASRec-style next-item loss on the bare history states
     init_from_baseline: bool = True  # start the history tower from the run's SASRec where shapes fit (train.warm_start)
     sampled_negatives: int = 512  # uniform negatives shared by the batch, besides in-batch ones
-    patience: int = 6  # epochs without validation gain before stopping
+    patience: int = 6  # stop once this many epochs have passed since the best validated one
     eval_every: int = 1  # validate after every n-th epoch (validation is a large share of an epoch on big data)
     mixed_precision: bool = True  # bf16 products where the hardware has bf16 units (AVX512-BF16/AMX CPUs, GPUs)
     device: str = "cpu"  # torch device of training and evaluation ("cpu", "cuda", "cuda:1")
@@ -94,7 +94,7 @@ class BaselineConfig(_Frozen):
     epochs: int = 200  # at most; early stopping usually ends training sooner
     batch_size: int = 128  # history windows per step
     lr: float = 1e-3  # Adam learning rate
-    patience: int = 10  # epochs without validation gain
+    patience: int = 10  # stop once this many epochs have passed since the best validated one
     eval_every: int = 5  # validate after every n-th epoch
 
 

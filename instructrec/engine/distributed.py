@@ -95,7 +95,7 @@ class SASRecJob:
     settings: SASRecSettings
     validate: Callable[[SASRec], float] = _no_sasrec_validation
     init_state: dict[str, torch.Tensor] | None = None
-    on_epoch: OnEpoch | None = None  # rank 0 calls it after each validated epoch (picklable, as TrainJob's)
+    on_epoch: OnEpoch | None = None  # rank 0 calls it after every epoch (picklable, as TrainJob's)
 
     name = "sasrec"
 

@@ -34,7 +34,7 @@ class SASRecSettings:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
-    patience: int = 10  # epochs without validation gain
+    patience: int = 10  # stop once this many epochs have passed since the best validated one
     eval_every: int = 5
     seed: int = 7
     device: str = "cpu"

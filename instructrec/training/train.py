@@ -242,7 +242,9 @@ class _StepLoss(torch.nn.Module):
         self.low_precision, self.ranks = low_precision, ranks
 
     def forward(self, rows: torch.Tensor, negatives: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        """negatives: the step's shared sampled negatives, drawn on the CPU (an epoch's stay there until used)."""
         model, tensors, s = self.model, self.tensors, self.s
+        negatives = None if negatives is None else negatives.to(rows.device)
         seq, weight = tensors["seq"][rows], tensors["weight"][rows]
         at = weight > 0
         target, label, weight = seq[:, 1:][at], tensors["label"][rows][at], weight[at]
@@ -318,16 +320,15 @@ def fit(
     batch = s.batch_size * ranks.world
 
     def batches(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """This rank's rows of each step, and the step's shared negatives, from the epoch's own generator."""
+        """This rank's rows of each step, and the step's shared negatives (kept on the CPU until their step), from
+        the epoch's own generator."""
         gen = torch.Generator(device="cpu").manual_seed(s.seed * 1000 + epoch)
         order = torch.randperm(len(examples), generator=gen).to(device)
         out = []
         for b in range(0, len(order), batch):
             if len(order) - b < ranks.world:  # every rank gets rows
                 continue
-            negatives = (
-                None if s.full_softmax else torch.randint(1, n_items + 1, (s.negatives,), generator=gen).to(device)
-            )
+            negatives = None if s.full_softmax else torch.randint(1, n_items + 1, (s.negatives,), generator=gen)
             out.append((order[b : b + batch].tensor_split(ranks.world)[ranks.rank], negatives))
         return out
 
