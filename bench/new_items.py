@@ -36,7 +36,7 @@ from instructrec.data.sources import fetch_raw, read_tables
 from instructrec.evaluation.evaluate import EvalCase, PopularityScorer, TorchScorer, evaluate
 from instructrec.models.model import extend_catalogue
 from instructrec.training.prepare import prepare
-from instructrec.training.train import fit, new_scorer, representation_settings
+from instructrec.training.train import FitRun, fit, new_scorer, representation_settings
 from ops.cli import parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def main() -> int:
     settings = replace(representation_settings(cfg), stage="new-items")
     from tasks.training import validator  # the pipeline's validation (a task-layer helper, no Prefect run needed)
 
-    result = fit(model, tok, seen.examples, settings, validator(seen, tok, cfg, None), progress=False)
+    result = fit(model, tok, seen.examples, settings, validator(seen, tok, cfg, None), FitRun(progress=False))
     trained_s = time.perf_counter() - t0
     new_ids = [i for i in full.catalogue.item_ids if i in held]
     texts = [full.catalogue.texts[full.catalogue.index[i] - 1] for i in new_ids]

@@ -52,7 +52,7 @@ from instructrec.evaluation.evaluate import TorchScorer, evaluate  # noqa: E402
 from instructrec.serving.export import export_onnx  # noqa: E402
 from instructrec.serving.recommend import user_histories, write_bundle  # noqa: E402
 from instructrec.training.prepare import prepare  # noqa: E402
-from instructrec.training.train import fit, new_scorer, representation_settings  # noqa: E402
+from instructrec.training.train import FitRun, fit, new_scorer, representation_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {1: (943, 1_682), 10: (6_040, 3_706), 100: (69_878, 10_681)}  # ML-100k, ML-1M, ML-10M users, items
@@ -131,7 +131,7 @@ def run_scale(scale: int, work: Path, steps: int) -> dict:
         settings = replace(representation_settings(cfg), epochs=1, patience=1, select_best=False)
         n = min(len(prepared.examples), steps * settings.batch_size)
         rows = np.random.default_rng(0).choice(len(prepared.examples), size=n, replace=False)
-        fit(model, tok, prepared.examples.subset(rows), settings, lambda m: {"ndcg@10": 0.0}, progress=False)
+        fit(model, tok, prepared.examples.subset(rows), settings, lambda m: {"ndcg@10": 0.0}, FitRun(progress=False))
         return model, tok
 
     stage("train", train)

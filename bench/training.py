@@ -28,7 +28,7 @@ from instructrec.data.snapshot import snapshot_raw
 from instructrec.data.sources import fetch_raw, read_tables
 from instructrec.models.model import bf16_capable, catalogue_log_prob
 from instructrec.training.prepare import prepare
-from instructrec.training.train import fit, new_scorer, representation_settings
+from instructrec.training.train import FitRun, fit, new_scorer, representation_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def measure(profile: str, steps: int, home: Path) -> dict:
         prepared.examples.subset(rows),
         representation_settings(cfg),
         validate=lambda m: {"ndcg@10": 0.0},
-        progress=False,
+        run=FitRun(progress=False),
     )
     return {
         "profile": profile,

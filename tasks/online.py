@@ -25,7 +25,16 @@ from model_registry import registry
 from model_registry.serving import load_version
 from tasks import experiments
 from tasks.promotion import promote
-from tasks.training import EpochLogger, Trained, _summarise, fingerprint, newest_event, text_cache, validator
+from tasks.training import (
+    EpochLogger,
+    Trained,
+    _summarise,
+    fingerprint,
+    fit_run,
+    newest_event,
+    text_cache,
+    validator,
+)
 
 ONLINE_STAGE = "online_feedback"
 
@@ -165,18 +174,8 @@ def finetune_from_champion(
     settings = feedback_settings(cfg, online=True)
     epochs = EpochLogger(run_id, ONLINE_STAGE, settings.epochs)
     cache = text_cache(cfg)
-    result = fit(
-        model,
-        tokenizer,
-        examples,
-        settings,
-        validator(prepared, tokenizer, cfg, cache),
-        cfg.paths.checkpoints / fp,
-        fp,
-        epochs,
-        cfg.progress,
-        cache,
-    )
+    validate = validator(prepared, tokenizer, cfg, cache)
+    result = fit(model, tokenizer, examples, settings, validate, fit_run(cfg, fp, epochs, cache))
     logger.info(
         "tuned v%s on %d new events (%s): validation NDCG@10 %.4f -> %.4f",
         champion.version,

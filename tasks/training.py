@@ -25,6 +25,7 @@ from instructrec.training.baseline import baseline_config, baseline_settings, fi
 from instructrec.training.loop import FitResult
 from instructrec.training.prepare import Prepared
 from instructrec.training.train import (
+    FitRun,
     can_warm_start,
     feedback_settings,
     fit,
@@ -53,6 +54,11 @@ class Baseline:
 
 def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fit_run(cfg: Config, fp: str, epochs: EpochLogger, cache: dict | None) -> FitRun:
+    """How a task's fit runs: checkpoints under the run's fingerprint, epochs logged live, the shared text cache."""
+    return FitRun(cfg.paths.checkpoints / fp, fp, epochs, cfg.progress, cache)
 
 
 def text_cache(cfg: Config) -> dict | None:
@@ -290,18 +296,7 @@ def train_representation(
         )
         result = train_on_ray(cfg, model, job, fp)
     else:
-        result = fit(
-            model,
-            tokenizer,
-            prepared.examples,
-            settings,
-            validate,
-            cfg.paths.checkpoints / fp,
-            fp,
-            epochs,
-            cfg.progress,
-            cache,
-        )
+        result = fit(model, tokenizer, prepared.examples, settings, validate, fit_run(cfg, fp, epochs, cache))
     if result.reused:
         logger.info("reused the finished training of checkpoint %s (same data and config): nothing to train", fp)
     elif result.resumed_from is not None:
@@ -339,18 +334,8 @@ def finetune_on_feedback(cfg: Config, prepared: Prepared, base: Trained, run_id:
     fp = fingerprint("feedback", base.fingerprint, cfg.feedback, sorted(store[schema.EVENT_ID].to_list()))
     epochs = EpochLogger(run_id, "feedback", settings.epochs)
     cache = base.text_cache  # None already when BERT is tuned (text_cache)
-    result = fit(
-        base.model,
-        base.tokenizer,
-        examples,
-        settings,
-        validator(prepared, base.tokenizer, cfg, cache),
-        cfg.paths.checkpoints / fp,
-        fp,
-        epochs,
-        cfg.progress,
-        cache,
-    )
+    validate = validator(prepared, base.tokenizer, cfg, cache)
+    result = fit(base.model, base.tokenizer, examples, settings, validate, fit_run(cfg, fp, epochs, cache))
     before = result.history[0]["val_ndcg@10"]  # also the feedback/val_ndcg@10 curve's step 0
     tracking.log_json(  # the examples it tuned on (were feedback/<count> metrics)
         run_id,

@@ -24,7 +24,7 @@ from instructrec.models.sasrec import SASRec
 from instructrec.ranks import Ranks
 from instructrec.training.baseline import SASRecSettings, baseline_config, fit_sasrec
 from instructrec.training.loop import FitResult, OnEpoch
-from instructrec.training.train import FitSettings, Validate, fit, new_scorer
+from instructrec.training.train import FitRun, FitSettings, Validate, fit, new_scorer
 
 WEIGHTS = "weights.pt"
 
@@ -65,19 +65,8 @@ class TrainJob:
         model, tokenizer = new_scorer(self.cfg, self.catalogue)
         if self.init_state is not None:
             model.load_state_dict(self.init_state)
-        result = fit(
-            model,
-            tokenizer,
-            self.examples,
-            self.settings,
-            self.validate,
-            self.checkpoint_dir,
-            self.fingerprint,
-            self.on_epoch,
-            progress=False,
-            text_cache=self.text_cache,
-            ranks=ranks,
-        )
+        run = FitRun(self.checkpoint_dir, self.fingerprint, self.on_epoch, False, self.text_cache, ranks)
+        result = fit(model, tokenizer, self.examples, self.settings, self.validate, run)
         return model, result
 
 

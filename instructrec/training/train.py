@@ -9,7 +9,7 @@ BERT is tuned end to end on the unique texts of each batch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -31,7 +31,8 @@ from instructrec.models.model import (
 )
 from instructrec.models.sasrec import SASRec
 from instructrec.ranks import Ranks
-from instructrec.training.loop import CHECKPOINT, FitResult, LoopRequest, OnEpoch, Schedule, run
+from instructrec.training import loop
+from instructrec.training.loop import CHECKPOINT, FitResult, LoopRequest, OnEpoch, Schedule
 
 
 def scorer_config(cfg: Config, n_items: int) -> ScorerConfig:
@@ -280,28 +281,38 @@ def _optimizer(model: InstructRecScorer, s: FitSettings) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, weight_decay=s.weight_decay)
 
 
+@dataclass(frozen=True)
+class FitRun:
+    """Where and how one fit runs, beside what it trains (model, examples, settings, validation).
+
+    checkpoint_dir and fingerprint: per-epoch checkpoints, resumed or reused only under the same fingerprint.
+    on_epoch: called with each epoch's row; where it also has `step(epoch, done, total, loss)`, that is called
+    after every step (rank 0): a log can show progress inside a long epoch.
+    text_cache: BERT vectors of texts already embedded (frozen BERT only; see InstructRecScorer.text_vectors).
+    ranks: data-parallel training (instructrec.engine.distributed launches it): every rank runs the fit with the
+    same examples and settings; each takes its part of each step's batch of `s.batch_size` x world windows
+    from one shared permutation; only rank 0 validates, writes checkpoints and calls `on_epoch`.
+    """
+
+    checkpoint_dir: Path | None = None
+    fingerprint: str = ""
+    on_epoch: OnEpoch | None = None
+    progress: bool = True  # a progress bar on a terminal (never in a log file)
+    text_cache: dict[str, torch.Tensor] | None = None
+    ranks: Ranks = field(default_factory=Ranks)
+
+
 def fit(
     model: InstructRecScorer,
     tokenizer,
     examples: Examples,
     s: FitSettings,
     validate: Validate,
-    checkpoint_dir: Path | None = None,
-    fingerprint: str = "",
-    on_epoch: OnEpoch | None = None,
-    progress: bool = True,
-    text_cache: dict[str, torch.Tensor] | None = None,
-    ranks: Ranks = Ranks(),
+    run: FitRun | None = None,
 ) -> FitResult:
-    """Train in place through the one loop; leaves the model holding its best-validation weights.
-
-    text_cache: BERT vectors of texts already embedded (frozen BERT only; see InstructRecScorer.text_vectors).
-    ranks: data-parallel training (instructrec.engine.distributed launches it): every rank runs this with the
-    same examples and settings; each takes its part of each step's batch of `s.batch_size` x world windows
-    from one shared permutation; only rank 0 validates, writes checkpoints and calls `on_epoch`.
-    on_epoch: called with each epoch's row; where it also has `step(epoch, done, total, loss)`, that is called
-    after every step (rank 0): a log can show progress inside a long epoch.
-    """
+    """Train in place through the one loop; leaves the model holding its best-validation weights."""
+    r = run or FitRun()
+    ranks, text_cache = r.ranks, r.text_cache
     device = torch.device(s.device)
     model.to(device)
     optim = _optimizer(model, s)
@@ -332,8 +343,8 @@ def fit(
             out.append((order[b : b + batch].tensor_split(ranks.world)[ranks.rank], negatives))
         return out
 
-    schedule = Schedule(s.stage, s.epochs, s.patience, s.eval_every, s.select_best, progress=progress)
-    return run(
+    schedule = Schedule(s.stage, s.epochs, s.patience, s.eval_every, s.select_best, progress=r.progress)
+    return loop.run(
         LoopRequest(
             model,
             _StepLoss(model, texts, tensors, s, log_q, low_precision, ranks),
@@ -342,9 +353,9 @@ def fit(
             validate,
             schedule,
             ranks,
-            checkpoint_dir / CHECKPOINT if checkpoint_dir else None,
-            fingerprint,
-            on_epoch,
+            r.checkpoint_dir / CHECKPOINT if r.checkpoint_dir else None,
+            r.fingerprint,
+            r.on_epoch,
             before_training=texts.build,
         )
     )

@@ -39,7 +39,7 @@ from instructrec.evaluation.gate import arm_of, decide, floor_baseline
 from instructrec.models.sasrec import SASRec, SASRecScorer
 from instructrec.training.baseline import baseline_config, baseline_settings, fit_sasrec
 from instructrec.training.prepare import prepare
-from instructrec.training.train import fit, new_scorer, representation_settings
+from instructrec.training.train import FitRun, fit, new_scorer, representation_settings
 
 GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance")
 DRAW_SECONDS = 60  # a draw that has not ended by then is a hang (the tiny profile trains one in a few seconds)
@@ -147,7 +147,14 @@ def run_stages(dataset: Dataset, cfg, root: Path) -> str:
             "ndcg@10": evaluate(TorchScorer("v", m, tokenizer, ids, ids), headline, split).by_type[HEADLINE]["ndcg@10"]
         }
 
-    fit(model, tokenizer, prepared.examples, replace(representation_settings(cfg), epochs=1), validate, progress=False)
+    fit(
+        model,
+        tokenizer,
+        prepared.examples,
+        replace(representation_settings(cfg), epochs=1),
+        validate,
+        FitRun(progress=False),
+    )
 
     scorers = {
         "challenger": TorchScorer("challenger", model, tokenizer, ids, ids),

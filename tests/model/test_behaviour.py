@@ -15,7 +15,7 @@ import torch
 
 from instructrec.evaluation.evaluate import TorchScorer
 from instructrec.language.instructions import make_instruction, pad_histories, training_examples
-from instructrec.training.train import fit
+from instructrec.training.train import FitRun, fit
 from tests.conftest import GENRES
 from tests.model.conftest import build_model
 from tests.model.test_model import settings, validator
@@ -41,7 +41,7 @@ def scorer(tiny_cfg, prepared):
         examples,
         settings(epochs=40, patience=40, lr=5e-3, train_bert=False),
         validator(prepared, tok),
-        progress=False,
+        FitRun(progress=False),
     )
     ids = prepared.catalogue.item_ids
     return TorchScorer("m", model, tok, ids, ids)

@@ -11,7 +11,7 @@ import torch
 from instructrec.engine.distributed import SASRecJob, TrainJob, fit_on_ray
 from instructrec.models.sasrec import SASRec
 from instructrec.training.baseline import baseline_config, baseline_settings, fit_sasrec, training_windows
-from instructrec.training.train import fit, new_scorer, representation_settings
+from instructrec.training.train import FitRun, fit, new_scorer, representation_settings
 
 pytestmark = pytest.mark.slow  # Ray Train starts a controller and a worker group per run (15-20 s here)
 
@@ -48,7 +48,9 @@ def test_two_gloo_ranks_reproduce_one_process_on_the_doubled_batch(tiny_cfg, pre
 
     single, tok = new_scorer(cfg, prepared.catalogue)
     initial = {k: v.clone() for k, v in single.state_dict().items()}
-    alone = fit(single, tok, examples, replace(settings, batch_size=2 * PER_RANK), _no_validation, progress=False)
+    alone = fit(
+        single, tok, examples, replace(settings, batch_size=2 * PER_RANK), _no_validation, FitRun(progress=False)
+    )
     weights, ranked = fit_on_ray(
         TrainJob(cfg, prepared.catalogue, examples, replace(settings, batch_size=PER_RANK), _no_validation),
         workers=2,
@@ -128,7 +130,9 @@ def test_a_crashed_ddp_run_resumes_from_rank_0s_checkpoint_and_ends_where_one_pr
     examples = prepared.examples.subset(np.arange(2 * PER_RANK * 4))
     settings = replace(representation_settings(cfg), epochs=2, patience=2, select_best=False)
     single, tok = new_scorer(cfg, prepared.catalogue)
-    alone = fit(single, tok, examples, replace(settings, batch_size=2 * PER_RANK), _no_validation, progress=False)
+    alone = fit(
+        single, tok, examples, replace(settings, batch_size=2 * PER_RANK), _no_validation, FitRun(progress=False)
+    )
 
     log = tmp_path / "epochs.jsonl"
     job = TrainJob(

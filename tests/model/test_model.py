@@ -8,7 +8,7 @@ from instructrec.evaluation.evaluate import PopularityScorer, TorchScorer, evalu
 from instructrec.models.model import load_scorer, save_scorer
 from instructrec.serving.export import OnnxScorer, export_onnx, make_session
 from instructrec.serving.parity import parity
-from instructrec.training.train import FitSettings, fit
+from instructrec.training.train import FitRun, FitSettings, fit
 from tests.model.conftest import build_model
 
 
@@ -47,7 +47,7 @@ def validator(prepared, tok):
 def trained(tiny_cfg, prepared):
     torch.manual_seed(0)
     model, tok = build_model(tiny_cfg, prepared)
-    result = fit(model, tok, prepared.examples, settings(), validator(prepared, tok), progress=False)
+    result = fit(model, tok, prepared.examples, settings(), validator(prepared, tok), FitRun(progress=False))
     return model, tok, result
 
 
@@ -128,29 +128,48 @@ def test_interrupted_training_resumes_from_the_last_checkpoint(tiny_cfg, prepare
             prepared.examples,
             settings(epochs=4),
             validator(prepared, tok),
-            tmp_path,
-            "fp",
-            crash_after_second_epoch,
-            progress=False,
+            FitRun(tmp_path, "fp", crash_after_second_epoch, progress=False),
         )
     fresh, tok = build_model(tiny_cfg, prepared)
     result = fit(
-        fresh, tok, prepared.examples, settings(epochs=4), validator(prepared, tok), tmp_path, "fp", progress=False
+        fresh,
+        tok,
+        prepared.examples,
+        settings(epochs=4),
+        validator(prepared, tok),
+        FitRun(tmp_path, "fp", progress=False),
     )
     assert result.resumed_from == 1
     assert [r["epoch"] for r in result.history] == [-1, 0, 1, 2, 3]
     again = fit(
-        fresh, tok, prepared.examples, settings(epochs=4), validator(prepared, tok), tmp_path, "fp", progress=False
+        fresh,
+        tok,
+        prepared.examples,
+        settings(epochs=4),
+        validator(prepared, tok),
+        FitRun(tmp_path, "fp", progress=False),
     )
     assert again.reused and again.resumed_from == 3 and len(again.history) == 5  # finished: nothing retrained
 
 
 def test_checkpoint_of_other_data_or_config_is_not_resumed(tiny_cfg, prepared, tmp_path):
     model, tok = build_model(tiny_cfg, prepared)
-    fit(model, tok, prepared.examples, settings(epochs=1), validator(prepared, tok), tmp_path, "fp-a", progress=False)
+    fit(
+        model,
+        tok,
+        prepared.examples,
+        settings(epochs=1),
+        validator(prepared, tok),
+        FitRun(tmp_path, "fp-a", progress=False),
+    )
     other, tok = build_model(tiny_cfg, prepared)
     result = fit(
-        other, tok, prepared.examples, settings(epochs=1), validator(prepared, tok), tmp_path, "fp-b", progress=False
+        other,
+        tok,
+        prepared.examples,
+        settings(epochs=1),
+        validator(prepared, tok),
+        FitRun(tmp_path, "fp-b", progress=False),
     )
     assert result.resumed_from is None
 
@@ -202,5 +221,5 @@ def test_micro_batched_scoring_equals_one_padded_batch(trained, prepared, tmp_pa
 def test_progress_bars_stay_off_a_log_file(tiny_cfg, prepared, capfd):
     """Asked for bars (the cpu profile's default) with stderr not a terminal: no carriage-return lines."""
     model, tok = build_model(tiny_cfg, prepared)
-    fit(model, tok, prepared.examples, settings(epochs=1), validator(prepared, tok), progress=True)
+    fit(model, tok, prepared.examples, settings(epochs=1), validator(prepared, tok), FitRun(progress=True))
     assert "\r" not in capfd.readouterr().err
