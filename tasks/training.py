@@ -16,7 +16,7 @@ from instructrec.config import Config
 from instructrec.data import schema
 from instructrec.engine.distributed import SASRecJob, TrainJob, fit_on_ray
 from instructrec.evaluation.evaluate import HEADLINE, TorchScorer, evaluate
-from instructrec.evaluation.reports import training_curves
+from instructrec.evaluation.reports import epoch_step, training_curves
 from instructrec.io import atomic_path
 from instructrec.models.model import CHECKPOINT_FORMAT, InstructRecScorer
 from instructrec.models.sasrec import SASRec, SASRecScorer
@@ -86,11 +86,6 @@ def validator(prepared: Prepared, tokenizer, cfg: Config, cache: dict | None):
 # step the epoch number (0: the model before training, n: after epoch n). The per-type validation scores stay
 # in `<stage>/history.json` and `<stage>/curves.png`, not in metrics.
 CURVES = {"loss": "train_loss", "val_ndcg@10": "val_ndcg@10", "seconds": "epoch_seconds"}
-
-
-def epoch_step(epoch: int) -> int:
-    """The MLflow step of a history row's 0-based `epoch` (-1: before training)."""
-    return epoch + 1
 
 
 class EpochLogger:

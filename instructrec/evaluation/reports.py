@@ -139,6 +139,12 @@ def diversity_tradeoff_figure(curve: list[dict[str, float]], case_type: str) -> 
     return fig
 
 
+def epoch_step(epoch: int) -> int:
+    """Where a history row's 0-based `epoch` sits on every curve, plotted or logged: epochs count from 1, and 0 is
+    the weights before training (row -1)."""
+    return epoch + 1
+
+
 def training_curves(stage: str, history: list[dict], best_epoch: int) -> Figure | None:
     """Loss and every validation NDCG@10 per epoch, the kept (best) epoch marked; None without a trained and a
     validated epoch. The x axis counts epochs from 1 (0: the weights before training, history row -1)."""
@@ -146,14 +152,19 @@ def training_curves(stage: str, history: list[dict], best_epoch: int) -> Figure 
     validated = [r for r in history if "val_ndcg@10" in r]
     if not rows or not validated:
         return None
-    best = best_epoch + 1
+    best = epoch_step(best_epoch)
     fig = Figure(figsize=(10, 3.5))
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot([r["epoch"] + 1 for r in rows], [r["loss"] for r in rows], marker="o")
+    ax1.plot([epoch_step(r["epoch"]) for r in rows], [r["loss"] for r in rows], marker="o")
     ax1.set(title=f"{stage}: training loss", xlabel="epoch")
     for key in (k for k in validated[-1] if k.startswith("val_") and k.endswith("ndcg@10")):
         points = [r for r in validated if key in r]
-        ax2.plot([r["epoch"] + 1 for r in points], [r[key] for r in points], marker="o", label=key.removeprefix("val_"))
+        ax2.plot(
+            [epoch_step(r["epoch"]) for r in points],
+            [r[key] for r in points],
+            marker="o",
+            label=key.removeprefix("val_"),
+        )
     kept = next((r for r in validated if r["epoch"] == best_epoch), None)
     for ax in (ax1, ax2):
         ax.axvline(best, color="tab:red", linestyle="--", linewidth=1)

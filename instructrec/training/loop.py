@@ -61,7 +61,7 @@ class FitResult:
 @dataclass
 class LoopRequest:
     model: torch.nn.Module
-    step: torch.nn.Module  # forward(*batch) -> (loss, examples scored)
+    step: torch.nn.Module  # forward(*batch) -> (loss, examples scored: an int or a 0-d tensor)
     optimizer: torch.optim.Optimizer
     batches: Batches
     validate: Validate

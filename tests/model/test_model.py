@@ -131,24 +131,21 @@ def test_interrupted_training_resumes_from_the_last_checkpoint(tiny_cfg, prepare
             FitRun(tmp_path, "fp", crash_after_second_epoch, progress=False),
         )
     fresh, tok = build_model(tiny_cfg, prepared)
-    result = fit(
-        fresh,
-        tok,
-        prepared.examples,
-        settings(epochs=4),
-        validator(prepared, tok),
-        FitRun(tmp_path, "fp", progress=False),
-    )
+
+    def rerun():
+        return fit(
+            fresh,
+            tok,
+            prepared.examples,
+            settings(epochs=4),
+            validator(prepared, tok),
+            FitRun(tmp_path, "fp", progress=False),
+        )
+
+    result = rerun()
     assert result.resumed_from == 1
     assert [r["epoch"] for r in result.history] == [-1, 0, 1, 2, 3]
-    again = fit(
-        fresh,
-        tok,
-        prepared.examples,
-        settings(epochs=4),
-        validator(prepared, tok),
-        FitRun(tmp_path, "fp", progress=False),
-    )
+    again = rerun()
     assert again.reused and again.resumed_from == 3 and len(again.history) == 5  # finished: nothing retrained
 
 
