@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-fast fuzz gpu-check lint docs lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-compare bench-taste bench-new-items bench-scale bench-prepare bench-ray mlflow-ui clean
+.PHONY: run test test-fast fuzz gpu-check lint docs results-export lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-compare bench-taste bench-new-items bench-scale bench-prepare bench-ray mlflow-ui clean
 
 # requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
 $(STAMP): pyproject.toml requirements.lock
@@ -42,10 +42,19 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/basedpyright
 
-# Reference pages generated from the code (config fields, CLI help, HTTP API) into docs/reference/;
-# tests/unit/test_reference_docs.py fails while a committed page is stale
+# Every generated page: the reference from the code (config fields, CLI help, HTTP API) into docs/reference/, and
+# the results pages' sections from the run records in docs/results/runs/; tests/unit/test_{reference,results}_docs.py
+# fail while a committed page is stale
 docs: $(STAMP)
 	$(BIN)/python -m ops.reference
+	$(BIN)/python -m ops.results
+
+# After `make run` (DATA=, PROFILE= as it ran): record the champion's run as docs/results/runs/$(NAME).json, then
+# rewrite the results pages from the records
+NAME ?= movielens-100k
+results-export: $(STAMP)
+	$(BIN)/python -m ops.results export --name $(NAME) --profile $(PROFILE) \
+	  --command "make run$(if $(DATA), DATA=$(DATA))$(if $(filter-out cpu,$(PROFILE)), PROFILE=$(PROFILE))"
 
 # The inner loop: everything not marked slow, model or integration (pyproject.toml lists the tiers): no whole flow runs, no servers, no trained fixtures
 test-fast: $(STAMP)

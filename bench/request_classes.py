@@ -9,8 +9,8 @@ trained on, written from the target's metadata: `instructrec.evaluation.request_
 answered through `Recommender.recommend` on the exported ONNX graph, the same
 call `/recommend` makes, beside the same user's list with no request; then the
 same cases with the rules off (the learned scorer alone reads every word). Writes
-bench/results/request_classes.json and the table of docs/request_classes.md
-(bench/results/request_classes.md).
+bench/results/request_classes.json and its table (bench/results/request_classes.md);
+`python -m ops.results add bench/results/request_classes.json` then `make docs` puts it in docs/requests.md.
 """
 
 from __future__ import annotations

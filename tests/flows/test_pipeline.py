@@ -116,6 +116,25 @@ def test_mlflow_run_holds_what_a_reviewer_needs(runs):
     assert {"validation/data_docs/validations/items", "validation/data_docs/validations/interactions"} <= pages
 
 
+def test_a_run_record_for_the_results_pages_holds_the_runs_own_numbers(runs):
+    """`make results-export` on a real run: the record repeats the logged tables, and its section renders."""
+    from ops import results
+
+    first = runs["first"]
+    client = registry.client()
+    rec = results.record_from_run(client, first.run_id, "tiny", "make run")
+    run = client.get_run(first.run_id)
+    assert rec["commit"] == run.data.tags["mlflow.source.git.commit"][:7] and rec["profile"] == "tiny"
+    assert rec["data"]["users"] == int(run.data.tags["data.users"]) and rec["wall_s"] > 0
+    table = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/evaluation/metrics_table.json")
+    row = dict(zip(table["columns"], table["data"][0], strict=True))
+    key = row["type"] if row["templates"] == "seen" else f"{row['type']}/held-out"
+    assert rec["scores"][row["model"]][key]["ndcg@10"] == pytest.approx(row["ndcg@10"], abs=1e-6)
+    assert set(rec["scores"]) == {"challenger", "popularity", "sasrec"} and "train_representation" in rec["stage_s"]
+    text = results.section(rec)
+    assert f"{rec['scores']['challenger']['P1/I0']['ndcg@10']:.4f}" in text and "commit" in text
+
+
 # The run page a reviewer decides from: the gate's and the test's headline numbers, per-epoch curves of each
 # training stage with the kept epoch as its summary, stage timings (bench/pipeline.py reads them); every table
 # (type x template set x k x slice) is an artifact.
