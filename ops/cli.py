@@ -276,6 +276,16 @@ def _stack(args: argparse.Namespace) -> int:
 RUNS_FLOWS = (_pipeline, _batch, _finetune, _demo)  # commands that need a Prefect API (ops.prefect_api)
 
 
+def _preflight(args: argparse.Namespace) -> None:
+    """A tracking store that cannot be written is named before the Prefect server starts (seconds, not the
+    server's start-up and the flow's imports first); the flow's own check (tracking.configure) stays."""
+    from adapters.tracking import ensure_writable
+
+    cfg = load_config(args.profile, getattr(args, "data", None), parse_overrides(getattr(args, "set", [])))
+    cfg.paths.home.mkdir(parents=True, exist_ok=True)
+    ensure_writable(cfg.paths.tracking_uri)
+
+
 def _preload() -> None:
     """Import the heavy libraries the flows need (none of them imports Prefect, whose settings must wait for the
     server's URL): seconds of a command's start-up overlap the server's."""
@@ -428,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.run in RUNS_FLOWS:
         threading.Thread(target=_preload, daemon=True).start()  # while the Prefect server boots
     try:
+        if args.run in RUNS_FLOWS:
+            _preflight(args)
         with stop_on_signal() if args.run in RUNS_FLOWS else nullcontext():
             try:
                 with prefect_api() if args.run in RUNS_FLOWS else nullcontext():

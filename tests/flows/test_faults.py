@@ -191,7 +191,8 @@ def _flow_run_state(home: Path, flow_run_id: str) -> str:
 
 @pytest.mark.parametrize("how", ["immutable file", "folder that is a file"])
 def test_an_unwritable_tracking_store_is_named_in_one_paragraph(tmp_path, how):
-    """The file exists but cannot change (chattr +i: even root cannot write it), or it cannot even be created."""
+    """The file exists but cannot change (chattr +i: even root cannot write it), or it cannot even be created.
+    Either is named before anything starts."""
     import sqlite3
 
     home = tmp_path / "home"
@@ -214,3 +215,4 @@ def test_an_unwritable_tracking_store_is_named_in_one_paragraph(tmp_path, how):
     log = (tmp_path / "ro.log").read_text()
     assert f"MLflow's tracking store {store} cannot be written" in log and "lsattr" in log
     assert "Traceback" not in log and len(log.splitlines()) < 40, log
+    assert "Beginning flow run" not in log, "refused before a Prefect server and a flow run start (ops.cli._preflight)"

@@ -35,16 +35,17 @@ def scorer(tiny_cfg, prepared):
     )
     model, tok = build_model(cfg, prepared)
     examples = training_examples(prepared.split, 20, seed=0, mix=MIX, stride=4)
+    cache: dict = {}  # the frozen encoder's vector of each distinct text, computed once (as the pipeline does)
     fit(
         model,
         tok,
         examples,
         settings(epochs=40, patience=40, lr=5e-3, train_bert=False),
-        validator(prepared, tok),
-        FitRun(progress=False),
+        validator(prepared, tok, cache),
+        FitRun(progress=False, text_cache=cache),
     )
     ids = prepared.catalogue.item_ids
-    return TorchScorer("m", model, tok, ids, ids)
+    return TorchScorer("m", model, tok, ids, ids, "cpu", cache)
 
 
 def top10(scores: np.ndarray, exclude: list[np.ndarray]) -> np.ndarray:

@@ -30,15 +30,13 @@ def settings(epochs=6, **kw):
     return FitSettings(**{**base, **kw})
 
 
-def validator(prepared, tok):
+def validator(prepared, tok, text_cache=None):
+    """Validation NDCG@10; `text_cache` as the pipeline passes it while BERT is frozen."""
     ids = prepared.catalogue.item_ids
 
     def run(model):
-        return {
-            "ndcg@10": evaluate(TorchScorer("v", model, tok, ids, ids), prepared.valid_cases, prepared.split).overall[
-                "ndcg@10"
-            ]
-        }
+        scorer = TorchScorer("v", model, tok, ids, ids, "cpu", text_cache)
+        return {"ndcg@10": evaluate(scorer, prepared.valid_cases, prepared.split).overall["ndcg@10"]}
 
     return run
 
