@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import polars as pl
@@ -26,10 +27,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Two registered versions of the tiny model on the synthetic data; v1 is champion."""
+    """Two registered versions of the tiny model on the synthetic data; v1 is champion. v2 is v1 registered again
+    (as an A/A challenger is): the service routes by version, and one training run is enough to serve both."""
     with isolated_home(tmp_path_factory.mktemp("service")) as (home, data, mp):
         training_pipeline(profile="tiny", data=str(data))
-        training_pipeline(profile="tiny", data=str(data))
+        assert registry.register_copy("1") == "2"
         c = registry.client()
         c.set_registered_model_alias(registry.MODEL_NAME, registry.CHAMPION, "1")
         registry.remove_alias(registry.CHALLENGER)
@@ -129,9 +131,9 @@ def test_enough_new_feedback_fires_the_finetune_trigger():
     trigger = FinetuneTrigger(3, fired.append)
     for _ in range(7):
         trigger.add()
-    for t in threading.enumerate():
-        if t.daemon and t.is_alive() and t.name != "MainThread":
-            t.join(timeout=1)
+    deadline = time.monotonic() + 10  # each firing runs on a thread of its own: wait for the two, not for threads
+    while len(fired) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert fired == [3, 3] and trigger.pending == 1
 
 
@@ -281,7 +283,6 @@ def test_every_endpoint_documents_its_response(client):
 def _mlflow_server(store: str, port: int):
     import subprocess
     import sys
-    import time
 
     import httpx
 
@@ -530,7 +531,6 @@ def test_sigterm_drains_the_request_in_flight_and_loses_no_acknowledged_feedback
     import http.client
     import json
     import signal
-    import time
 
     import httpx
 
