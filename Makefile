@@ -65,8 +65,13 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/instructrec pipeline --profile $(PROFILE) $(if $(DATA),--data $(DATA))
 
+# Two workers (pytest-xdist), each taking one work unit at a time in file order: a test module (its module fixtures,
+# a trained scorer or a stack, built once), or the modules on the local Ray cluster together (tests/conftest.py);
+# the whole-flow tests wait on servers and subprocesses, and the other worker computes meanwhile.
+# TEST_WORKERS=0: one process
+TEST_WORKERS ?= 2
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 # The small-data fuzzer at length: FUZZ_DRAWS (default 200) random datasets through every stage (`make test` runs 6)
 fuzz: $(STAMP)

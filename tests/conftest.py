@@ -89,6 +89,20 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return h
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Work units for `make test`'s two workers (pytest-xdist, --dist loadgroup): a module is one unit, so its
+    module fixtures are built once; the modules that use the local Ray cluster form one unit together, so one
+    worker starts a cluster, not both. Without xdist the marks do nothing."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    for module, its in modules.items():
+        group = "ray" if any("ray_local" in item.fixturenames for item in its) else module
+        for item in its:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray cluster for the session: 3 logical CPUs on this 2-core machine (two single-threaded
