@@ -71,7 +71,7 @@ run: $(STAMP)
 # TEST_WORKERS=0: one process
 TEST_WORKERS ?= 2
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --no-loadscope-reorder)
 
 # The small-data fuzzer at length: FUZZ_DRAWS (default 200) random datasets through every stage (`make test` runs 6)
 fuzz: $(STAMP)

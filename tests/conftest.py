@@ -89,18 +89,39 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return h
 
 
-@pytest.hookimpl(tryfirst=True)
+# `make test` runs two pytest-xdist workers. A work unit is a test module (its module fixtures are built once), and
+# the modules on the local Ray cluster are one unit together, so one worker starts a cluster, not both.
+RAY_MODULES = frozenset(
+    {
+        "tests/flows/test_fanout.py",
+        "tests/flows/test_pipeline.py",
+        "tests/model/test_batch.py",
+        "tests/model/test_distributed.py",
+    }
+)
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Units of one module each, the Ray modules one unit (xdist's loadscope, which the controller runs before any
+    test is collected: hence the list above, checked in every worker below)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if _module(nodeid) in RAY_MODULES else _module(nodeid)
+
+    return ModuleScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Work units for `make test`'s two workers (pytest-xdist, --dist loadgroup): a module is one unit, so its
-    module fixtures are built once; the modules that use the local Ray cluster form one unit together, so one
-    worker starts a cluster, not both. Without xdist the marks do nothing."""
-    modules: dict[str, list[pytest.Item]] = {}
-    for item in items:
-        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
-    for module, its in modules.items():
-        group = "ray" if any("ray_local" in item.fixturenames for item in its) else module
-        for item in its:
-            item.add_marker(pytest.mark.xdist_group(group))
+    on_ray = {_module(item.nodeid) for item in items if "ray_local" in item.fixturenames}
+    if on_ray - RAY_MODULES:
+        raise pytest.UsageError(f"add {sorted(on_ray - RAY_MODULES)} to tests/conftest.py::RAY_MODULES")
 
 
 @pytest.fixture(scope="session")
