@@ -243,49 +243,32 @@ def request_targets(rep: dict) -> list[tuple[str, str, str, bool]]:
     out = []
     if (n := c["negation"]).get("cases"):
         worst = max(n["refused_ratio_per_wording"].values())
+        value = f"{n['refused_ratio']:.2f}x on average, {worst:.2f}x at the worst wording"
+        ok = n["refused_ratio"] <= 0.1 and worst <= 0.2
         out.append(
             (
                 "negation: the refused genre's top-10 share against its no-request share",
-                f"{n['refused_ratio']:.2f}x on average, {worst:.2f}x at the worst wording",
+                value,
                 "at most 0.1x on average, no wording above 0.2x",
-                n["refused_ratio"] <= 0.1 and worst <= 0.2,
+                ok,
             )
         )
-    if (r := c["rare_era"]).get("cases"):
-        out.append(
-            (
-                "rare era: top 10 in the asked period",
-                f"{r['satisfied']:.1%} (base rate {r['base_rate']:.1%})",
-                "at least 80%",
-                r["satisfied"] >= 0.8,
-            )
-        )
-    if (r := c["composite"]).get("cases"):
-        out.append(
-            (
-                "composite: top 10 meeting every constraint",
-                f"{r['satisfied']:.1%}",
-                "at least 70%",
-                r["satisfied"] >= 0.7,
-            )
-        )
+    for what, r, floor in (
+        ("rare era: top 10 in the asked period", c["rare_era"], 0.8),
+        ("composite: top 10 meeting every constraint", c["composite"], 0.7),
+    ):
+        if r.get("cases"):
+            value = f"{r['satisfied']:.1%} (base rate {r['base_rate']:.1%})"
+            out.append((what, value, f"at least {floor:.0%}", r["satisfied"] >= floor))
     if (t := c["title"]).get("cases"):
-        out.append(
-            (
-                "titles: spellings resolved to the film named",
-                f"{t['spellings_resolved']:.1%} of {t['spellings']:,}",
-                "at least 95%",
-                t["spellings_resolved"] >= 0.95,
-            )
-        )
         ratio = t["genre_overlap"] / t["genre_overlap_no_request"] if t["genre_overlap_no_request"] else float("inf")
+        resolved = f"{t['spellings_resolved']:.1%} of {t['spellings']:,}"
+        overlap = f"{t['genre_overlap']:.3f} vs {t['genre_overlap_no_request']:.3f} ({ratio:.1f}x)"
         out.append(
-            (
-                "titles: the list's genre overlap with the film, against no request",
-                f"{t['genre_overlap']:.3f} vs {t['genre_overlap_no_request']:.3f} ({ratio:.1f}x)",
-                "at least 2x",
-                ratio >= 2,
-            )
+            ("titles: spellings resolved to the film named", resolved, "at least 95%", t["spellings_resolved"] >= 0.95)
+        )
+        out.append(
+            ("titles: the list's genre overlap with the film, against no request", overlap, "at least 2x", ratio >= 2)
         )
     return out
 
