@@ -281,7 +281,7 @@ def _preflight(args: argparse.Namespace) -> None:
     server's start-up and the flow's imports first); the flow's own check (tracking.configure) stays."""
     from adapters.tracking import ensure_writable
 
-    cfg = load_config(args.profile, getattr(args, "data", None), parse_overrides(getattr(args, "set", [])))
+    cfg = _config(args)  # where the store is does not depend on --data
     cfg.paths.home.mkdir(parents=True, exist_ok=True)
     ensure_writable(cfg.paths.tracking_uri)
 
