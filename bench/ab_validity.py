@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +43,7 @@ import numpy as np
 from instructrec.config import OnlineConfig
 from instructrec.online.abtest import CHALLENGER_ARM, ArmUsers, assign_arm, experiment_id
 from instructrec.online.experiment import Experiment, look, plan_test
+from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RHOS = (0.0, 0.01, 0.05, 0.17)
@@ -321,8 +321,6 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["bench/ab_validity.py", *sys.argv[1:]]),
         "policy": policy.model_dump(),
         "world": {
             "like_rate": LIKE_RATE,
@@ -337,12 +335,8 @@ def main() -> int:
         "cells": cells,
         "targets": met,
         "seconds": time.perf_counter() - began,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
-        ).stdout.strip()
-        or "unknown",
     }
-    (out / "ab_validity.json").write_text(json.dumps(report, indent=2))
+    report = json.loads(write_report(out / "ab_validity.json", "ab_validity", report).read_text())
     (out / "ab_validity.md").write_text(markdown(report) + "\n")
     plot(cells, out / "ab_validity.png", policy.mde)
     print(markdown(report))

@@ -17,15 +17,14 @@ spread of the adjusted z around the truth (1.0 when its standard error is honest
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from ab_validity import ITEMS_PER_LIST, LIKE_RATE, RHOS, propensity
 
 from instructrec.online.abtest import cuped
+from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,16 +88,8 @@ def main() -> int:
         for rho in RHOS
         for returning, pre_lists in ((0.5, 3.0), (1.0, 3.0), (1.0, 12.0))
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["bench/cuped.py", *sys.argv[1:]]),
-        "reps": args.reps,
-        "users_per_arm": args.users,
-        "cells": cells,
-    }
-    (out / "cuped.json").write_text(json.dumps(report, indent=2))
+    report = {"reps": args.reps, "users_per_arm": args.users, "cells": cells}
+    write_report(Path(args.out) / "cuped.json", "cuped", report)
     print(markdown(cells))
     return 0
 

@@ -20,7 +20,6 @@ bench/results/new_items.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -38,6 +37,7 @@ from instructrec.models.model import extend_catalogue
 from instructrec.training.prepare import prepare
 from instructrec.training.train import FitRun, fit, new_scorer, representation_settings
 from ops.cli import parse_overrides
+from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,9 +137,7 @@ def main() -> int:
             + " | ".join(new)
             + f" | {r['other/scorer/ndcg@10']:.4f} | {r['other/scorer_without_new_items/ndcg@10']:.4f} |"
         )
-    target = ROOT / "bench" / "results" / "new_items.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(out, indent=2))
+    write_report(ROOT / "bench" / "results" / "new_items.json", "new_items", out)
     return 0
 
 

@@ -14,7 +14,6 @@ Writes bench/results/pipeline.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from adapters import tracking
 from instructrec.config import load_config
+from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,23 +103,18 @@ def main() -> None:
     else:
         print(f"{'mlflow logging':<22}{logging_s:>9.1f}{logging_s / wall:>8.1%}")
     print(f"{'orchestration':<22}{orchestration:>9.1f}{orchestration / wall:>8.1%}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pipeline.json").write_text(
-        json.dumps(
-            {
-                "run_id": run.info.run_id,
-                "wall_s": wall,
-                "process_wall_s": process_wall,
-                "mlflow_run_s": run_wall,
-                "stages_s": stages,
-                "compute_s": compute,
-                "mlflow_logging_s": logging_s,
-                "orchestration_s": orchestration,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {args.out / 'pipeline.json'}")
+    report = {
+        "run_id": run.info.run_id,
+        "profile": run.data.params.get("profile"),
+        "wall_s": wall,
+        "process_wall_s": process_wall,
+        "mlflow_run_s": run_wall,
+        "stages_s": stages,
+        "compute_s": compute,
+        "mlflow_logging_s": logging_s,
+        "orchestration_s": orchestration,
+    }
+    print(f"wrote {write_report(args.out / 'pipeline.json', 'pipeline_overhead', report)}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from ops.provenance import write_report
+
 if TYPE_CHECKING:
     from instructrec.config import Profile
 
@@ -149,8 +151,7 @@ def main() -> None:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
     report = {"data": f"synthetic {args.scale}x" if args.scale else source, "cores": os.cpu_count(), "sides": sides}
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, "prepare", report)
 
 
 def print_table(report: dict) -> None:

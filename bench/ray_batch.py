@@ -31,6 +31,7 @@ from instructrec.engine.cluster import actor_pool_size, ray_cluster
 from instructrec.serving.export import export_onnx
 from instructrec.serving.recommend import user_histories, write_bundle
 from instructrec.training.train import new_scorer
+from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,8 +94,7 @@ def main() -> None:
             "max_score_diff": float((ray["score"] - local["score"]).abs().max() or 0.0),
         }
     print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_report(args.out, "ray_batch", result)
 
 
 if __name__ == "__main__":

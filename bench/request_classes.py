@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ from instructrec.evaluation.request_eval import WORDINGS, interactions_before, m
 from instructrec.serving.recommend import Recommender, read_catalogue
 from model_registry import registry
 from model_registry.serving import ServingFiles, champion_ref, fetch_version
+from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,19 +77,14 @@ def main() -> int:
 
     began = time.perf_counter()
     report = served(rec, split, users, args.seed)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     report.update(
-        command="bench/request_classes.py " + " ".join(sys.argv[1:]),
-        date=datetime.now(UTC).isoformat(),
-        commit=commit.stdout.strip(),
         model_version=files.version,
         dataset=f"{len(split.users)} users, {catalogue.n_items} items",
         seconds=time.perf_counter() - began,
         wordings=WORDINGS,
     )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "request_classes.json").write_text(json.dumps(report, indent=2))
+    report = json.loads(write_report(out / "request_classes.json", "request_classes", report).read_text())
     (out / "request_classes.md").write_text(markdown(report) + "\n")
     print(markdown(report))
     return 0

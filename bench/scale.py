@@ -53,6 +53,7 @@ from instructrec.serving.export import export_onnx  # noqa: E402
 from instructrec.serving.recommend import user_histories, write_bundle  # noqa: E402
 from instructrec.training.prepare import prepare  # noqa: E402
 from instructrec.training.train import FitRun, fit, new_scorer, representation_settings  # noqa: E402
+from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {1: (943, 1_682), 10: (6_040, 3_706), 100: (69_878, 10_681)}  # ML-100k, ML-1M, ML-10M users, items
@@ -256,8 +257,7 @@ def main() -> None:
         "peak_rss_gb": max(row["peak_rss_gb"] for r in results for row in r["stages"].values()),
     }
     print_summary(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, "scale", report)
     if len(results) > 1:
         plot(results, args.out.with_suffix(".png"))
 

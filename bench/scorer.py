@@ -18,7 +18,6 @@ on CPU; fp16 tensor cores on a GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -41,6 +40,7 @@ from instructrec.serving.export import (
     make_session,
 )
 from instructrec.serving.parity import parity
+from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -272,25 +272,18 @@ def main() -> None:
     checks = targets(rows, host)
     for line in checks:
         print(line)
-    args.out.mkdir(parents=True, exist_ok=True)
-    target = args.out / f"scorer-{host}.json"
-    target.write_text(
-        json.dumps(
-            {
-                "host": host,
-                "cores": os.cpu_count(),
-                "mean_tokens": tokens,
-                "flops_per_instruction": flops,
-                "matmul_peak_flops": peaks,
-                "fused_operators": fused_ops,
-                "micro_batch_sweep": sweeps,
-                "rows": rows,
-                "targets": checks,
-            },
-            indent=2,
-        )
-    )
-    print(f"\nwrote {target}")
+    report = {
+        "device": host,
+        "cores": os.cpu_count(),
+        "mean_tokens": tokens,
+        "flops_per_instruction": flops,
+        "matmul_peak_flops": peaks,
+        "fused_operators": fused_ops,
+        "micro_batch_sweep": sweeps,
+        "rows": rows,
+        "targets": checks,
+    }
+    print(f"\nwrote {write_report(args.out / f'scorer-{host}.json', 'scorer', report)}")
 
 
 def targets(rows: list[dict], host: str) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from instructrec.online.feedback import read_store
 from model_registry import registry
 from model_registry.serving import load_champion
 from ops.demo import free_port, wait_for
+from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,9 +152,7 @@ def main() -> None:
         f"failed requests {out['failed']}; feedback acknowledged {len(acked)}, stored {len(stored)}, "
         f"lost {len(acked - stored)}"
     )
-    target = ROOT / "bench" / "results" / "service.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result, indent=2))
+    write_report(ROOT / "bench" / "results" / "service.json", "service", result)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from instructrec.online.abtest import Effect, ratio
 from instructrec.online.simulate import Policy, play_sessions
 from model_registry import registry
 from ops.demo import build_world, free_port, start_service, wait_for
+from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,9 +182,7 @@ def main() -> int:
         else "adaptation lowers the like rate"
     )
     print(f"  verdict on the later lists: {verdict}")
-    out = ROOT / "bench" / "results" / "session_ab.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_report(ROOT / "bench" / "results" / "session_ab.json", "session_ab", result)
     return 0 if stats.failures == 0 else 1
 
 

@@ -14,7 +14,6 @@ Writes bench/results/training.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from instructrec.data.sources import fetch_raw, read_tables
 from instructrec.models.model import bf16_capable, catalogue_log_prob
 from instructrec.training.prepare import prepare
 from instructrec.training.train import FitRun, fit, new_scorer, representation_settings
+from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,9 +120,8 @@ def main() -> None:
         print(f"  {k['loss']:<36}{k['ms_per_step']:>9.1f} ms{k['speedup']:>7.2f}x")
     if len(kernels) < 3:
         print("  (bf16 products not measured: this CPU has no bf16 units)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "training.json").write_text(json.dumps({"profiles": rows, "loss_kernels": kernels}, indent=2))
-    print(f"wrote {args.out / 'training.json'}")
+    report = {"steps": args.steps, "profiles": rows, "loss_kernels": kernels}
+    print(f"wrote {write_report(args.out / 'training.json', 'training', report)}")
 
 
 if __name__ == "__main__":
