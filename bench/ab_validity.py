@@ -43,6 +43,7 @@ import numpy as np
 from instructrec.config import OnlineConfig
 from instructrec.online.abtest import CHALLENGER_ARM, ArmUsers, assign_arm, experiment_id
 from instructrec.online.experiment import Experiment, look, plan_test
+from ops import bench_pages
 from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,31 +216,6 @@ def targets(cells: list[dict], mde: float) -> dict:
     }
 
 
-def markdown(report: dict) -> str:
-    """The cells as the table in docs/gate.md, with the command and date that made them."""
-    names = {0.0: "A/A", -0.05: "-5%"}
-    mde = report["policy"]["mde"]
-    names.update({mde: f"+{mde:.0%} (power)", -mde: f"-{mde:.0%} (harm)"})
-    rows = [
-        f"`{report['command']}`, {report['date'][:10]}, commit {report.get('commit', 'unknown')}, "
-        f"{report['seconds'] / 60:.0f} min on 2 cores:",
-        "",
-        "| rho | challenger | experiments | promoted [95% MC interval] | stopped early (lower boundary) "
-        "| users at decision / fixed-horizon users | looks | hours |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for c in report["cells"]:
-        lo, hi = c["promoted_ci"]
-        rows.append(
-            f"| {c['rho']:g} | {names.get(c['lift'], c['lift'])} | {c['experiments']:,} | "
-            f"{c['promoted']:.2%} [{lo:.2%}, {hi:.2%}] | {c['stopped_early_lower']:.1%} | "
-            f"{c['mean_users']:,.0f} / {c['fixed_horizon_users']:,.0f} | {c['mean_looks']:.1f} | {c['mean_hours']:.1f} |"
-        )
-    met = report["targets"]
-    rows += ["", "Targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met.items()) + "."]
-    return "\n".join(rows)
-
-
 def plot(cells: list[dict], path: Path, mde: float) -> None:
     import matplotlib
 
@@ -295,7 +271,7 @@ def main() -> int:
     ap.add_argument("--table", metavar="JSON", help="only print the markdown table of an earlier run's JSON")
     args = ap.parse_args()
     if args.table:
-        print(markdown(json.loads(Path(args.table).read_text())))
+        print(bench_pages.ab_validity(json.loads(Path(args.table).read_text())))
         return 0
     policy = OnlineConfig()
     lifts = (0.0, -0.05, policy.mde, -policy.mde)
@@ -337,9 +313,9 @@ def main() -> int:
         "seconds": time.perf_counter() - began,
     }
     report = json.loads(write_report(out / "ab_validity.json", "ab_validity", report).read_text())
-    (out / "ab_validity.md").write_text(markdown(report) + "\n")
+    (out / "ab_validity.md").write_text(bench_pages.ab_validity(report))
     plot(cells, out / "ab_validity.png", policy.mde)
-    print(markdown(report))
+    print(bench_pages.ab_validity(report))
     return 0
 
 

@@ -17,6 +17,7 @@ spread of the adjusted z around the truth (1.0 when its standard error is honest
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 from ab_validity import ITEMS_PER_LIST, LIKE_RATE, RHOS, propensity
 
 from instructrec.online.abtest import cuped
+from ops import bench_pages
 from ops.provenance import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,20 +64,6 @@ def cell(rho: float, returning: float, pre_lists: float, args) -> dict:
     }
 
 
-def markdown(cells: list[dict]) -> str:
-    rows = [
-        "| rho | returning users | lists before the test (mean) | variance with CUPED / without (measured) "
-        "| (reported by each test, mean) | users saved | sd of the adjusted z (1 = honest) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for c in cells:
-        rows.append(
-            f"| {c['rho']:g} | {c['returning']:.0%} | {c['pre_lists']:g} | {c['variance_ratio_measured']:.3f} | "
-            f"{c['variance_ratio_reported']:.3f} | {c['users_saved']:.0%} | {c['adjusted_z_sd']:.2f} |"
-        )
-    return "\n".join(rows)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=300, help="simulated tests per cell")
@@ -89,8 +77,8 @@ def main() -> int:
         for returning, pre_lists in ((0.5, 3.0), (1.0, 3.0), (1.0, 12.0))
     ]
     report = {"reps": args.reps, "users_per_arm": args.users, "cells": cells}
-    write_report(Path(args.out) / "cuped.json", "cuped", report)
-    print(markdown(cells))
+    path = write_report(Path(args.out) / "cuped.json", "cuped", report)
+    print(bench_pages.cuped(json.loads(path.read_text())))
     return 0
 
 

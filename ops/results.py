@@ -22,11 +22,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from instructrec.evaluation.request_eval import markdown_table
+from ops import bench_pages
+from ops.bench_pages import fmt as _f
+from ops.bench_pages import minutes, provenance_line, verdict
 from ops.reference import table
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "docs" / "results" / "runs"
-PAGES = (ROOT / "docs" / "results" / "quality.md", ROOT / "docs" / "requests.md")
+PAGES = tuple(
+    ROOT / "docs" / page
+    for page in ("results/quality.md", "results/benchmarks.md", "results/feedback-loop.md", "requests.md")
+) + (ROOT / "docs" / "gate.md", ROOT / "docs" / "scaling.md")
 SECTION = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 TYPES = ("P1/I0", "P1/I1", "P1/I2", "P2/I0", "P2/I1", "P2/I2", "P0/I1", "P0/I2")
 HEADLINE = "P1/I0"  # the task published sequential recommenders solve: a history, no words
@@ -115,22 +121,12 @@ def add(bench_output: Path, name: str | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------------- render
 
 
-def _f(x: float, places: int = 4) -> str:
-    return f"{x:.{places}f}"
-
-
-def _minutes(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    return f"{m} min {s} s" if m else f"{s} s"
-
-
 def _provenance(rec: dict) -> str:
-    dirty = " with uncommitted changes" if rec["dirty"] else ""
     d = rec["data"]
-    return (
-        f"`{rec['command']}` (profile {rec['profile']}) at commit {rec['commit']}{dirty}, {rec['date'][:10]}, "
-        f"host {rec['host']}: {d['users']:,} users, {d['items']:,} items, {d['interactions']:,} interactions; "
-        f"{_minutes(rec['wall_s'])} for the flow run; gate: {rec['gate']}."
+    return provenance_line(
+        rec,
+        f"profile {rec['profile']}, {d['users']:,} users, {d['items']:,} items, {d['interactions']:,} interactions; "
+        f"{minutes(rec['wall_s'])} for the flow run; gate: {rec['gate']}.",
     )
 
 
@@ -275,15 +271,16 @@ def request_targets(rep: dict) -> list[tuple[str, str, str, bool]]:
 
 def requests_section(rep: dict) -> str:
     """The bench's per-class table and each target, met or not, from a `bench/request_classes.py` record."""
-    head = (
-        f"`{rep['command']}` at commit {rep['commit']}, {rep['date'][:10]}, champion v{rep['model_version']} "
-        f"({rep['dataset']}), {rep['users']:,} test users, {rep['seconds']:.0f} s:"
+    head = provenance_line(
+        rep,
+        f"champion v{rep['model_version']} ({rep['dataset']}), {rep['users']:,} test users, {rep['seconds']:.0f} s.",
     )
-    rows = [[what, value, target, "met" if ok else "**NOT met**"] for what, value, target, ok in request_targets(rep)]
+    rows = [[what, value, target, verdict(ok)] for what, value, target, ok in request_targets(rep)]
     return head + "\n\n" + markdown_table(rep) + "\n\n" + table(["target", "measured", "asked", ""], rows)
 
 
-RENDERERS = {"pipeline": section, "request_classes": requests_section}  # a record's kind -> its section
+# a record's kind -> its section
+RENDERERS = {"pipeline": section, "request_classes": requests_section, **bench_pages.RENDERERS}
 
 
 def render_record(rec: dict) -> str:
