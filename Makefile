@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-fast fuzz gpu-check lint docs results-export lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-compare bench-taste bench-new-items bench-scale bench-prepare bench-ray mlflow-ui clean
+.PHONY: run test test-fast fuzz gpu-check lint docs results-export results-add lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-compare bench-taste bench-new-items bench-scale bench-prepare bench-ray mlflow-ui clean
 
 # requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
 $(STAMP): pyproject.toml requirements.lock
@@ -51,10 +51,13 @@ docs: $(STAMP)
 
 # After `make run` (DATA=, PROFILE= as it ran): record the champion's run as docs/results/runs/$(NAME).json, then
 # rewrite the results pages from the records
-NAME ?= movielens-100k
 results-export: $(STAMP)
-	$(BIN)/python -m ops.results export --name $(NAME) --profile $(PROFILE) \
+	$(BIN)/python -m ops.results export --name $(or $(NAME),movielens-100k) --profile $(PROFILE) \
 	  --command "make run$(if $(DATA), DATA=$(DATA))$(if $(filter-out cpu,$(PROFILE)), PROFILE=$(PROFILE))"
+
+# After a benchmark: record its JSON (FILE=bench/results/scorer-cpu.json, NAME= as the page names it), then `make docs`
+results-add: $(STAMP)
+	$(BIN)/python -m ops.results add $(FILE) $(if $(NAME),--name $(NAME))
 
 # The inner loop: everything not marked slow, model or integration (pyproject.toml lists the tiers): no whole flow runs, no servers, no trained fixtures
 test-fast: $(STAMP)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,7 +107,8 @@ def export(tracking_uri: str, name: str, command: str, run_id: str | None = None
 
 def add(bench_output: Path, name: str | None = None) -> Path:
     """Record a benchmark's JSON output (bench/results/<kind>.json, which carries its command, date and commit) as
-    docs/results/runs/<name>.json; only kinds a page can render are taken."""
+    docs/results/runs/<name>.json, and its figure (the same name, .png) beside it; only kinds a page can render
+    are taken."""
     rec = json.loads(bench_output.read_text())
     kind = rec.setdefault("kind", bench_output.stem)
     if kind not in RENDERERS or kind == "pipeline":
@@ -115,6 +117,8 @@ def add(bench_output: Path, name: str | None = None) -> Path:
     out = RUNS / f"{name or kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=1) + "\n")
+    if (figure := bench_output.with_suffix(".png")).exists():  # the benchmark's figure travels with its numbers
+        shutil.copyfile(figure, out.with_suffix(".png"))
     return out
 
 

@@ -4,10 +4,12 @@ section is fresh, names a record that exists, and changes when its record change
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 
 import pytest
 
-from ops import results
+from ops import bench_pages, provenance, results
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,52 @@ def test_a_request_target_missed_reads_not_met(records):
 
 
 def test_only_a_benchmark_a_page_can_show_is_recorded(tmp_path):
-    out = tmp_path / "scale.json"
-    out.write_text('{"command": "bench/scale.py", "date": "2026-12-07"}')
-    with pytest.raises(SystemExit, match="no results section renders 'scale'"):
+    out = tmp_path / "compare_models.json"
+    out.write_text('{"command": "bench/compare_models.py", "date": "2026-12-07"}')
+    with pytest.raises(SystemExit, match="no results section renders 'compare_models'"):
         results.add(out)
+
+
+@pytest.mark.parametrize("kind", sorted(bench_pages.RENDERERS))
+def test_every_benchmark_kind_has_a_record_rendered_with_its_command_date_and_commit(kind, records):
+    recs = [r for r in records.values() if r["kind"] == kind]
+    assert recs, f"no record of kind {kind!r} in docs/results/runs/: run its benchmark and `python -m ops.results add`"
+    for rec in recs:
+        text = results.render_record(rec)
+        assert f"`{rec['command']}`" in text and rec["date"][:10] in text and rec["commit"] in text
+
+
+def _met_and_missed(kind: str, rec: dict) -> tuple[dict, dict]:
+    """The record with one of its targets met, and the same record with that target missed."""
+    met, missed = copy.deepcopy(rec), copy.deepcopy(rec)
+    if kind == "scorer":
+        i = next(i for i, line in enumerate(rec["targets"]) if not line.endswith("NOT met"))
+        missed["targets"][i] = rec["targets"][i].removesuffix("met") + "NOT met"
+    elif kind == "session_ab":  # the target is p99 < 50 ms
+        met["next_list_latency_ms"]["p99"], missed["next_list_latency_ms"]["p99"] = 49.9, 50.0
+    elif kind == "scale":  # under 8 GB at the largest scale
+        met["peak_rss_gb"], missed["peak_rss_gb"] = 7.99, 8.0
+    elif kind == "ab_validity":
+        missed["targets"][next(k for k, ok in rec["targets"].items() if ok)] = False
+    return met, missed
+
+
+@pytest.mark.parametrize("kind", ["scorer", "session_ab", "scale", "ab_validity"])
+def test_a_benchmark_target_missed_reads_not_met(kind, records):
+    rec = next(r for r in records.values() if r["kind"] == kind)
+    met, missed = _met_and_missed(kind, rec)
+    assert results.render_record(missed).count("**NOT met**") == results.render_record(met).count("**NOT met**") + 1
+
+
+def test_a_benchmark_records_the_command_as_typed_from_the_root_and_the_commit():
+    rec = provenance.provenance([str(provenance.ROOT / "bench" / "scale.py"), "--scales", "1"])
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=provenance.ROOT)
+    assert rec["command"] == "bench/scale.py --scales 1"
+    assert rec["commit"] == head.stdout.strip() and isinstance(rec["dirty"], bool)
+
+
+def test_a_report_is_written_whole_with_its_kind_first(tmp_path):
+    path = provenance.write_report(tmp_path / "r" / "cuped.json", "cuped", {"reps": 3})
+    rec = json.loads(path.read_text())
+    assert next(iter(rec)) == "kind" and rec["kind"] == "cuped" and rec["reps"] == 3
+    assert not list(tmp_path.glob("r/*.tmp"))
