@@ -315,41 +315,94 @@ def _mlflow_server(store: str, port: int):
     raise TimeoutError("mlflow server did not start")
 
 
-def test_a_registry_outage_keeps_the_loaded_models_serving_and_shows_in_health(world, monkeypatch):
-    """A real MLflow server, stopped and started again: unreachable is not "no champion"."""
-    import socket
+class _Link:
+    """A TCP forwarder in front of a server. Cut, it refuses new connections and drops open ones, as a stopped
+    server or a broken network does; restored, the same server answers on the same port (one server start, not two).
+    """
 
+    def __init__(self, target: int):
+        self.target, self.port = target, _free_port()
+        self._open: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: the same port again
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        if self._listener is None:
+            return
+        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self._listener.close()
+        self._listener = None
+        for s in self._open:
+            s.close()
+        self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_registry_outage_keeps_the_loaded_models_serving_and_shows_in_health(world, monkeypatch):
+    """A real MLflow server that becomes unreachable and comes back: unreachable is not "no champion"."""
     import mlflow
 
     from service.app import ModelSlots
 
     registry.remove_alias(registry.CHALLENGER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     previous, store = mlflow.get_tracking_uri(), world["cfg"].paths.tracking_uri
+    port = _free_port()
     server = _mlflow_server(store, port)
+    link = _Link(port)
     try:
-        registry.connect(f"http://127.0.0.1:{port}")
+        registry.connect(f"http://127.0.0.1:{link.port}")
         slots = ModelSlots(world["cfg"])
         with TestClient(create_app(world["cfg"], slots=slots, emit=lambda n: None, poll=False)) as c:
             assert c.get("/health").json()["registry"] == "ok" and slots.versions() == {"champion": "1"}
-            server.terminate()
-            server.wait(timeout=30)
+            link.cut()
             assert slots.refresh() is False
             health = c.get("/health").json()
             assert health["status"] == "ok" and health["registry"] == "unreachable"
             assert health["models"]["champion"]["version"] == "1" and "did not answer" in health["reload_error"]
             assert _recommend(c, "u3", k=3)["model_version"] == "1"  # still serving
-            server = _mlflow_server(store, port)
+            link.restore()
             slots.refresh()
             health = c.get("/health").json()
             assert (
                 health["registry"] == "ok" and health["reload_error"] is None and slots.versions() == {"champion": "1"}
             )
     finally:
+        link.cut()
         server.terminate()
         server.wait(timeout=30)
         mlflow.set_tracking_uri(previous)
