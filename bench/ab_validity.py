@@ -312,7 +312,7 @@ def main() -> int:
         "targets": met,
         "seconds": time.perf_counter() - began,
     }
-    report = json.loads(write_report(out / "ab_validity.json", "ab_validity", report).read_text())
+    report = write_report(out / "ab_validity.json", "ab_validity", report)
     (out / "ab_validity.md").write_text(bench_pages.ab_validity(report))
     plot(cells, out / "ab_validity.png", policy.mde)
     print(bench_pages.ab_validity(report))

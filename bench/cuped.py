@@ -17,7 +17,6 @@ spread of the adjusted z around the truth (1.0 when its standard error is honest
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -77,8 +76,7 @@ def main() -> int:
         for returning, pre_lists in ((0.5, 3.0), (1.0, 3.0), (1.0, 12.0))
     ]
     report = {"reps": args.reps, "users_per_arm": args.users, "cells": cells}
-    path = write_report(Path(args.out) / "cuped.json", "cuped", report)
-    print(bench_pages.cuped(json.loads(path.read_text())))
+    print(bench_pages.cuped(write_report(Path(args.out) / "cuped.json", "cuped", report)))
     return 0
 
 

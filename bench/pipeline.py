@@ -114,7 +114,7 @@ def main() -> None:
         "mlflow_logging_s": logging_s,
         "orchestration_s": orchestration,
     }
-    print(f"wrote {write_report(args.out / 'pipeline.json', 'pipeline_overhead', report)}")
+    write_report(args.out / "pipeline.json", "pipeline_overhead", report)
 
 
 if __name__ == "__main__":

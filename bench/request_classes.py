@@ -16,7 +16,6 @@ bench/results/request_classes.json and its table (bench/results/request_classes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -84,7 +83,7 @@ def main() -> int:
         wordings=WORDINGS,
     )
     out = Path(args.out)
-    report = json.loads(write_report(out / "request_classes.json", "request_classes", report).read_text())
+    report = write_report(out / "request_classes.json", "request_classes", report)
     (out / "request_classes.md").write_text(markdown(report) + "\n")
     print(markdown(report))
     return 0

@@ -283,7 +283,7 @@ def main() -> None:
         "rows": rows,
         "targets": checks,
     }
-    print(f"\nwrote {write_report(args.out / f'scorer-{host}.json', 'scorer', report)}")
+    write_report(args.out / f"scorer-{host}.json", "scorer", report)
 
 
 def targets(rows: list[dict], host: str) -> list[str]:

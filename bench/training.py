@@ -121,7 +121,7 @@ def main() -> None:
     if len(kernels) < 3:
         print("  (bf16 products not measured: this CPU has no bf16 units)")
     report = {"steps": args.steps, "profiles": rows, "loss_kernels": kernels}
-    print(f"wrote {write_report(args.out / 'training.json', 'training', report)}")
+    write_report(args.out / "training.json", "training", report)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,13 @@ def provenance(argv: list[str] | None = None) -> dict:
     }
 
 
-def write_report(path: Path, kind: str, report: dict) -> Path:
-    """The report with its kind and provenance first, written whole or not at all (a rename)."""
+def write_report(path: Path, kind: str, report: dict) -> dict:
+    """The report with its kind and provenance first, written whole or not at all (a rename); returns what it
+    wrote, so a benchmark prints the same record that a page will render."""
+    record = {"kind": kind, **provenance(), **report}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"kind": kind, **provenance(), **report}, indent=2) + "\n")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)
-    return path
+    print(f"wrote {path}")
+    return record

@@ -98,7 +98,8 @@ def test_a_benchmark_records_the_command_as_typed_from_the_root_and_the_commit()
 
 
 def test_a_report_is_written_whole_with_its_kind_first(tmp_path):
-    path = provenance.write_report(tmp_path / "r" / "cuped.json", "cuped", {"reps": 3})
-    rec = json.loads(path.read_text())
+    written = provenance.write_report(tmp_path / "r" / "cuped.json", "cuped", {"reps": 3})
+    rec = json.loads((tmp_path / "r" / "cuped.json").read_text())
+    assert rec == written
     assert next(iter(rec)) == "kind" and rec["kind"] == "cuped" and rec["reps"] == 3
     assert not list(tmp_path.glob("r/*.tmp"))
