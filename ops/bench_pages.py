@@ -35,7 +35,8 @@ def provenance_line(rec: dict, what: str = "") -> str:
     )
 
 
-def _join(parts: list[str]) -> str:
+def paragraphs(parts: list[str]) -> str:
+    """Blocks of a section, one blank line between them."""
     return "\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
 
 
@@ -66,7 +67,7 @@ def scorer(rec: dict) -> str:
     header = ["variant", "batch", "instructions/s", "x eager", "p50 / p99 ms", "of the matmul peak"]
     header += ["largest score difference from eager", "top-10 overlap with eager"]
     targets = [t.replace("NOT met", "**NOT met**") for t in rec["targets"]]
-    return _join([head, table(header, rows), "Targets:\n\n" + "\n".join(f"- {t}" for t in targets)])
+    return paragraphs([head, table(header, rows), "Targets:\n\n" + "\n".join(f"- {t}" for t in targets)])
 
 
 def training(rec: dict) -> str:
@@ -83,7 +84,7 @@ def training(rec: dict) -> str:
     ]
     k0 = rec["loss_kernels"][0]
     kernels = [[k["loss"], f"{k['ms_per_step']:,.0f}", f"{k['speedup']:.2f}x"] for k in rec["loss_kernels"]]
-    return _join(
+    return paragraphs(
         [
             provenance_line(rec, f"{rec['steps']} training steps per profile on MovieLens-100k."),
             table(["profile", "device", "windows per batch", "BERT tuned", "examples/s"], rows),
@@ -112,7 +113,7 @@ def pipeline_overhead(rec: dict) -> str:
         ],
     ]
     basis = "the process, Prefect's start and stop included" if rec["process_wall_s"] else "the MLflow run"
-    return _join(
+    return paragraphs(
         [
             provenance_line(rec, f"run {rec['run_id'][:8]} (profile {rec['profile']}), {wall:.1f} s wall ({basis})."),
             table(["stage", "seconds", "share of the wall time"], rows),
@@ -139,7 +140,7 @@ def service(rec: dict) -> str:
             for name in ("recommend", "feedback")
         ),
     ]
-    return _join(
+    return paragraphs(
         [
             provenance_line(
                 rec,
@@ -184,7 +185,7 @@ def session_ab(rec: dict) -> str:
         f"{s:.4f} vs {a:.4f}" for s, a in zip(rec["by_page"]["static"], rec["by_page"]["adapted"], strict=True)
     )
     lat = rec["next_list_latency_ms"]
-    return _join(
+    return paragraphs(
         [
             provenance_line(
                 rec,
@@ -215,7 +216,7 @@ def new_items(rec: dict) -> str:
         for t, r in rec["by_type"].items()
     ]
     header = ["test NDCG@10", "users (new item)", "scorer + text vectors", "popularity, trained counts"]
-    return _join(
+    return paragraphs(
         [
             provenance_line(
                 rec,
@@ -249,7 +250,7 @@ def ab_validity(rec: dict) -> str:
     ]
     header = ["rho", "challenger", "experiments", "promoted [95% MC interval]", "stopped early (lower boundary)"]
     targets = "; ".join(f"{k}: {verdict(v)}" for k, v in rec["targets"].items())
-    return _join(
+    return paragraphs(
         [
             provenance_line(rec, f"{minutes(rec['seconds'])}."),
             table([*header, "users at decision / fixed-horizon users", "looks", "hours"], rows),
@@ -273,7 +274,7 @@ def cuped(rec: dict) -> str:
         for c in rec["cells"]
     ]
     header = ["rho", "returning users", "lists before the test (mean)", "variance with CUPED / without (measured)"]
-    return _join(
+    return paragraphs(
         [
             provenance_line(rec, f"{rec['reps']} simulated tests per cell, {rec['users_per_arm']:,} users per arm."),
             table([*header, "(reported by each test, mean)", "users saved", "sd of the adjusted z (1 = honest)"], rows),
@@ -297,7 +298,7 @@ def ray_batch(rec: dict) -> str:
         ],
     ]
     same = "identical for every user" if rec["top_k_identical"] else "**not identical**"
-    return _join(
+    return paragraphs(
         [
             provenance_line(
                 rec,
@@ -337,7 +338,7 @@ def scale(rec: dict) -> str:
     ]
     if worst:
         lines.append(f"Largest growth exponent in interactions: {worst[0]:+.2f} ({worst[1]}).")
-    return _join([provenance_line(rec, f"{rec['note']}. {shapes}."), table(header, rows), " ".join(lines)])
+    return paragraphs([provenance_line(rec, f"{rec['note']}. {shapes}."), table(header, rows), " ".join(lines)])
 
 
 RENDERERS = {

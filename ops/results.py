@@ -25,7 +25,7 @@ from pathlib import Path
 from instructrec.evaluation.request_eval import markdown_table
 from ops import bench_pages
 from ops.bench_pages import fmt as _f
-from ops.bench_pages import minutes, provenance_line, verdict
+from ops.bench_pages import minutes, paragraphs, provenance_line, verdict
 from ops.reference import table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +234,7 @@ def section(rec: dict) -> str:
         "[requests.md](../requests.md)):\n\n" + markdown_table(rec["requests"]),
         stages_line(rec),
     ]
-    return "\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
+    return paragraphs(parts)
 
 
 # What each class was asked to reach (docs/requests.md, "Measured per class"): (what, value, target, met)
