@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-fast fuzz gpu-check lint docs results-export results-add lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-bad-input bench-session bench-requests bench-compare bench-taste bench-new-items bench-scale bench-prepare bench-ray mlflow-ui clean
+.PHONY: run test test-fast fuzz gpu-check lint docs results-export results-add lock setup system-deps setup-gpu serve serve-stack stop-stack stack-status demo demo-aa bench bench-ab bench-cuped bench-gpu bench-service bench-capacity bench-bad-input bench-session bench-requests bench-compare bench-taste bench-new-items bench-scale bench-prepare bench-ray mlflow-ui clean
 
 # requirements.lock pins everything but torch (resolved by `make lock`); torch comes first, from TORCH_SPEC
 $(STAMP): pyproject.toml requirements.lock
@@ -128,6 +128,11 @@ gpu-check:
 # 50 concurrent clients for 60 s against the service (after `make run`): requests/s, p50/p99, no lost feedback
 bench-service: $(STAMP)
 	$(BIN)/python bench/service.py
+
+# Serving capacity (after `make run`): the highest /recommend rate at p99 < 50 ms, requests scored alone and
+# micro-batched, side by side (~10 min)
+bench-capacity: $(STAMP)
+	$(BIN)/python bench/capacity.py
 
 # Each class of bad input through the tiny pipeline: exit code, seconds to refuse, the message (docs/how-to/troubleshooting.md)
 bench-bad-input: $(STAMP)

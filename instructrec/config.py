@@ -211,6 +211,14 @@ class ServeConfig(_Frozen):
     drain_seconds: int = 5  # on SIGTERM: stop accepting, finish in-flight requests for at most this long, exit
     max_body_bytes: int = 16_384  # larger request bodies are refused (413) before they are read
     onnx_threads: int = 0  # ONNX Runtime intra-op threads per model (0: one per core)
+    # dynamic micro-batching: concurrent /recommend requests share one ONNX Runtime call of up to batch_requests
+    # rows, the first waiting at most batch_wait_ms for others (1: each request scores alone). Batched, the
+    # service runs the host's best row-independent graph (int8's scores depend on batch-mates; fused instead)
+    batch_requests: int = Field(default=16, ge=1)  # most requests one scoring call serves
+    batch_wait_ms: float = Field(default=2.0, ge=0.0, le=1000.0)  # longest a request waits for batch-mates
+    # the graph to serve, overriding the bundle's checked choice (None: the fastest eligible one for this host and
+    # batching); it must be one the model shipped, and int8 only with batch_requests=1
+    variant: Literal["fp32", "fused", "int8", "fp16"] | None = None
     experiment: str = "ab-1"  # salt of the user -> arm hash; a new experiment reshuffles users
     challenger_share: float = 0.5  # traffic share of the challenger while one is registered
     reload_seconds: float = 5.0  # how often aliases are re-read (hot reload)

@@ -10,6 +10,7 @@ import polars as pl
 
 from instructrec.config import Config
 from instructrec.data.snapshot import Snapshot, load_snapshot, read_table
+from instructrec.serving.batching import BatchPolicy
 from instructrec.serving.recommend import BUNDLE_MANIFEST, Recommender
 from model_registry import registry
 
@@ -42,11 +43,18 @@ def fetch_version(cfg: Config, ref: registry.VersionRef) -> ServingFiles:
     return ServingFiles(local / "onnx" / "model.onnx", bundle, ref.version, snapshot)
 
 
-def load_version(cfg: Config, ref: registry.VersionRef) -> Recommender:
-    """The version as a recommender, on the variant chosen for this host."""
+def load_version(cfg: Config, ref: registry.VersionRef, batched: bool = False) -> Recommender:
+    """The version as a recommender, on the variant chosen for this host; `batched`: as the service runs it,
+    concurrent requests sharing scoring calls per serve.batch_requests / batch_wait_ms."""
     files = fetch_version(cfg, ref)
     return Recommender.load(
-        files.onnx_file, files.bundle, files.interactions(), files.version, cfg.serve.onnx_threads or None
+        files.onnx_file,
+        files.bundle,
+        files.interactions(),
+        files.version,
+        cfg.serve.onnx_threads or None,
+        BatchPolicy.of(cfg.serve) if batched else None,
+        cfg.serve.variant,
     )
 
 

@@ -341,11 +341,57 @@ def scale(rec: dict) -> str:
     return paragraphs([provenance_line(rec, f"{rec['note']}. {shapes}."), table(header, rows), " ".join(lines)])
 
 
+def capacity(rec: dict) -> str:
+    """Each offered rate's p50 / p99 per service (scored alone, batched); the highest rate each sustains."""
+    target, names = rec["target_p99_ms"], list(rec["configs"])
+    by_rate: dict[float, dict[str, dict]] = {}
+    for name in names:
+        for step in rec["configs"][name]["steps"]:
+            by_rate.setdefault(step["offered_per_s"], {})[name] = step
+
+    def cell(step: dict | None) -> str:
+        if step is None:
+            return "not offered"
+        mark = "" if step["p99_ms"] < target and not step["failed"] else " ✗"
+        failed = f", {step['failed']} failed" if step["failed"] else ""
+        batch = f", batch {step['mean_batch']:.1f}" if step["mean_batch"] > 1 else ""
+        return f"{step['p50_ms']:.0f} / {step['p99_ms']:.0f}{mark}{batch}{failed}"
+
+    rows = [[f"{rate:g}", *(cell(steps.get(n)) for n in names)] for rate, steps in sorted(by_rate.items())]
+    summary = [
+        [
+            n,
+            f"`{run['variant']}` on {run['provider']}",
+            ", ".join(f"{k}={v}" for k, v in run["settings"].items() if k != "serve.challenger_share"),
+            f"**{run['capacity_per_s']:g}**",
+        ]
+        for n, run in rec["configs"].items()
+    ]
+    lag = max(s["send_lag_p99_ms"] for run in rec["configs"].values() for s in run["steps"])
+    ratios = "; ".join(f"{name}: **{x:.2f}x**" for name, x in rec["ratios"].items())
+    return paragraphs(
+        [
+            provenance_line(
+                rec,
+                f"open-loop Poisson load on the champion, {rec['seconds_per_step']:g} s per rate and service, "
+                f"{rec['words_share']:.0%} of requests in words, {rec['users']:,} known users; p50 / p99 in ms "
+                f"from when each request was due (✗: p99 at or over {target:g} ms, or a failure), and the mean "
+                "requests per scoring call where calls were shared.",
+            ),
+            table(["offered req/s", *names], rows),
+            table(["service", "graph", "settings", f"req/s sustained at p99 < {target:g} ms"], summary),
+            f"Sustained rates, batched over each other service: {ratios or 'none sustained'}. The generator sent "
+            f"requests at most {lag:.1f} ms late (p99 of the worst step).",
+        ]
+    )
+
+
 RENDERERS = {
     "scorer": scorer,
     "training": training,
     "pipeline_overhead": pipeline_overhead,
     "service": service,
+    "capacity": capacity,
     "session_ab": session_ab,
     "new_items": new_items,
     "ab_validity": ab_validity,

@@ -147,6 +147,9 @@ class ModelInfo(BaseModel):
     version: str
     variant: str
     provider: str
+    batch_requests: int = Field(description="most requests one scoring call serves (1: each request alone)")
+    batched_calls: int = Field(description="shared scoring calls made so far (0 when requests score alone)")
+    mean_batch: float | None = Field(description="requests per shared scoring call so far (null: none yet)")
 
 
 class ErasureResponse(BaseModel):

@@ -29,7 +29,7 @@ class ModelSlots:
 
     def __init__(self, cfg: Config, load: Callable[[registry.VersionRef], Recommender] | None = None):
         self.cfg = cfg
-        self._load = load or (lambda ref: load_version(cfg, ref))
+        self._load = load or (lambda ref: load_version(cfg, ref, batched=True))
         self._slots: dict[str, Recommender] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -41,6 +41,7 @@ class ModelSlots:
 
     def refresh(self) -> bool:
         """Load what the aliases point at now; on any failure keep serving what is loaded. True if anything moved."""
+        fresh: list[Recommender] = []  # loaded by this call: closed again if a later step fails
         try:
             champion, challenger = registry.get_alias(registry.CHAMPION), registry.get_alias(registry.CHALLENGER)
             self.registry_reachable = True
@@ -52,13 +53,26 @@ class ModelSlots:
                 self.last_error = None
                 return False
             loaded = {rec.version: rec for rec in self._slots.values()}
-            slots = {arm: loaded.get(ref.version) or self._load(ref) for arm, ref in wanted.items() if ref}
+            slots = {}
+            for arm, ref in wanted.items():
+                if ref is None:
+                    continue
+                if ref.version not in loaded:
+                    loaded[ref.version] = self._load(ref)
+                    fresh.append(loaded[ref.version])
+                slots[arm] = loaded[ref.version]
         except Exception as exc:  # registry unreachable, download failed: keep the loaded models
+            for rec in fresh:
+                rec.close()  # its batcher thread would otherwise keep it (and its ONNX session) alive
             self.registry_reachable = not isinstance(exc, registry.RegistryUnavailable)
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("model reload failed, still serving %s: %s", self.versions(), self.last_error)
             return False
+        kept = {id(rec) for rec in slots.values()}
+        retired = [rec for rec in self._slots.values() if id(rec) not in kept]
         self._slots, self.last_error = slots, None
+        for rec in retired:  # requests that took it before the swap finish first (their batch is still answered)
+            threading.Timer(self.cfg.serve.drain_seconds, rec.close).start()
         log.info("serving %s", self.versions())
         return True
 
@@ -76,6 +90,8 @@ class ModelSlots:
 
     def stop(self) -> None:
         self._stop.set()
+        for rec in self._slots.values():
+            rec.close()
 
 
 @dataclass(frozen=True)

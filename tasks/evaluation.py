@@ -324,7 +324,7 @@ def export_challenger(
             path, out_dir / "variants", bert.num_attention_heads, bert.hidden_size
         )
         variants = _check_variants(cfg, prepared, challenger, paths, reference_scores, texts, hist)
-        serving = {host: optimize.choose_for_serving(variants, host) for host in optimize.SERVING_PREFERENCE}
+        serving = optimize.serving_choices(variants)
         tracking.log_json(
             run_id,
             {

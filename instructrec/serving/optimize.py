@@ -26,6 +26,9 @@ from instructrec.serving.parity import Parity
 FP32, FUSED, FP16, INT8 = "fp32", "fused", "fp16", "int8"
 # fastest first, per host kind; a variant missing from a host's list never serves there
 SERVING_PREFERENCE = {"cpu": (INT8, FUSED, FP32), "cuda": (FP16, FUSED, FP32)}
+# the same for a service that batches requests (instructrec.serving.batching): int8 quantises activations with
+# one scale per call, so a row's scores would depend on its batch-mates; the others are row-independent
+BATCHED_PREFERENCE = {host: tuple(v for v in names if v != INT8) for host, names in SERVING_PREFERENCE.items()}
 NEEDS_GPU = {FP16}
 # Fusions whose contrib CPU kernels are slower than the ops they replace (ORT 1.31, 2 cores, batch 256:
 # the fully fused graph ran 0.88x the attention-only one; SkipLayerNormalization alone took 13% of the
@@ -172,9 +175,22 @@ def check_variant(
     return report
 
 
-def choose_for_serving(reports: dict[str, VariantReport], host: str) -> str:
+def batched(host: str) -> str:
+    """The bundle manifest's key for the variant a batching service serves on `host`."""
+    return f"{host}-batched"
+
+
+def serving_choices(reports: dict[str, VariantReport]) -> dict[str, str]:
+    """What each host kind serves, alone and batched: {'cpu': .., 'cuda': .., 'cpu-batched': .., 'cuda-batched': ..}."""
+    alone = {host: choose_for_serving(reports, host, SERVING_PREFERENCE) for host in SERVING_PREFERENCE}
+    return alone | {batched(h): choose_for_serving(reports, h, BATCHED_PREFERENCE) for h in BATCHED_PREFERENCE}
+
+
+def choose_for_serving(
+    reports: dict[str, VariantReport], host: str, preference: dict[str, tuple[str, ...]] = SERVING_PREFERENCE
+) -> str:
     """The fastest eligible variant for `host` ('cpu' or 'cuda'); fp32 is the last resort."""
-    for name in SERVING_PREFERENCE[host]:
+    for name in preference[host]:
         if name in reports and reports[name].eligible:
             return name
     return FP32

@@ -24,9 +24,11 @@ from instructrec.language.instructions import (
     render,
 )
 from instructrec.language.understand import TitleIndex, Understood, constrain, lexicon, understand
+from instructrec.serving import optimize
+from instructrec.serving.batching import BatchPolicy, MicroBatcher
 from instructrec.serving.export import OnnxScorer, Session, cuda_usable, make_session
 from instructrec.serving.lists import ItemSpace, cite, mmr, nearest_neighbours, top_columns
-from instructrec.serving.optimize import FP32
+from instructrec.serving.optimize import BATCHED_PREFERENCE, FP32
 
 BUNDLE_MANIFEST = "serving.json"
 VARIANTS_DIR = "variants"
@@ -80,10 +82,28 @@ def _catalogue(m: dict) -> Catalogue:
     return Catalogue(m["item_ids"], m["titles"], [""] * len(m["item_ids"]), genres, m["noun"], years=years)
 
 
-def serving_graph(fp32_file: Path, bundle: Path) -> tuple[Path, str]:
-    """(graph file, variant name) that this host should serve, per the bundle's checked choice."""
+def serving_graph(fp32_file: Path, bundle: Path, batched: bool = False, variant: str | None = None) -> tuple[Path, str]:
+    """(graph file, variant name) that this host should serve, per the bundle's checked choice; `batched`: the
+    choice for a service that batches requests, a row-independent graph (instructrec.serving.batching);
+    `variant`: the operator's choice (serve.variant) instead, refused when the bundle lacks it or it cannot batch."""
     host = "cuda" if cuda_usable() else "cpu"
-    name = json.loads((bundle / BUNDLE_MANIFEST).read_text()).get("serving", {}).get(host, FP32)
+    shipped = [p.stem for p in sorted((bundle / VARIANTS_DIR).glob("*.onnx"))]
+    if variant is not None:
+        if batched and variant not in BATCHED_PREFERENCE[host]:
+            raise ValueError(
+                f"serve.variant={variant} cannot serve batched requests on {host} (its scores depend on the batch): "
+                "set serve.batch_requests=1, or another serve.variant"
+            )
+        if variant != FP32 and variant not in shipped:
+            raise ValueError(f"serve.variant={variant}: this model shipped {', '.join([FP32, *shipped])}")
+        name = variant
+    else:
+        chosen = json.loads((bundle / BUNDLE_MANIFEST).read_text()).get("serving", {})
+        if not batched:
+            name = chosen.get(host, FP32)
+        else:  # bundles older than the batched choice: the first allowed variant shipped (only eligible ones ship)
+            allowed = [v for v in BATCHED_PREFERENCE[host] if v in shipped]
+            name = chosen.get(optimize.batched(host)) or next(iter(allowed), FP32)
     path = bundle / VARIANTS_DIR / f"{name}.onnx"
     return (path, name) if name != FP32 and path.exists() else (fp32_file, FP32)
 
@@ -128,9 +148,11 @@ class Recommender:
     rules: bool = (
         True  # requests read by instructrec.language.understand; False: the learned scorer alone reads every word
     )
+    batching: BatchPolicy | None = None  # concurrent recommend() calls share scoring calls (the service's case)
 
     def __post_init__(self) -> None:
         self.scorer = OnnxScorer(f"v{self.version}", self.session, self.tokenizer, self.max_text_tokens)
+        self.batcher = MicroBatcher(self.scorer, self.batching, f"v{self.version}") if self.batching else None
         self.popularity = (
             self.space.popularity if self.space is not None else item_counts(self.histories, self.catalogue.n_items)
         )
@@ -148,10 +170,19 @@ class Recommender:
 
     @classmethod
     def load(
-        cls, onnx_file: Path, bundle: Path, interactions: pl.DataFrame, version: str = "?", threads: int | None = None
+        cls,
+        onnx_file: Path,
+        bundle: Path,
+        interactions: pl.DataFrame,
+        version: str = "?",
+        threads: int | None = None,
+        batching: BatchPolicy | None = None,
+        variant: str | None = None,
     ) -> Recommender:
-        """threads: ONNX Runtime intra-op threads (None: one per core)."""
-        rec = cls.from_bundle(onnx_file, bundle, version, threads)
+        """threads: ONNX Runtime intra-op threads (None: one per core); batching: share scoring calls between
+        concurrent requests, on the bundle's row-independent graph (instructrec.serving.batching); variant:
+        serve this graph rather than the bundle's choice."""
+        rec = cls.from_bundle(onnx_file, bundle, version, threads, batching, variant)
         rec.histories = user_histories(interactions, rec.catalogue)
         rec.popularity = item_counts(rec.histories, rec.catalogue.n_items)
         if (bundle / ITEM_VECTORS).exists():
@@ -162,13 +193,36 @@ class Recommender:
         return rec
 
     @classmethod
-    def from_bundle(cls, onnx_file: Path, bundle: Path, version: str = "?", threads: int | None = None) -> Recommender:
+    def from_bundle(
+        cls,
+        onnx_file: Path,
+        bundle: Path,
+        version: str = "?",
+        threads: int | None = None,
+        batching: BatchPolicy | None = None,
+        variant: str | None = None,
+    ) -> Recommender:
         """The scorer and catalogue alone, without users: what a batch worker needs to rank the users it is sent."""
         m = json.loads((bundle / BUNDLE_MANIFEST).read_text())
         tokenizer = BertTokenizerFast.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)
-        graph, variant = serving_graph(onnx_file, bundle)
+        graph, variant = serving_graph(onnx_file, bundle, batching is not None, variant)
         session = make_session(graph, threads=threads)
-        return cls(session, tokenizer, _catalogue(m), {}, m["max_history"], m["max_text_tokens"], version, variant)
+        return cls(
+            session,
+            tokenizer,
+            _catalogue(m),
+            {},
+            m["max_history"],
+            m["max_text_tokens"],
+            version,
+            variant,
+            batching=batching,
+        )
+
+    def close(self) -> None:
+        """Retire the model: its batcher answers what is queued, later calls score alone."""
+        if self.batcher is not None:
+            self.batcher.close()
 
     def request(self, history: np.ndarray, instruction: str | None = None) -> Instruction:
         """The user's own words beside their history; history alone; or a cold-start request."""
@@ -216,7 +270,7 @@ class Recommender:
             return self._popular(str(user_id), k, blocked, adapt)
         words = understood.rest if understood.constrains else instruction  # refused genres and titles taken out
         ins = self.request(history, words or None)
-        scores = self.scorer.score([ins.text], pad_histories([ins.history], self.max_history))[0].astype(np.float64)
+        scores = self._score(ins).astype(np.float64)
         scores[blocked] = -np.inf  # never recommend what the user already has or has judged
         scores = self._nudge(scores, fresh - 1, adapt.promotion, adapt.neighbours)
         scores = self._nudge(scores, named - 1, adapt.title_strength, NEIGHBOUR_TABLE)
@@ -253,6 +307,13 @@ class Recommender:
         return {"item_id": item_id, "title": self.catalogue.titles[col], "model_version": self.version, "items": items}
 
     # -- parts ----------------------------------------------------------------
+    def _score(self, ins: Instruction) -> np.ndarray:
+        """[n_items] scores of one request: alone, or in a call shared with concurrent requests."""
+        history = pad_histories([ins.history], self.max_history)
+        if self.batcher is not None:
+            return self.batcher.score(ins.text, history[0])
+        return self.scorer.score([ins.text], history)[0]
+
     def _require_space(self) -> ItemSpace:
         if self.space is None:
             raise LookupError(

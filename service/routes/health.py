@@ -12,7 +12,14 @@ def health(cfg: Cfg, slots: Slots, shared: Shared, feedback_log: FeedbackLog) ->
     return HealthResponse(
         status="ok" if CHAMPION_ARM in current else "no_model",
         models={
-            arm: ModelInfo(version=r.version, variant=r.variant, provider=r.session.provider)
+            arm: ModelInfo(
+                version=r.version,
+                variant=r.variant,
+                provider=r.session.provider,
+                batch_requests=r.batching.max_rows if r.batching else 1,
+                batched_calls=r.batcher.calls if r.batcher else 0,
+                mean_batch=r.batcher.mean_rows if r.batcher else None,
+            )
             for arm, r in current.items()
         },
         experiment=experiment_id(

@@ -18,7 +18,9 @@ from flows.feedback import feedback_loop
 from flows.training import training_pipeline
 from instructrec.config import load_config
 from instructrec.online.feedback import read_impressions, read_store
+from instructrec.serving.recommend import serving_graph
 from model_registry import registry
+from model_registry.serving import fetch_version
 from service.app import FinetuneTrigger, create_app
 from tests.flows.conftest import isolated_home
 
@@ -56,6 +58,16 @@ def test_health_reports_models_and_provider(client):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["models"]["champion"]["version"] == "1"
     assert h["models"]["champion"]["provider"] == "CPUExecutionProvider" and "challenger" not in h["models"]
+
+
+def test_requests_are_scored_through_the_micro_batcher_on_a_row_independent_graph(client, world):
+    before = client.get("/health").json()["models"]["champion"]
+    _recommend(client, "u2", k=3)
+    after = client.get("/health").json()["models"]["champion"]
+    assert after["batch_requests"] == world["cfg"].serve.batch_requests > 1
+    assert after["batched_calls"] == before["batched_calls"] + 1 and after["mean_batch"] >= 1.0
+    files = fetch_version(world["cfg"], registry.get_alias(registry.CHAMPION))
+    assert after["variant"] == serving_graph(files.onnx_file, files.bundle, batched=True)[1] != "int8"
 
 
 def test_recommend_answers_with_request_id_version_and_arm(client, world):
@@ -164,6 +176,33 @@ def test_alias_moves_are_picked_up_without_a_restart_or_a_failed_request(client)
     registry.client().set_registered_model_alias(registry.MODEL_NAME, registry.CHAMPION, "1")
     registry.remove_alias(registry.CHALLENGER)
     slots.refresh()
+
+
+def test_a_reload_that_fails_half_way_closes_the_model_it_loaded(world):
+    """A batched model holds a worker thread: left running behind a failed reload, it (and its ONNX session)
+    would never be freed, and the reload is retried every serve.reload_seconds."""
+    from model_registry.serving import load_version
+    from service.app import ModelSlots
+
+    opened = []
+
+    def load(ref):
+        if ref.version == "2":
+            raise OSError("the challenger's download failed")
+        opened.append(load_version(world["cfg"], ref, batched=True))
+        return opened[-1]
+
+    registry.mark_challenger("2")
+    try:
+        slots = ModelSlots(world["cfg"], load=load)
+        assert slots.refresh() is False and "download failed" in (slots.last_error or "")
+        assert slots.current() == {} and len(opened) == 1
+        batcher = opened[0].batcher
+        assert batcher is not None
+        batcher.join(5)
+        assert not batcher.running
+    finally:
+        registry.remove_alias(registry.CHALLENGER)
 
 
 def test_feedback_loop_tunes_a_candidate_from_the_champion_on_served_feedback(client, world):

@@ -6,7 +6,7 @@ import pytest
 from instructrec.evaluation.evaluate import TorchScorer
 from instructrec.serving import optimize
 from instructrec.serving.export import OnnxScorer, cuda_usable, export_onnx, make_session
-from instructrec.serving.optimize import VariantReport, check_variant, choose_for_serving
+from instructrec.serving.optimize import VariantReport, check_variant, choose_for_serving, serving_choices
 from instructrec.serving.parity import Parity, parity
 from tests.model.conftest import build_model
 
@@ -48,6 +48,29 @@ def test_cpu_variants_match_pytorch(variants, prepared, name, tolerance):
     p = parity(eager, onnx)
     assert p.max_abs_diff < tolerance
     assert p.top10_overlap >= (0.9 if name == "int8" else 1.0)
+
+
+def _batched_and_alone(variants, prepared, name):
+    _, tok, paths, _ = variants
+    scorer = OnnxScorer(name, make_session(paths[name]), tok, 64)
+    texts, hist = inputs(prepared)
+    together = scorer.score(texts, hist)  # one call, padded to the longest text
+    alone = np.concatenate([scorer.score([t], h[None]) for t, h in zip(texts, hist, strict=True)])
+    return together, alone
+
+
+@pytest.mark.parametrize("name", ["fp32", "fused"])
+def test_row_independent_variants_score_a_row_the_same_in_any_batch(variants, prepared, name):
+    """What the service's micro-batching relies on (instructrec.serving.batching)."""
+    together, alone = _batched_and_alone(variants, prepared, name)
+    p = parity(alone, together)
+    assert p.max_abs_diff < 1e-4 and p.top10_overlap == 1.0
+
+
+def test_int8_rows_depend_on_their_batch_mates(variants, prepared):
+    """Why a batching service never serves int8: one activation scale per call, taken from the whole batch."""
+    together, alone = _batched_and_alone(variants, prepared, "int8")
+    assert parity(alone, together).max_abs_diff > 1e-3
 
 
 def test_int8_quantises_every_encoder_weight_product_and_nothing_else(variants):
@@ -123,6 +146,15 @@ def test_variant_losing_more_than_one_percent_is_never_served():
     assert choose_for_serving(reports, "cpu") == "int8"
     reports["int8"], reports["fused"] = report("int8", 0.02), report("fused", 0.03)
     assert choose_for_serving(reports, "cpu") == "fp32"  # the plain graph when nothing faster is eligible
+
+
+def test_a_batching_service_never_gets_int8():
+    """int8 quantises a call's activations with one scale: batched, a row's scores would follow its batch-mates."""
+    reports = {"fp32": report("fp32", 0.0), "fused": report("fused", 0.0), "int8": report("int8", 0.0)}
+    chosen = serving_choices(reports)
+    assert chosen == {"cpu": "int8", "cuda": "fused", "cpu-batched": "fused", "cuda-batched": "fused"}
+    reports["fused"] = report("fused", 0.03)
+    assert serving_choices(reports)["cpu-batched"] == "fp32"
 
 
 def test_check_variant_measures_and_applies_the_limit(tmp_path):
