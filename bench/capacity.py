@@ -4,9 +4,10 @@ alone and micro-batched (instructrec.serving.batching), side by side in one run.
     .venv/bin/python bench/capacity.py                     # after `make run` (serves its champion)
     .venv/bin/python bench/capacity.py --seconds 20 --rates 10,20,40,60,80,100,130,160,200
 
-Starts `instructrec serve` on the same champion as up to three services:
-- `alone`: serve.batch_requests=1, each request its own ONNX Runtime call on the host's fastest graph (before
-  micro-batching, the only path);
+Starts `instructrec serve` on the same champion as up to four services:
+- `before`: the service as it was before micro-batching: serve.batch_requests=1 (each request its own ONNX
+  Runtime call, on the host's fastest graph) and serve.onnx_spinning=true (ONNX Runtime's default);
+- `alone`: the same with the threads not spinning (serve.onnx_spinning=false, now the default);
 - `batched`: the serve.* defaults, up to serve.batch_requests per call after at most serve.batch_wait_ms, on
   the host's fastest row-independent graph;
 - `alone-<graph>`: each request alone on the batched service's graph, when that differs from `alone`'s, so
@@ -50,6 +51,7 @@ from ops.provenance import write_report  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = {"serve.challenger_share": 0}  # the champion's capacity: no request goes to a challenger
 ALONE, BATCHED = {"serve.batch_requests": 1}, {}
+BEFORE = {**ALONE, "serve.onnx_spinning": True}
 WORDINGS = [
     "something funny",
     "a scary film for tonight",
@@ -212,7 +214,9 @@ def main() -> None:
         return wait_for(urls[name])["models"]["champion"]
 
     try:
-        health = {"alone": start("alone", ALONE), "batched": start("batched", BATCHED)}
+        health = {
+            name: start(name, extra) for name, extra in (("before", BEFORE), ("alone", ALONE), ("batched", BATCHED))
+        }
         graph = health["batched"]["variant"]
         if graph != health["alone"]["variant"]:
             health[f"alone-{graph}"] = start(f"alone-{graph}", {**ALONE, "serve.variant": graph})
@@ -223,7 +227,7 @@ def main() -> None:
         for s in services:
             s.wait(timeout=60)
         shutil.rmtree(home, ignore_errors=True)
-    serve = cfg.serve.model_dump(include={"batch_requests", "batch_wait_ms"})
+    serve = cfg.serve.model_dump(include={"batch_requests", "batch_wait_ms", "onnx_spinning"})
     configs = {
         name: {
             "settings": {**{f"serve.{k}": v for k, v in serve.items()}, **settings[name]},

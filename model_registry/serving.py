@@ -10,8 +10,7 @@ import polars as pl
 
 from instructrec.config import Config
 from instructrec.data.snapshot import Snapshot, load_snapshot, read_table
-from instructrec.serving.batching import BatchPolicy
-from instructrec.serving.recommend import BUNDLE_MANIFEST, Recommender
+from instructrec.serving.recommend import BUNDLE_MANIFEST, LoadOptions, Recommender
 from model_registry import registry
 
 
@@ -48,13 +47,7 @@ def load_version(cfg: Config, ref: registry.VersionRef, batched: bool = False) -
     concurrent requests sharing scoring calls per serve.batch_requests / batch_wait_ms."""
     files = fetch_version(cfg, ref)
     return Recommender.load(
-        files.onnx_file,
-        files.bundle,
-        files.interactions(),
-        files.version,
-        cfg.serve.onnx_threads or None,
-        BatchPolicy.of(cfg.serve) if batched else None,
-        cfg.serve.variant,
+        files.onnx_file, files.bundle, files.interactions(), files.version, LoadOptions.serving(cfg.serve, batched)
     )
 
 

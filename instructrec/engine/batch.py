@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from instructrec.config import RuntimeConfig
 from instructrec.engine.cluster import actor_pool_size, ray_cluster
 from instructrec.io import atomic_dir
-from instructrec.serving.recommend import Recommender, top_k_rows
+from instructrec.serving.recommend import LoadOptions, Recommender, top_k_rows
 
 HISTORY = "history"  # catalogue indices (1-based), oldest first
 PART = "part-0.parquet"
@@ -54,7 +54,7 @@ class TopK:
     """One scorer ranking batches of users; a Ray Data actor, or called in a loop by the local engine."""
 
     def __init__(self, job: BatchJob, threads: int | None):
-        self.rec = Recommender.from_bundle(job.onnx_file, job.bundle, job.version, threads)
+        self.rec = Recommender.from_bundle(job.onnx_file, job.bundle, job.version, LoadOptions(threads=threads))
         self.job = job
 
     def __call__(self, batch: pa.Table) -> pa.Table:

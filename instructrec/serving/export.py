@@ -148,6 +148,7 @@ def make_session(
     prefer: tuple[str, ...] = PREFERRED_PROVIDERS,
     threads: int | None = None,
     engine_cache: Path | None = None,
+    spinning: bool = True,
 ) -> Session:
     """Prefer the GPU where one is really there; report the provider that runs.
 
@@ -167,6 +168,8 @@ def make_session(
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:  # idle threads sleep at once instead of busy-waiting for the next call
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = [(p, provider_options(p, engine_cache)) for p in wanted] or ["CPUExecutionProvider"]
     session = ort.InferenceSession(
         str(path),

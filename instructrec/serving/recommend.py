@@ -109,6 +109,23 @@ def serving_graph(fp32_file: Path, bundle: Path, batched: bool = False, variant:
 
 
 @dataclass(frozen=True)
+class LoadOptions:
+    """How a loaded model runs: ONNX Runtime's threads, the graph, and whether concurrent requests share calls."""
+
+    threads: int | None = None  # intra-op threads (None: one per core)
+    spinning: bool = True  # the threads busy-wait between calls: quicker back-to-back calls, the cores held meanwhile
+    variant: str | None = None  # this graph instead of the bundle's choice (serving_graph)
+    batching: BatchPolicy | None = None  # concurrent recommend() calls share calls (instructrec.serving.batching)
+
+    @classmethod
+    def serving(cls, serve: ServeConfig, batched: bool = False) -> LoadOptions:
+        """From the serve.* settings; `batched`: as the service runs a model (serve.batch_requests)."""
+        return cls(
+            serve.onnx_threads or None, serve.onnx_spinning, serve.variant, BatchPolicy.of(serve) if batched else None
+        )
+
+
+@dataclass(frozen=True)
 class Adaptation:
     """How a session's reactions bend the next list (serve.* settings; see instructrec.serving.session)."""
 
@@ -175,14 +192,9 @@ class Recommender:
         bundle: Path,
         interactions: pl.DataFrame,
         version: str = "?",
-        threads: int | None = None,
-        batching: BatchPolicy | None = None,
-        variant: str | None = None,
+        options: LoadOptions = LoadOptions(),
     ) -> Recommender:
-        """threads: ONNX Runtime intra-op threads (None: one per core); batching: share scoring calls between
-        concurrent requests, on the bundle's row-independent graph (instructrec.serving.batching); variant:
-        serve this graph rather than the bundle's choice."""
-        rec = cls.from_bundle(onnx_file, bundle, version, threads, batching, variant)
+        rec = cls.from_bundle(onnx_file, bundle, version, options)
         rec.histories = user_histories(interactions, rec.catalogue)
         rec.popularity = item_counts(rec.histories, rec.catalogue.n_items)
         if (bundle / ITEM_VECTORS).exists():
@@ -194,19 +206,13 @@ class Recommender:
 
     @classmethod
     def from_bundle(
-        cls,
-        onnx_file: Path,
-        bundle: Path,
-        version: str = "?",
-        threads: int | None = None,
-        batching: BatchPolicy | None = None,
-        variant: str | None = None,
+        cls, onnx_file: Path, bundle: Path, version: str = "?", options: LoadOptions = LoadOptions()
     ) -> Recommender:
         """The scorer and catalogue alone, without users: what a batch worker needs to rank the users it is sent."""
         m = json.loads((bundle / BUNDLE_MANIFEST).read_text())
         tokenizer = BertTokenizerFast.from_pretrained(str(bundle / "tokenizer"), local_files_only=True)
-        graph, variant = serving_graph(onnx_file, bundle, batching is not None, variant)
-        session = make_session(graph, threads=threads)
+        graph, variant = serving_graph(onnx_file, bundle, options.batching is not None, options.variant)
+        session = make_session(graph, threads=options.threads, spinning=options.spinning)
         return cls(
             session,
             tokenizer,
@@ -216,7 +222,7 @@ class Recommender:
             m["max_text_tokens"],
             version,
             variant,
-            batching=batching,
+            batching=options.batching,
         )
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ import polars as pl
 
 from instructrec.serving.batching import BatchPolicy
 from instructrec.serving.export import export_onnx
-from instructrec.serving.recommend import Recommender, top_k_all, write_bundle
+from instructrec.serving.recommend import LoadOptions, Recommender, top_k_all, write_bundle
 from tests.conftest import make_tables
 from tests.model.conftest import build_model
 
@@ -43,7 +43,7 @@ def test_batched_requests_get_the_lists_they_get_alone(tiny_cfg, prepared, tmp_p
     inter, _ = make_tables()
     inter = inter.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC"))
     alone = Recommender.load(graph, bundle, inter, version="7")
-    batched = Recommender.load(graph, bundle, inter, version="7", batching=BatchPolicy(max_rows=8, wait_ms=500))
+    batched = Recommender.load(graph, bundle, inter, "7", LoadOptions(batching=BatchPolicy(max_rows=8, wait_ms=500)))
     wordings = [None, "something funny", "anything but drama please", "a scary horror film", "romance or comedy"]
     requests = [(f"u{u}", wordings[u % len(wordings)]) for u in range(12)]
     start = threading.Barrier(len(requests))
