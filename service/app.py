@@ -10,6 +10,7 @@ This module builds the app; its parts live beside it: state.py (models, sessions
 security.py (token and body size), deps.py (what routes share) and routes/ (one module per concern).
 """
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -77,11 +78,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     uvicorn stops accepting and lets in-flight requests finish (serve.drain_seconds) before the logs close."""
     state = app.state
     state.slots.start() if state.poll else state.slots.refresh()
+    settle_heap()
     yield
     state.slots.stop()
     state.feedback_log.close()
     state.impression_log.close()
     log.info("stopped: in-flight requests answered, feedback and impression logs closed")
+
+
+def settle_heap() -> None:
+    """Move what start-up built (imported modules, the loaded models: some 700k objects) out of the collector's
+    reach. Otherwise every full collection scans them all, a pause of ~250 ms on 2 cores, and under steady
+    traffic such pauses came every few seconds: they were the service's p99. Those objects live as long as
+    the process (a model replaced later is freed by reference counting; the ones it loads are not frozen)."""
+    gc.collect()
+    gc.freeze()
+    log.info("%d objects frozen out of garbage collection", gc.get_freeze_count())
 
 
 def app_from_environment() -> FastAPI:
