@@ -5,8 +5,9 @@ alone and micro-batched (instructrec.serving.batching), side by side in one run.
     .venv/bin/python bench/capacity.py --seconds 20 --rates 10,20,40,60,80,100,130,160,200
 
 Starts `instructrec serve` on the same champion as up to four services:
-- `before`: the service as it was before micro-batching: serve.batch_requests=1 (each request its own ONNX
-  Runtime call, on the host's fastest graph) and serve.onnx_spinning=true (ONNX Runtime's default);
+- `before`: the settings of the service before micro-batching: serve.batch_requests=1 (each request its own
+  ONNX Runtime call, on the host's fastest graph) and serve.onnx_spinning=true (ONNX Runtime's default); the
+  start-up heap is frozen out of garbage collection in every service (service.app.settle_heap);
 - `alone`: the same with the threads not spinning (serve.onnx_spinning=false, now the default);
 - `batched`: the serve.* defaults, up to serve.batch_requests per call after at most serve.batch_wait_ms, on
   the host's fastest row-independent graph;

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
+import pytest
 
 from instructrec.serving.batching import BatchPolicy
 from instructrec.serving.export import export_onnx
@@ -14,12 +15,19 @@ from tests.conftest import make_tables
 from tests.model.conftest import build_model
 
 
-def test_top_k_all_excludes_history_and_clamps_k(tiny_cfg, prepared, tmp_path):
+@pytest.fixture(scope="module")
+def exported(tiny_cfg, prepared, tmp_path_factory):
+    """(fp32 graph, bundle, interactions) of a fresh tiny scorer."""
+    out = tmp_path_factory.mktemp("recommend")
     model, tok = build_model(tiny_cfg, prepared)
-    graph = export_onnx(model.eval(), tok, tmp_path / "m.onnx")
-    bundle = write_bundle(tmp_path / "bundle", tok, prepared.catalogue, 20, model.config.max_text_tokens, "hash")
+    graph = export_onnx(model.eval(), tok, out / "m.onnx")
+    bundle = write_bundle(out / "bundle", tok, prepared.catalogue, 20, model.config.max_text_tokens, "hash")
     inter, _ = make_tables()
-    inter = inter.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC"))
+    return graph, bundle, inter.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC"))
+
+
+def test_top_k_all_excludes_history_and_clamps_k(prepared, exported):
+    graph, bundle, inter = exported
     rec = Recommender.load(graph, bundle, inter, version="7")
     n_items = prepared.catalogue.n_items
     table = top_k_all(rec, k=n_items + 5)
@@ -34,14 +42,10 @@ def test_top_k_all_excludes_history_and_clamps_k(tiny_cfg, prepared, tmp_path):
     assert np.isfinite(top["score"].to_numpy()).all() and one["variant"] == "fp32"
 
 
-def test_batched_requests_get_the_lists_they_get_alone(tiny_cfg, prepared, tmp_path):
+def test_batched_requests_get_the_lists_they_get_alone(exported):
     """Concurrent requests scored in shared calls (the service's micro-batching) list the same items, in the same
     order, with the same reasons as each scored alone; the scores agree to float rounding."""
-    model, tok = build_model(tiny_cfg, prepared)
-    graph = export_onnx(model.eval(), tok, tmp_path / "m.onnx")
-    bundle = write_bundle(tmp_path / "bundle", tok, prepared.catalogue, 20, model.config.max_text_tokens, "hash")
-    inter, _ = make_tables()
-    inter = inter.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC"))
+    graph, bundle, inter = exported
     alone = Recommender.load(graph, bundle, inter, version="7")
     batched = Recommender.load(graph, bundle, inter, "7", LoadOptions(batching=BatchPolicy(max_rows=8, wait_ms=500)))
     wordings = [None, "something funny", "anything but drama please", "a scary horror film", "romance or comedy"]
